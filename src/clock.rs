@@ -1,0 +1,85 @@
+//! Time: the injectable clock and the one way times are shown.
+//!
+//! Invariant: times are stored as UTC milliseconds since the Unix epoch (`i64`) and sent
+//! as RFC 3339. Everything that judges time (staleness, expiry) takes `now_ms` from a
+//! [`Clock`], so tests can move time instead of sleeping.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(AtomicI64::new(start_ms)))
+    }
+    pub fn advance_ms(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-27T05:20:04.123Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let dt = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let dt = dt
+        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
+        .unwrap_or(dt);
+    dt.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+}
+
+/// `HH:MM:SS` (UTC) for one-line messages.
+pub fn hms(ms: i64) -> String {
+    let dt = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!("{:02}:{:02}:{:02}", dt.hour(), dt.minute(), dt.second())
+}
+
+/// Parses RFC 3339, or a bare integer of milliseconds since the epoch.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .map(|dt| (dt.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_round_trip() {
+        let ms = 1_764_220_804_123;
+        let s = rfc3339(ms);
+        assert_eq!(s, "2025-11-27T05:20:04.123Z");
+        assert_eq!(parse_time(&s), Some(ms));
+        assert_eq!(parse_time("1764220804123"), Some(ms));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(hms(ms), "05:20:04");
+    }
+}

@@ -1,0 +1,364 @@
+//! Configuration: where the registry lives, which locks exist, and the time limits.
+//!
+//! Owns the layering `defaults < storage/lockledger.toml (or --config) < environment`,
+//! and validates the result once, so the rest of the crate can trust it:
+//! every namespace has a file pattern containing `{owner}` and `{field}`, no field is
+//! called `main` (paths use `main` for the main lock `""`), and fields obey the same
+//! character rules as owner ids (see `ids`).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the optional configuration file inside the storage directory.
+pub const CONFIG_FILE_NAME: &str = "lockledger.toml";
+
+/// Conversation fields exactly as the chat app's `Conversation.py` uses them.
+pub const CONVERSATION_FIELDS: [&str; 6] = [
+    "",
+    "all",
+    "message_operations",
+    "memory",
+    "messages",
+    "uploaded_documents_list",
+];
+
+/// Document fields of the chat app's `DocIndex.py`.
+pub const DOCUMENT_FIELDS: [&str; 6] = [
+    "",
+    "all",
+    "indices",
+    "raw_data",
+    "review_data",
+    "static_data",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// One family of locks sharing a file-name pattern, e.g. conversations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    pub name: String,
+    /// File name pattern inside the locks directory, e.g. `{owner}_{field}.lock`.
+    pub pattern: String,
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub storage_dir: PathBuf,
+    pub namespaces: Vec<Namespace>,
+    /// A live holder that has not renewed for this long is `held_too_long`.
+    pub max_hold: Duration,
+    /// Lease time-to-live when a client does not ask for one.
+    pub default_lease_ttl: Duration,
+    /// Longest lease a client may ask for.
+    pub max_lease_ttl: Duration,
+    /// When true the reaper ends expired leases; when false they stay `stale` until cleared.
+    pub auto_expire: bool,
+    /// How often the service reaps expired leases and reconciles dead holders.
+    pub reaper_period: Duration,
+    /// History older than this is pruned (None keeps everything).
+    pub retention_age: Option<Duration>,
+    /// At most this many history rows are kept (None: no cap).
+    pub retention_max_events: Option<u64>,
+    /// How long a pooled read connection may be waited for.
+    pub pool_timeout: Duration,
+    /// SQLite busy timeout for every connection.
+    pub busy_timeout: Duration,
+}
+
+/// The file form of [`Config`]; every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    max_hold_ms: Option<u64>,
+    default_lease_ttl_ms: Option<u64>,
+    max_lease_ttl_ms: Option<u64>,
+    auto_expire: Option<bool>,
+    reaper_period_ms: Option<u64>,
+    retention_days: Option<u64>,
+    retention_max_events: Option<u64>,
+    pool_timeout_ms: Option<u64>,
+    busy_timeout_ms: Option<u64>,
+    namespaces: Option<Vec<Namespace>>,
+}
+
+impl Config {
+    /// Built-in defaults for a storage directory; nothing is read from disk.
+    pub fn defaults(storage_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            storage_dir: storage_dir.into(),
+            namespaces: vec![
+                Namespace {
+                    name: "conversation".into(),
+                    pattern: "{owner}_{field}.lock".into(),
+                    fields: CONVERSATION_FIELDS.iter().map(|f| f.to_string()).collect(),
+                },
+                Namespace {
+                    name: "document".into(),
+                    pattern: "{owner}-{field}.lock".into(),
+                    fields: DOCUMENT_FIELDS.iter().map(|f| f.to_string()).collect(),
+                },
+            ],
+            max_hold: Duration::from_secs(600),
+            default_lease_ttl: Duration::from_secs(30),
+            max_lease_ttl: Duration::from_secs(3600),
+            auto_expire: true,
+            reaper_period: Duration::from_millis(250),
+            retention_age: Some(Duration::from_secs(90 * 24 * 3600)),
+            retention_max_events: Some(10_000_000),
+            pool_timeout: Duration::from_secs(2),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Defaults, then the config file (explicit path, or `lockledger.toml` in the storage
+    /// directory if present), then `LOCKLEDGER_*` environment variables.
+    pub fn load(storage_dir: &Path, explicit_file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = Config::defaults(storage_dir);
+        let implicit = storage_dir.join(CONFIG_FILE_NAME);
+        let file = match explicit_file {
+            Some(p) => Some(p.to_path_buf()),
+            None if implicit.is_file() => Some(implicit),
+            None => None,
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            config
+                .apply_toml(&text)
+                .map_err(|message| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+        }
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_toml(&mut self, text: &str) -> Result<(), String> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let ms = Duration::from_millis;
+        if let Some(v) = file.max_hold_ms {
+            self.max_hold = ms(v);
+        }
+        if let Some(v) = file.default_lease_ttl_ms {
+            self.default_lease_ttl = ms(v);
+        }
+        if let Some(v) = file.max_lease_ttl_ms {
+            self.max_lease_ttl = ms(v);
+        }
+        if let Some(v) = file.auto_expire {
+            self.auto_expire = v;
+        }
+        if let Some(v) = file.reaper_period_ms {
+            self.reaper_period = ms(v);
+        }
+        if let Some(v) = file.retention_days {
+            self.retention_age = (v > 0).then(|| Duration::from_secs(v * 24 * 3600));
+        }
+        if let Some(v) = file.retention_max_events {
+            self.retention_max_events = (v > 0).then_some(v);
+        }
+        if let Some(v) = file.pool_timeout_ms {
+            self.pool_timeout = ms(v);
+        }
+        if let Some(v) = file.busy_timeout_ms {
+            self.busy_timeout = ms(v);
+        }
+        if let Some(v) = file.namespaces {
+            self.namespaces = v;
+        }
+        Ok(())
+    }
+
+    /// Environment overrides; `get` is injected so tests need not touch the process env.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let num = |key: &str| -> Result<Option<u64>, ConfigError> {
+            match get(key) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+                    ConfigError::Invalid(format!("{key}={v:?} is not a whole number"))
+                }),
+            }
+        };
+        if let Some(v) = num("LOCKLEDGER_MAX_HOLD_MS")? {
+            self.max_hold = Duration::from_millis(v);
+        }
+        if let Some(v) = num("LOCKLEDGER_DEFAULT_LEASE_TTL_MS")? {
+            self.default_lease_ttl = Duration::from_millis(v);
+        }
+        if let Some(v) = num("LOCKLEDGER_REAPER_PERIOD_MS")? {
+            self.reaper_period = Duration::from_millis(v);
+        }
+        if let Some(v) = num("LOCKLEDGER_RETENTION_DAYS")? {
+            self.retention_age = (v > 0).then(|| Duration::from_secs(v * 24 * 3600));
+        }
+        if let Some(v) = num("LOCKLEDGER_RETENTION_MAX_EVENTS")? {
+            self.retention_max_events = (v > 0).then_some(v);
+        }
+        if let Some(v) = get("LOCKLEDGER_AUTO_EXPIRE") {
+            self.auto_expire = match v.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "LOCKLEDGER_AUTO_EXPIRE={other:?} is not a boolean"
+                    )))
+                }
+            };
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.namespaces.is_empty() {
+            return bad("at least one namespace is needed".into());
+        }
+        if self.max_hold.is_zero() || self.reaper_period.is_zero() {
+            return bad("max_hold_ms and reaper_period_ms must be positive".into());
+        }
+        if self.default_lease_ttl.is_zero() || self.default_lease_ttl > self.max_lease_ttl {
+            return bad(
+                "default_lease_ttl_ms must be positive and at most max_lease_ttl_ms".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for ns in &self.namespaces {
+            if !names.insert(ns.name.as_str()) {
+                return bad(format!("namespace {:?} is defined twice", ns.name));
+            }
+            if crate::ids::check_word(&ns.name).is_err() || ns.name.is_empty() {
+                return bad(format!("namespace name {:?} is not a plain word", ns.name));
+            }
+            let owners = ns.pattern.matches("{owner}").count();
+            let fields = ns.pattern.matches("{field}").count();
+            if owners != 1 || fields != 1 || ns.pattern.contains('/') || ns.pattern.contains('\0') {
+                return bad(format!(
+                    "namespace {:?}: pattern {:?} must contain {{owner}} and {{field}} once each and no '/'",
+                    ns.name, ns.pattern
+                ));
+            }
+            if ns.fields.is_empty() {
+                return bad(format!("namespace {:?} has no fields", ns.name));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for f in &ns.fields {
+                if f == "main" {
+                    return bad(format!(
+                        "namespace {:?}: no field may be called \"main\" (paths use main for the main lock \"\")",
+                        ns.name
+                    ));
+                }
+                if !f.is_empty() && crate::ids::check_word(f).is_err() {
+                    return bad(format!(
+                        "namespace {:?}: field {f:?} has characters outside [a-z0-9_]",
+                        ns.name
+                    ));
+                }
+                if !seen.insert(f.as_str()) {
+                    return bad(format!(
+                        "namespace {:?}: field {f:?} is listed twice",
+                        ns.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn locks_dir(&self) -> PathBuf {
+        self.storage_dir.join("locks")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.storage_dir.join("registry.db")
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+
+    /// The namespace used when a caller names none (the first configured, by default
+    /// `conversation`, which is what the chat app's routes mean).
+    pub fn default_namespace(&self) -> &Namespace {
+        // validate() guarantees at least one namespace; `defaults()` has two.
+        &self.namespaces[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_chat_app() {
+        let c = Config::defaults("/tmp/x");
+        c.validate().unwrap();
+        assert_eq!(c.default_namespace().name, "conversation");
+        assert_eq!(c.default_namespace().fields.len(), 6);
+        assert_eq!(c.max_hold, Duration::from_secs(600));
+        assert_eq!(c.retention_age, Some(Duration::from_secs(90 * 86400)));
+    }
+
+    #[test]
+    fn toml_overrides_and_refuses_unknown_keys() {
+        let mut c = Config::defaults("/tmp/x");
+        c.apply_toml("max_hold_ms = 1500\nauto_expire = false\n")
+            .unwrap();
+        assert_eq!(c.max_hold, Duration::from_millis(1500));
+        assert!(!c.auto_expire);
+        let err = c.apply_toml("max_hold = 3\n").unwrap_err();
+        assert!(err.contains("max_hold"), "{err}");
+    }
+
+    #[test]
+    fn a_field_called_main_is_refused() {
+        let mut c = Config::defaults("/tmp/x");
+        c.namespaces[0].fields.push("main".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("main"), "{e}");
+    }
+
+    #[test]
+    fn patterns_must_name_owner_and_field_once_without_slash() {
+        for pattern in [
+            "{owner}.lock",
+            "{owner}/{field}.lock",
+            "{owner}{owner}_{field}.lock",
+        ] {
+            let mut c = Config::defaults("/tmp/x");
+            c.namespaces[0].pattern = pattern.into();
+            assert!(c.validate().is_err(), "{pattern} accepted");
+        }
+    }
+
+    #[test]
+    fn env_overrides_are_parsed_strictly() {
+        let mut c = Config::defaults("/tmp/x");
+        c.apply_env(|k| (k == "LOCKLEDGER_MAX_HOLD_MS").then(|| "250".to_string()))
+            .unwrap();
+        assert_eq!(c.max_hold, Duration::from_millis(250));
+        let e = c
+            .apply_env(|k| (k == "LOCKLEDGER_AUTO_EXPIRE").then(|| "maybe".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("LOCKLEDGER_AUTO_EXPIRE"));
+    }
+}

@@ -1,0 +1,349 @@
+//! The SQLite store: connection setup, migrations, a read pool and one group-committing
+//! writer.
+//!
+//! Invariants:
+//! - Every connection runs with WAL, `synchronous=NORMAL`, a busy timeout and foreign
+//!   keys on (set per connection, since SQLite forgets them on close).
+//! - Every write goes through [`Writer::write`] and runs inside a `BEGIN IMMEDIATE`
+//!   transaction (a deferred read-then-write transaction fails with "database is locked"
+//!   under contention, whatever the busy timeout).
+//! - Group commit: the writer thread takes every job waiting in its queue, runs each in
+//!   its own savepoint inside one transaction, commits once, and only then answers each
+//!   caller. A caller never hears "ok" for a write that is not committed, and one failing
+//!   job rolls back only its own savepoint.
+//! - Migrations run under an exclusive flock on `registry.migrate.lock`, so several
+//!   processes starting on a fresh storage directory at once apply them exactly once.
+
+use crate::config::Config;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{Migrations, M};
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The migrations, in order. `tests::every_migration_file_is_listed` keeps this list and
+/// the `migrations/` directory in step.
+pub const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init.sql", include_str!("../migrations/0001_init.sql"))];
+
+/// Most jobs committed in one transaction; bounds the time a batch holds the write lock.
+const MAX_BATCH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database is busy; try again")]
+    Busy,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot prepare storage directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+}
+
+impl StoreError {
+    /// Busy and locked errors become [`StoreError::Busy`] so callers can answer 503.
+    pub fn from_sqlite(e: rusqlite::Error) -> StoreError {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
+
+/// Per-connection settings; SQLite keeps none of them across connections.
+pub fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+    Ok(())
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect())
+}
+
+/// Opens (creating if needed) the database and brings its schema up to date.
+pub fn open_and_migrate(config: &Config) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(&config.storage_dir)?;
+    let path = config.db_path();
+    let migrate_lock = config.storage_dir.join("registry.migrate.lock");
+    // Another process may be migrating right now: wait for it rather than race it.
+    let _exclusive = crate::flock::acquire_until(
+        &migrate_lock,
+        Instant::now() + Duration::from_secs(60),
+        &|| false,
+    )
+    .map_err(|e| StoreError::Migration(e.to_string()))?;
+    let mut conn = Connection::open(&path).map_err(StoreError::from_sqlite)?;
+    configure(&conn, config.busy_timeout).map_err(StoreError::from_sqlite)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(StoreError::from_sqlite)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Migration(format!(
+            "the database refused WAL mode (journal_mode={mode})"
+        )));
+    }
+    migrations()
+        .to_latest(&mut conn)
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO registry_settings (key, value) VALUES ('max_hold_ms', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value <> excluded.value",
+        [config.max_hold.as_millis() as i64],
+    )
+    .map_err(StoreError::from_sqlite)?;
+    Ok(conn)
+}
+
+pub fn read_pool(config: &Config, max_size: u32) -> Result<ReadPool, StoreError> {
+    let busy = config.busy_timeout;
+    let manager = SqliteConnectionManager::file(config.db_path())
+        .with_flags(
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .with_init(move |c| configure(c, busy));
+    r2d2::Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(1))
+        .connection_timeout(config.pool_timeout)
+        .build(manager)
+        .map_err(|_| StoreError::Busy)
+}
+
+/// A read-only connection for admin SQL: opened read-only, `query_only` on top.
+pub fn open_read_only(db_path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        db_path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(StoreError::from_sqlite)?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(StoreError::from_sqlite)?;
+    conn.execute_batch("PRAGMA query_only = ON;")
+        .map_err(StoreError::from_sqlite)?;
+    Ok(conn)
+}
+
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job runs against the open transaction (or is told `None`: the batch could not
+/// start) and hands back whether it succeeded plus how to answer after the commit.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
+
+/// Handle to the writer thread. Cloning shares the thread; it stops when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(conn: Connection) -> Result<Writer, StoreError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("lockledger-writer".into())
+            .spawn(move || run_writer(conn, queue))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Runs `f` inside the writer's transaction and returns its result once committed.
+    pub fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel::<Result<R, E>>(1);
+        let job: Job = Box::new(move |conn| match conn {
+            None => (
+                false,
+                Box::new(move |res: Result<(), StoreError>| {
+                    let err = res.err().unwrap_or(StoreError::Busy);
+                    let _ = tx.send(Err(E::from(err)));
+                }),
+            ),
+            Some(conn) => {
+                let out = f(conn);
+                (
+                    out.is_ok(),
+                    Box::new(move |commit: Result<(), StoreError>| {
+                        let answer = match commit {
+                            Ok(()) => out,
+                            Err(e) => Err(E::from(e)),
+                        };
+                        let _ = tx.send(answer);
+                    }),
+                )
+            }
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| E::from(StoreError::WriterGone))?;
+        rx.recv().map_err(|_| E::from(StoreError::WriterGone))?
+    }
+}
+
+fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = StoreError::from_sqlite(e).to_string();
+            log::warn!("writer: cannot begin a transaction: {msg}");
+            for job in batch {
+                let (_, reply) = job(None);
+                reply(Err(StoreError::Busy));
+            }
+            continue;
+        }
+        let mut replies: Vec<(bool, Reply)> = Vec::with_capacity(batch.len());
+        for job in batch {
+            if conn.execute_batch("SAVEPOINT job").is_err() {
+                let (_, reply) = job(None);
+                replies.push((false, reply));
+                continue;
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&conn)))) {
+                Ok((true, reply)) => {
+                    let _ = conn.execute_batch("RELEASE job");
+                    replies.push((true, reply));
+                }
+                Ok((false, reply)) => {
+                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    replies.push((false, reply));
+                }
+                Err(_) => {
+                    // The job's reply sender was dropped with it; its caller sees WriterGone.
+                    log::error!("writer: a job panicked; its changes were rolled back");
+                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                }
+            }
+        }
+        let committed = conn.execute_batch("COMMIT");
+        match committed {
+            Ok(()) => {
+                for (_, reply) in replies {
+                    reply(Ok(()));
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let err = StoreError::from_sqlite(e);
+                log::warn!("writer: commit failed: {err}");
+                for (_, reply) in replies {
+                    reply(Err(match &err {
+                        StoreError::Busy => StoreError::Busy,
+                        other => StoreError::CommitFailed(other.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        on_disk.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(on_disk, listed);
+        for (i, name) in listed.iter().enumerate() {
+            assert!(name.starts_with(&format!("{:04}_", i + 1)), "{name}");
+        }
+        migrations().validate().unwrap();
+    }
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_creates_the_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::defaults(dir.path());
+        drop(open_and_migrate(&config).unwrap());
+        let conn = open_and_migrate(&config).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        for view in ["current_locks", "stale_locks", "lock_history"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT count(*) FROM {view}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "{view}");
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn group_commit_answers_every_caller_and_isolates_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::defaults(dir.path());
+        let writer = Writer::start(open_and_migrate(&config).unwrap()).unwrap();
+        let mut threads = Vec::new();
+        for i in 0..32i64 {
+            let w = writer.clone();
+            threads.push(std::thread::spawn(move || {
+                w.write(move |c| -> Result<i64, StoreError> {
+                    if i % 8 == 7 {
+                        c.execute("INSERT INTO registry_settings VALUES ('x', 1)", [])?;
+                        c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                    }
+                    c.execute(
+                        "INSERT INTO registry_settings (key, value) VALUES (?1, ?2)",
+                        (format!("k{i}"), i),
+                    )?;
+                    Ok(i)
+                })
+            }));
+        }
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 4);
+        let conn = open_read_only(&config.db_path(), Duration::from_secs(1)).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM registry_settings WHERE key LIKE 'k%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 28);
+        let x: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM registry_settings WHERE key = 'x'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            x, 0,
+            "a failed job's earlier statements are rolled back too"
+        );
+    }
+}

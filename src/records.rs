@@ -1,0 +1,485 @@
+//! Rows of the registry database and the SQL that reads and writes them.
+//!
+//! Owns the mapping between the tables of `migrations/` and Rust types. Every function
+//! takes a `&Connection` and runs inside whatever transaction the caller opened; none
+//! opens, commits or sleeps. Policy (who may clear what, staleness) lives elsewhere.
+
+use crate::ids::LockKey;
+use crate::stale::HolderKind;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Acquired,
+    Released,
+    Renewed,
+    Expired,
+    Cleared,
+    ForceCleared,
+    Reconciled,
+    WaitTimeout,
+    ObservedExternal,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Acquired,
+        EventKind::Released,
+        EventKind::Renewed,
+        EventKind::Expired,
+        EventKind::Cleared,
+        EventKind::ForceCleared,
+        EventKind::Reconciled,
+        EventKind::WaitTimeout,
+        EventKind::ObservedExternal,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Acquired => "acquired",
+            EventKind::Released => "released",
+            EventKind::Renewed => "renewed",
+            EventKind::Expired => "expired",
+            EventKind::Cleared => "cleared",
+            EventKind::ForceCleared => "force_cleared",
+            EventKind::Reconciled => "reconciled",
+            EventKind::WaitTimeout => "wait_timeout",
+            EventKind::ObservedExternal => "observed_external",
+        }
+    }
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The current holder of a lock, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderRow {
+    pub token: i64,
+    pub kind: HolderKind,
+    pub lease_id: Option<String>,
+    pub holder: String,
+    pub operation: String,
+    pub pid: Option<i32>,
+    pub pid_start: Option<u64>,
+    pub host: String,
+    pub thread: Option<String>,
+    pub locker_pid: i32,
+    pub locker_start: Option<u64>,
+    pub acquired_at: i64,
+    pub renewed_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+}
+
+/// A lock the registry knows, with its holder if one is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRow {
+    pub lock_id: i64,
+    pub namespace: String,
+    pub owner: String,
+    pub field: String,
+    pub file: String,
+    pub last_token: i64,
+    pub holder: Option<HolderRow>,
+}
+
+const LOCK_COLUMNS: &str = "l.lock_id, l.namespace, l.owner, l.field, l.file, l.last_token,
+    h.token, h.kind, h.lease_id, h.holder, h.operation, h.pid, h.pid_start, h.host, h.thread,
+    h.locker_pid, h.locker_start, h.acquired_at, h.renewed_at, h.expires_at, h.revoked_at,
+    h.revoked_by";
+
+fn lock_row(r: &Row<'_>) -> rusqlite::Result<LockRow> {
+    let token: Option<i64> = r.get(6)?;
+    let holder = match token {
+        None => None,
+        Some(token) => {
+            let kind: String = r.get(7)?;
+            Some(HolderRow {
+                token,
+                kind: HolderKind::parse(&kind).unwrap_or(HolderKind::Library),
+                lease_id: r.get(8)?,
+                holder: r.get(9)?,
+                operation: r.get(10)?,
+                pid: r.get(11)?,
+                pid_start: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+                host: r.get(13)?,
+                thread: r.get(14)?,
+                locker_pid: r.get(15)?,
+                locker_start: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+                acquired_at: r.get(17)?,
+                renewed_at: r.get(18)?,
+                expires_at: r.get(19)?,
+                revoked_at: r.get(20)?,
+                revoked_by: r.get(21)?,
+            })
+        }
+    };
+    Ok(LockRow {
+        lock_id: r.get(0)?,
+        namespace: r.get(1)?,
+        owner: r.get(2)?,
+        field: r.get(3)?,
+        file: r.get(4)?,
+        last_token: r.get(5)?,
+        holder,
+    })
+}
+
+/// Every known lock of one owner, holders included.
+pub fn owner_locks(
+    conn: &Connection,
+    namespace: &str,
+    owner: &str,
+) -> rusqlite::Result<Vec<LockRow>> {
+    let sql = format!(
+        "SELECT {LOCK_COLUMNS} FROM locks l LEFT JOIN holders h USING (lock_id)
+         WHERE l.namespace = ?1 AND l.owner = ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![namespace, owner], lock_row)?;
+    rows.collect()
+}
+
+pub fn find_lock(conn: &Connection, key: &LockKey) -> rusqlite::Result<Option<LockRow>> {
+    let sql = format!(
+        "SELECT {LOCK_COLUMNS} FROM locks l LEFT JOIN holders h USING (lock_id)
+         WHERE l.namespace = ?1 AND l.owner = ?2 AND l.field = ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    stmt.query_row(params![key.namespace(), key.owner(), key.field()], lock_row)
+        .optional()
+}
+
+/// Every lock that has a recorded holder (for reconciliation and the reaper).
+pub fn all_held(conn: &Connection) -> rusqlite::Result<Vec<LockRow>> {
+    let sql = format!(
+        "SELECT {LOCK_COLUMNS} FROM holders h JOIN locks l USING (lock_id) ORDER BY l.lock_id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([], lock_row)?;
+    rows.collect()
+}
+
+/// A page of known locks, by lock id, optionally by owner prefix and only those with a
+/// recorded holder.
+pub fn list_locks(
+    conn: &Connection,
+    owner_prefix: Option<&str>,
+    after_lock_id: i64,
+    only_recorded: bool,
+    limit: usize,
+) -> rusqlite::Result<Vec<LockRow>> {
+    let join = if only_recorded { "JOIN" } else { "LEFT JOIN" };
+    // The prefix range `owner >= p AND owner < p || char(0x10FFFF)` uses the owner index
+    // without LIKE's escaping pitfalls (owners may contain '_').
+    let sql = format!(
+        "SELECT {LOCK_COLUMNS} FROM locks l {join} holders h USING (lock_id)
+         WHERE l.lock_id > ?1
+           AND (?2 IS NULL OR (l.owner >= ?2 AND l.owner < ?2 || char(1114111)))
+         ORDER BY l.lock_id LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![after_lock_id, owner_prefix, limit as i64], lock_row)?;
+    rows.collect()
+}
+
+/// Makes sure the lock has a row and returns its id (the token is not touched).
+pub fn ensure_lock(
+    conn: &Connection,
+    key: &LockKey,
+    file: &str,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO locks (namespace, owner, field, file, last_token, created_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5)
+         ON CONFLICT (namespace, owner, field) DO UPDATE SET file = excluded.file
+         RETURNING lock_id",
+    )?;
+    stmt.query_row(
+        params![key.namespace(), key.owner(), key.field(), file, now],
+        |r| r.get(0),
+    )
+}
+
+/// Issues the next fencing token of a lock; strictly greater than every earlier one.
+pub fn next_token(conn: &Connection, lock_id: i64) -> rusqlite::Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE locks SET last_token = last_token + 1 WHERE lock_id = ?1 RETURNING last_token",
+    )?;
+    stmt.query_row([lock_id], |r| r.get(0))
+}
+
+pub struct NewHolder<'a> {
+    pub lock_id: i64,
+    pub token: i64,
+    pub kind: HolderKind,
+    pub lease_id: Option<&'a str>,
+    pub holder: &'a str,
+    pub operation: &'a str,
+    pub pid: Option<i32>,
+    pub pid_start: Option<u64>,
+    pub host: &'a str,
+    pub thread: Option<&'a str>,
+    pub locker_pid: i32,
+    pub locker_start: Option<u64>,
+    pub acquired_at: i64,
+    pub expires_at: Option<i64>,
+    pub acquired_event: i64,
+}
+
+pub fn insert_holder(conn: &Connection, h: &NewHolder<'_>) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO holders (lock_id, token, kind, lease_id, holder, operation, pid, pid_start,
+             host, thread, locker_pid, locker_start, acquired_at, renewed_at, expires_at,
+             acquired_event)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15)",
+    )?;
+    stmt.execute(params![
+        h.lock_id,
+        h.token,
+        h.kind.as_str(),
+        h.lease_id,
+        h.holder,
+        h.operation,
+        h.pid,
+        h.pid_start.map(|v| v as i64),
+        h.host,
+        h.thread,
+        h.locker_pid,
+        h.locker_start.map(|v| v as i64),
+        h.acquired_at,
+        h.expires_at,
+        h.acquired_event,
+    ])?;
+    Ok(())
+}
+
+/// Removes the holder row if it still carries `token`; false if it was already gone.
+pub fn delete_holder(conn: &Connection, lock_id: i64, token: i64) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached("DELETE FROM holders WHERE lock_id = ?1 AND token = ?2")?;
+    Ok(stmt.execute(params![lock_id, token])? == 1)
+}
+
+/// Records a renewal; false if the holder with that token is gone.
+pub fn renew_holder(
+    conn: &Connection,
+    lock_id: i64,
+    token: i64,
+    now: i64,
+    expires_at: Option<i64>,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE holders SET renewed_at = ?3, expires_at = COALESCE(?4, expires_at)
+         WHERE lock_id = ?1 AND token = ?2 AND revoked_at IS NULL",
+    )?;
+    Ok(stmt.execute(params![lock_id, token, now, expires_at])? == 1)
+}
+
+pub fn mark_revoked(
+    conn: &Connection,
+    lock_id: i64,
+    token: i64,
+    now: i64,
+    actor: &str,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE holders SET revoked_at = ?3, revoked_by = ?4 WHERE lock_id = ?1 AND token = ?2",
+    )?;
+    Ok(stmt.execute(params![lock_id, token, now, actor])? == 1)
+}
+
+/// One history row to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent<'a> {
+    pub at: i64,
+    pub lock_id: i64,
+    pub namespace: &'a str,
+    pub owner: &'a str,
+    pub field: &'a str,
+    pub event: Option<EventKind>,
+    pub token: Option<i64>,
+    pub pid: Option<i32>,
+    pub host: Option<&'a str>,
+    pub holder: Option<&'a str>,
+    pub operation: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub held_ms: Option<i64>,
+}
+
+impl<'a> NewEvent<'a> {
+    /// An event about `row`'s lock and, when there is one, its holder.
+    pub fn about(row: &'a LockRow, event: EventKind, at: i64) -> NewEvent<'a> {
+        let h = row.holder.as_ref();
+        NewEvent {
+            at,
+            lock_id: row.lock_id,
+            namespace: &row.namespace,
+            owner: &row.owner,
+            field: &row.field,
+            event: Some(event),
+            token: h.map(|h| h.token),
+            pid: h.map(|h| h.pid.unwrap_or(h.locker_pid)),
+            host: h.map(|h| h.host.as_str()),
+            holder: h.map(|h| h.holder.as_str()),
+            operation: h.map(|h| h.operation.as_str()),
+            held_ms: h.map(|h| (at - h.acquired_at).max(0)),
+            ..NewEvent::default()
+        }
+    }
+}
+
+pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO lock_events (at, lock_id, namespace, owner, field, event, token, pid, host,
+             holder, operation, actor, reason, held_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    stmt.execute(params![
+        e.at,
+        e.lock_id,
+        e.namespace,
+        e.owner,
+        e.field,
+        e.event.map(EventKind::as_str),
+        e.token,
+        e.pid,
+        e.host,
+        e.holder,
+        e.operation,
+        e.actor,
+        e.reason,
+        e.held_ms,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn set_acquired_event(conn: &Connection, lock_id: i64, event_id: i64) -> rusqlite::Result<()> {
+    let mut stmt =
+        conn.prepare_cached("UPDATE holders SET acquired_event = ?2 WHERE lock_id = ?1")?;
+    stmt.execute(params![lock_id, event_id])?;
+    Ok(())
+}
+
+/// A history row as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRow {
+    pub event_id: i64,
+    #[serde(serialize_with = "ser_rfc3339")]
+    pub at: i64,
+    pub namespace: String,
+    pub owner: String,
+    pub field: String,
+    pub event: String,
+    pub token: Option<i64>,
+    pub pid: Option<i32>,
+    pub host: Option<String>,
+    pub holder: Option<String>,
+    pub operation: Option<String>,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+    pub held_ms: Option<i64>,
+}
+
+fn ser_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::clock::rfc3339(*ms))
+}
+
+/// Filters for [`history`]; every filter is optional. Newest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub namespace: Option<String>,
+    pub owner: Option<String>,
+    pub field: Option<String>,
+    pub event: Option<EventKind>,
+    pub holder: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only events older than this event id (the cursor of the previous page).
+    pub before_event_id: Option<i64>,
+    pub limit: usize,
+}
+
+pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<EventRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_id, at, namespace, owner, field, event, token, pid, host, holder,
+                operation, actor, reason, held_ms
+         FROM lock_events
+         WHERE (?1 IS NULL OR owner = ?1)
+           AND (?2 IS NULL OR field = ?2)
+           AND (?3 IS NULL OR event = ?3)
+           AND (?4 IS NULL OR holder = ?4)
+           AND (?5 IS NULL OR at >= ?5)
+           AND (?6 IS NULL OR at < ?6)
+           AND (?7 IS NULL OR event_id < ?7)
+           AND (?8 IS NULL OR namespace = ?8)
+         ORDER BY event_id DESC LIMIT ?9",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            q.owner,
+            q.field,
+            q.event.map(EventKind::as_str),
+            q.holder,
+            q.since_ms,
+            q.until_ms,
+            q.before_event_id,
+            q.namespace,
+            q.limit as i64
+        ],
+        |r| {
+            Ok(EventRow {
+                event_id: r.get(0)?,
+                at: r.get(1)?,
+                namespace: r.get(2)?,
+                owner: r.get(3)?,
+                field: r.get(4)?,
+                event: r.get(5)?,
+                token: r.get(6)?,
+                pid: r.get(7)?,
+                host: r.get(8)?,
+                holder: r.get(9)?,
+                operation: r.get(10)?,
+                actor: r.get(11)?,
+                reason: r.get(12)?,
+                held_ms: r.get(13)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// Deletes up to `batch` history rows that are older than `cutoff_ms` or beyond the
+/// newest `max_events`, never the `acquired` event of a current holder. Returns how many
+/// rows went; callers loop until it returns less than `batch`, so no single transaction
+/// holds the write lock for long.
+pub fn prune_events(
+    conn: &Connection,
+    cutoff_ms: Option<i64>,
+    max_events: Option<u64>,
+    batch: usize,
+) -> rusqlite::Result<usize> {
+    // Event ids are assigned in order, so "beyond the newest N" is "id <= max_id - N";
+    // gaps left by earlier pruning only make this keep fewer than N, never more.
+    let id_cutoff: Option<i64> = match max_events {
+        None => None,
+        Some(n) => {
+            let max_id: Option<i64> =
+                conn.query_row("SELECT max(event_id) FROM lock_events", [], |r| r.get(0))?;
+            max_id.map(|m| m - n as i64)
+        }
+    };
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM lock_events WHERE event_id IN (
+             SELECT event_id FROM lock_events
+             WHERE ((?1 IS NOT NULL AND at < ?1) OR (?2 IS NOT NULL AND event_id <= ?2))
+               AND event_id NOT IN (SELECT acquired_event FROM holders
+                                    WHERE acquired_event IS NOT NULL)
+             ORDER BY event_id LIMIT ?3)",
+    )?;
+    stmt.execute(params![cutoff_ms, id_cutoff, batch as i64])
+}
