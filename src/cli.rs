@@ -138,6 +138,21 @@ pub enum Command {
     },
     /// Prune history by the configured retention now
     Prune,
+    /// Run the HTTP service
+    Serve {
+        /// Address to listen on (port 0 picks a free port)
+        #[arg(long, env = "LOCKLEDGER_BIND", default_value = "127.0.0.1:8787")]
+        bind: std::net::SocketAddr,
+        /// User token (required for a non-loopback bind)
+        #[arg(long, env = "LOCKLEDGER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Admin token (default: generated into STORAGE/admin-token)
+        #[arg(long, env = "LOCKLEDGER_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Extra Host names this service answers to (repeatable), e.g. chat.internal:8787
+        #[arg(long)]
+        allow_host: Vec<String>,
+    },
     /// Hold a lock until killed (SIGTERM/SIGINT release it); for demos and tests
     Hold {
         owner: String,
@@ -267,7 +282,13 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
     match run(cli) {
         Ok(o) => o.code,
         Err(e) => {
@@ -531,6 +552,33 @@ fn run(cli: Cli) -> Result<Outcome, RegistryError> {
             let n = reg.prune_history()?;
             println!("pruned {n} history row(s)");
             Ok(Outcome { code: EXIT_OK })
+        }
+        Command::Serve {
+            bind,
+            token,
+            admin_token,
+            allow_host,
+        } => {
+            let reg = open(&cli.global)?;
+            let opts = crate::http::ServeOptions {
+                bind,
+                user_token: token,
+                admin_token,
+                allowed_hosts: allow_host,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    RegistryError::BadRequest(format!("cannot start the async runtime: {e}"))
+                })?;
+            match runtime.block_on(crate::http::serve(reg, opts)) {
+                Ok(()) => Ok(Outcome { code: EXIT_OK }),
+                Err(e) => {
+                    eprintln!("lockledger: {e}");
+                    Ok(Outcome { code: EXIT_ERROR })
+                }
+            }
         }
         Command::Hold {
             owner,

@@ -17,12 +17,14 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod flock;
+pub mod http;
 pub mod ids;
 pub mod proc_locks;
 pub mod process;
 pub mod records;
 pub mod registry;
 pub mod stale;
+pub mod waitq;
 
 pub use config::Config;
 pub use ids::LockKey;

@@ -323,7 +323,7 @@ impl<'a> NewEvent<'a> {
             field: &row.field,
             event: Some(event),
             token: h.map(|h| h.token),
-            pid: h.map(|h| h.pid.unwrap_or(h.locker_pid)),
+            pid: h.and_then(|h| h.pid),
             host: h.map(|h| h.host.as_str()),
             holder: h.map(|h| h.holder.as_str()),
             operation: h.map(|h| h.operation.as_str()),

@@ -27,6 +27,7 @@ use crate::records::{self, EventKind, HistoryQuery, LockRow, NewEvent, NewHolder
 use crate::stale::{
     self, HolderKind, Liveness, LockState, Observation, Policy, RecordFacts, StaleReason, Verdict,
 };
+use crate::waitq::{WaitQueues, WaiterInfo};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -263,6 +264,7 @@ struct Inner {
     writer: Writer,
     readers: ReadPool,
     leases: Mutex<LeaseTable>,
+    waiters: Arc<WaitQueues>,
     me: (i32, Option<u64>),
 }
 
@@ -314,6 +316,7 @@ impl Registry {
                 writer,
                 readers,
                 leases: Mutex::new(LeaseTable::default()),
+                waiters: Arc::new(WaitQueues::default()),
                 me: process::current(),
             }),
         })
@@ -514,7 +517,7 @@ impl Registry {
             kind: verdict.kind,
             holder: holder.map(|h| h.holder.clone()),
             operation: holder.map(|h| h.operation.clone()),
-            pid: holder.map(|h| h.pid.unwrap_or(h.locker_pid)),
+            pid: holder.and_then(|h| h.pid),
             host: holder.map(|h| h.host.clone()),
             thread: holder.and_then(|h| h.thread.clone()),
             command: None,
@@ -587,7 +590,8 @@ impl Registry {
     ) -> Result<(Vec<LockReport>, Option<i64>), RegistryError> {
         let now = self.now_ms();
         let limit = limit.clamp(1, 1000);
-        let only_recorded = matches!(state, Some(LockState::Stale));
+        // Held and stale locks have records (externally held ones show in owner status).
+        let only_recorded = matches!(state, Some(LockState::Stale | LockState::Held));
         let mut out = Vec::new();
         let mut after = cursor;
         loop {
@@ -627,6 +631,21 @@ impl Registry {
                 return Ok((out, None));
             }
         }
+    }
+
+    /// (held, stale) among the locks with a holder record, judged now.
+    pub fn recorded_counts(&self) -> Result<(u64, u64), RegistryError> {
+        let now = self.now_ms();
+        let rows = self.read(|c| Ok(records::all_held(c)?))?;
+        let (mut held, mut stale) = (0, 0);
+        for row in &rows {
+            match self.observe(Some(row), &row.file, now)?.1.state {
+                LockState::Held => held += 1,
+                LockState::Stale => stale += 1,
+                LockState::Free => {}
+            }
+        }
+        Ok((held, stale))
     }
 
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<records::EventRow>, RegistryError> {
@@ -688,7 +707,7 @@ impl Registry {
             field: key.field(),
             event: Some(EventKind::Acquired),
             token: Some(token),
-            pid: Some(spec.pid.unwrap_or(self.inner.me.0)),
+            pid: spec.pid,
             host: Some(&spec.host),
             holder: Some(&spec.holder),
             operation: Some(&spec.operation),
@@ -772,6 +791,50 @@ impl Registry {
         }
     }
 
+    /// Waits in arrival order (among this process's waiters) for the flock, up to `wait`.
+    fn take_flock(
+        &self,
+        key: &LockKey,
+        file: &str,
+        holder: &str,
+        operation: &str,
+        wait: Duration,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<HeldFlock, RegistryError> {
+        let started = Instant::now();
+        let deadline = started + wait;
+        let ticket = self
+            .inner
+            .waiters
+            .join(key, holder, operation, self.now_ms());
+        let got = if ticket.wait_turn(deadline, cancelled) {
+            flock::acquire_until(&self.path_of_file(file), deadline, cancelled)
+        } else {
+            Err(FlockError::Timeout {
+                name: file.to_string(),
+                waited_ms: started.elapsed().as_millis() as u64,
+            })
+        };
+        drop(ticket);
+        match got {
+            Ok(f) => Ok(f),
+            Err(FlockError::Timeout { .. }) => {
+                self.record_wait_timeout(key, holder, operation, started.elapsed());
+                Err(self.busy_error(key, started.elapsed()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Acquirers waiting in this process, in queue order.
+    pub fn waiters(&self) -> Vec<WaiterInfo> {
+        self.inner.waiters.list()
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.inner.waiters.len()
+    }
+
     /// Takes a lock for this process (a library holder). The holder row and the
     /// `acquired` event are committed before this returns.
     pub fn acquire(
@@ -782,16 +845,14 @@ impl Registry {
         check_label("holder", &opts.holder)?;
         check_label("operation", &opts.operation)?;
         let file = self.file_of(key)?;
-        let started = Instant::now();
-        let flock =
-            match flock::acquire_until(&self.path_of_file(&file), started + opts.wait, &|| false) {
-                Ok(f) => f,
-                Err(FlockError::Timeout { .. }) => {
-                    self.record_wait_timeout(key, &opts.holder, &opts.operation, started.elapsed());
-                    return Err(self.busy_error(key, started.elapsed()));
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let flock = self.take_flock(
+            key,
+            &file,
+            &opts.holder,
+            &opts.operation,
+            opts.wait,
+            &|| false,
+        )?;
         let spec = GrantSpec {
             kind: HolderKind::Library,
             lease_id: None,
@@ -853,16 +914,8 @@ impl Registry {
             _ => None,
         };
         let file = self.file_of(key)?;
-        let started = Instant::now();
         let flock =
-            match flock::acquire_until(&self.path_of_file(&file), started + req.wait, cancelled) {
-                Ok(f) => f,
-                Err(FlockError::Timeout { .. }) => {
-                    self.record_wait_timeout(key, &req.holder, &req.operation, started.elapsed());
-                    return Err(self.busy_error(key, started.elapsed()));
-                }
-                Err(e) => return Err(e.into()),
-            };
+            self.take_flock(key, &file, &req.holder, &req.operation, req.wait, cancelled)?;
         let lease_id = new_lease_id()?;
         let ttl_ms = ttl.as_millis() as i64;
         let spec = GrantSpec {
@@ -961,9 +1014,10 @@ impl Registry {
 
     /// Releases a lease: the record and a `released` event are committed, then the flock
     /// is let go.
-    pub fn release_lease(&self, lease_id: &str) -> Result<(), RegistryError> {
+    pub fn release_lease(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
         let id = lease_id.to_string();
-        let slot = self.write(move |reg, conn| {
+        let (slot, held_ms) = self.write(move |reg, conn| {
+            let now = reg.now_ms();
             let mut table = reg.leases();
             let Some(key) = table.by_id.get(&id).cloned() else {
                 return Err(RegistryError::LeaseGone {
@@ -973,21 +1027,15 @@ impl Registry {
             };
             let row = records::find_lock(conn, &key)?;
             let slot = table.remove(&key);
+            let mut held_ms = None;
             if let (Some(row), Some(slot)) = (row, slot.as_ref()) {
-                close_record(
-                    conn,
-                    &row,
-                    slot.token,
-                    EventKind::Released,
-                    reg.now_ms(),
-                    None,
-                    None,
-                )?;
+                held_ms = row.holder.as_ref().map(|h| (now - h.acquired_at).max(0));
+                close_record(conn, &row, slot.token, EventKind::Released, now, None, None)?;
             }
-            Ok(slot)
+            Ok((slot, held_ms))
         })?;
         drop(slot);
-        Ok(())
+        Ok(held_ms)
     }
 
     /// Leases this process holds: (lease id, key, token, expires_at).
