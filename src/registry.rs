@@ -1112,7 +1112,7 @@ impl Registry {
                         holder.map(|h| h.token.to_string()).unwrap_or_else(|| "free".into())
                     ),
                     holder: holder.map(|h| h.holder.clone()),
-                    pid: holder.map(|h| h.pid.unwrap_or(h.locker_pid)),
+                    pid: holder.and_then(|h| h.pid),
                     operation: holder.map(|h| h.operation.clone()),
                 });
                 return Ok(());
@@ -1128,7 +1128,7 @@ impl Registry {
                     file: file.to_string(),
                     reason,
                     holder: holder.map(|h| h.holder.clone()),
-                    pid: holder.map(|h| h.pid.unwrap_or(h.locker_pid)),
+                    pid: holder.and_then(|h| h.pid),
                     operation: holder.map(|h| h.operation.clone()),
                 };
                 if external {
