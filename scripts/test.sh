@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: formatting, lints, unit and integration tests (real
+# processes, signals and files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
