@@ -245,7 +245,7 @@ impl Config {
             if !names.insert(ns.name.as_str()) {
                 return bad(format!("namespace {:?} is defined twice", ns.name));
             }
-            if crate::ids::check_word(&ns.name).is_err() || ns.name.is_empty() {
+            if !crate::ids::is_word(&ns.name) {
                 return bad(format!("namespace name {:?} is not a plain word", ns.name));
             }
             let owners = ns.pattern.matches("{owner}").count();
@@ -267,7 +267,7 @@ impl Config {
                         ns.name
                     ));
                 }
-                if !f.is_empty() && crate::ids::check_word(f).is_err() {
+                if !f.is_empty() && !crate::ids::is_word(f) {
                     return bad(format!(
                         "namespace {:?}: field {f:?} has characters outside [a-z0-9_]",
                         ns.name

@@ -51,17 +51,12 @@ pub fn check_owner(owner: &str) -> Result<(), IdError> {
 }
 
 /// A plain word: `[a-z0-9_]{1,64}` (used for fields and namespace names).
-pub fn check_word(word: &str) -> Result<(), ()> {
-    let ok = !word.is_empty()
+pub fn is_word(word: &str) -> bool {
+    !word.is_empty()
         && word.len() <= 64
         && word
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(())
-    }
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Shortens and escapes untrusted text for error messages.

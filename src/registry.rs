@@ -493,8 +493,7 @@ impl Registry {
         owner: &str,
         field: &str,
         row: Option<&LockRow>,
-        flock_held: bool,
-        verdict: Verdict,
+        (flock_held, verdict): (bool, Verdict),
         now: i64,
     ) -> LockReport {
         let file = row.map(|r| r.file.clone()).unwrap_or_else(|| {
@@ -570,7 +569,7 @@ impl Registry {
                 row = self.read(|c| Ok(records::find_lock(c, &key)?))?;
                 (held, verdict) = self.observe(row.as_ref(), &file, now)?;
             }
-            locks.push(self.report(&ns, owner, field, row.as_ref(), held, verdict, now));
+            locks.push(self.report(&ns, owner, field, row.as_ref(), (held, verdict), now));
         }
         Ok(OwnerStatus {
             namespace: ns.name.clone(),
@@ -618,8 +617,7 @@ impl Registry {
                         &row.owner,
                         &row.field,
                         Some(row),
-                        held,
-                        verdict,
+                        (held, verdict),
                         now,
                     ));
                     if out.len() == limit {

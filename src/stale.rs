@@ -241,7 +241,8 @@ mod tests {
                 ..record(Lease)
             };
         // (flock held, record, now, expected)
-        let cases: Vec<(bool, RecordFacts, i64, (S, Option<StaleReason>))> = vec![
+        type Case = (bool, RecordFacts, i64, (S, Option<StaleReason>));
+        let cases: Vec<Case> = vec![
             (true, record(Library), T0 + 1, (S::Held, None)),
             (false, record(Library), T0 + 1, (S::Stale, Some(HolderDead))),
             (
