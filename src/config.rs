@@ -120,7 +120,7 @@ impl Config {
             reaper_period: Duration::from_millis(250),
             retention_age: Some(Duration::from_secs(90 * 24 * 3600)),
             retention_max_events: Some(10_000_000),
-            pool_timeout: Duration::from_secs(2),
+            pool_timeout: Duration::from_millis(500),
             busy_timeout: Duration::from_secs(5),
         }
     }

@@ -31,4 +31,5 @@ pub use ids::LockKey;
 pub use registry::{AcquireOptions, LockGuard, LockReport, OwnerStatus, Registry, RegistryError};
 pub mod cli;
 pub mod export;
+pub mod fence;
 pub mod sql_console;

@@ -1169,6 +1169,7 @@ impl Registry {
                 if release_slot {
                     self.release_slot(key, token);
                 }
+                fault_point("clear_after_fs_step");
                 close_record(
                     conn,
                     row,
@@ -1256,6 +1257,7 @@ impl Registry {
                     if release_slot {
                         reg.release_slot(&key, token);
                     }
+                    fault_point("clear_after_fs_step");
                     records::delete_holder(conn, row.lock_id, token)?;
                     false
                 }
@@ -1484,6 +1486,22 @@ fn close_record(
         records::insert_event(conn, &e)?;
     }
     Ok(deleted)
+}
+
+/// Crash-test hook: with `LOCKLEDGER_FAULT=<name>` in the environment, the process kills
+/// itself with SIGKILL when it reaches the fault point of that name. The one point,
+/// `clear_after_fs_step`, sits between a clear's filesystem step and its commit, so tests
+/// can show that reconciliation repairs a clear interrupted there.
+fn fault_point(name: &str) {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = FAULT.get_or_init(|| std::env::var("LOCKLEDGER_FAULT").ok());
+    if armed.as_deref() == Some(name) {
+        log::error!("fault point {name} reached: killing this process (LOCKLEDGER_FAULT)");
+        // SAFETY: getpid and kill have no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 /// One `renewed` event per holder per minute keeps history readable.

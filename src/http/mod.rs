@@ -296,12 +296,12 @@ pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reconcile = Instant::now();
-        let mut last_prune = Instant::now();
+        let mut last_prune: Option<Instant> = None;
         loop {
             tick.tick().await;
             let reg = app.registry.clone();
             let do_reconcile = last_reconcile.elapsed() >= Duration::from_secs(5);
-            let do_prune = last_prune.elapsed() >= Duration::from_secs(3600);
+            let do_prune = last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
             let res = tokio::task::spawn_blocking(move || {
                 let reaped = reg.reap().map(|v| v.len()).unwrap_or_else(|e| {
                     log::warn!("reaper: {e}");
@@ -333,7 +333,7 @@ pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 last_reconcile = Instant::now();
             }
             if do_prune {
-                last_prune = Instant::now();
+                last_prune = Some(Instant::now());
             }
         }
     })
