@@ -571,7 +571,15 @@ fn sigstopped_holder_is_held_too_long_not_safely_clearable_and_recovers() {
     let l = store.lock("c2", "messages");
     assert_eq!(l["token"].as_i64(), Some(token), "{l}");
     assert_eq!(l["stale_reason"], "held_too_long", "{l}");
-    let second = store.run(&["hold", "c2", "messages", "--wait-ms", "300"]);
+    let second = store.run(&[
+        "hold",
+        "c2",
+        "messages",
+        "--wait-ms",
+        "300",
+        "--for-ms",
+        "1",
+    ]);
     assert_eq!(
         second.code, 4,
         "second holder must give up busy: {second:?}"
@@ -877,11 +885,13 @@ fn concurrent_holders_never_overlap_and_tokens_increase() {
                         );
                         h.wait_held(Duration::from_secs(40));
                         let start = Instant::now();
-                        let n: u64 = std::fs::read_to_string(&counter)
-                            .unwrap()
-                            .trim()
-                            .parse()
-                            .unwrap();
+                        let text = std::fs::read_to_string(&counter).unwrap();
+                        let n: u64 = text.trim().parse().unwrap_or_else(|_| {
+                            panic!(
+                                "counter file reads {text:?}: another holder is writing it \
+                                 inside the critical section (two holders at once)"
+                            )
+                        });
                         thread::sleep(Duration::from_millis(1));
                         std::fs::write(&counter, (n + 1).to_string()).unwrap();
                         let end = Instant::now();

@@ -184,6 +184,22 @@ impl Query {
     }
 }
 
+/// Decodes a request target the way the router does (path segments, route, query
+/// parameters and a JSON body of any of the route bodies), for fuzzing: it must never
+/// panic, whatever the bytes.
+pub fn fuzz_decode(path: &str, query: &str, body: &[u8]) {
+    if let Ok(segs) = split_path(path) {
+        let _ = classify(&segs);
+    }
+    let _ = Query::parse(query, &["state", "owner_prefix", "limit", "cursor", "owner", "field", "since"]);
+    let _ = serde_json::from_slice::<AcquireBody>(body);
+    let _ = serde_json::from_slice::<ClearBody>(body);
+    let _ = serde_json::from_slice::<ForceBody>(body);
+    let _ = serde_json::from_slice::<FenceBody>(body);
+    let _ = serde_json::from_slice::<SqlBody>(body);
+    let _ = serde_json::from_slice::<LegacyForceBody>(body);
+}
+
 fn denied(d: Denied) -> ApiError {
     match d {
         Denied::ForeignHost(h) => ApiError::new(
