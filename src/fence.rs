@@ -10,8 +10,10 @@
 //!   the new content, never a mix, and a refused write leaves the old content intact.
 //! - Check-and-replace is serialised by a short flock on a sibling `.fence` file (through
 //!   the `flock` module), so two writers cannot both pass the check.
-//! - A write with a token equal to the newest accepted is allowed (the same holder writing
-//!   twice); only strictly older tokens are refused.
+//! - A write with a token equal to the newest seen is allowed (the same holder writing
+//!   twice); only strictly older tokens are refused. [`FencedFile::admit`] lets a new
+//!   holder raise the newest token before it reads, so a revoked holder that read earlier
+//!   cannot slip its write in before the new holder's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,14 +81,44 @@ impl FencedFile {
         parse(&bytes).ok_or_else(|| FenceError::Corrupt { name: self.name() })
     }
 
-    /// Replaces the data if `token` is not older than the newest accepted token.
-    pub fn write(&self, token: i64, data: &[u8]) -> Result<(), FenceError> {
-        let _serial = crate::flock::acquire_until(
+    fn serialised(&self) -> Result<crate::flock::HeldFlock, FenceError> {
+        Ok(crate::flock::acquire_until(
             &self.guard,
             Instant::now() + Duration::from_secs(30),
             &|| false,
-        )?;
+        )?)
+    }
+
+    /// Starts a read-modify-write under `token`: refuses a token older than the newest
+    /// seen, otherwise raises the newest to `token` and returns the data. Once a new
+    /// holder has been admitted, every older holder's write is refused, even one that
+    /// read before it.
+    pub fn admit(&self, token: i64) -> Result<Stamped<Vec<u8>>, FenceError> {
+        let _serial = self.serialised()?;
+        let (newest, data) = self.read()?;
+        self.check(token, newest)?;
+        if token > newest {
+            self.replace(token, &data)?;
+        }
+        Ok(Stamped {
+            value: data,
+            at_ns: monotonic_ns(),
+        })
+    }
+
+    /// Replaces the data if `token` is not older than the newest token seen.
+    pub fn write(&self, token: i64, data: &[u8]) -> Result<Stamped<()>, FenceError> {
+        let _serial = self.serialised()?;
         let (newest, _) = self.read()?;
+        self.check(token, newest)?;
+        self.replace(token, data)?;
+        Ok(Stamped {
+            value: (),
+            at_ns: monotonic_ns(),
+        })
+    }
+
+    fn check(&self, token: i64, newest: i64) -> Result<(), FenceError> {
         if token < newest {
             return Err(FenceError::Stale {
                 given: token,
@@ -94,6 +126,10 @@ impl FencedFile {
                 name: self.name(),
             });
         }
+        Ok(())
+    }
+
+    fn replace(&self, token: i64, data: &[u8]) -> Result<(), FenceError> {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(format!(".tmp{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
@@ -117,6 +153,25 @@ impl FencedFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A result with the CLOCK_MONOTONIC time (ns, comparable across processes) taken while
+/// the file's serialising lock was held, so stamps order exactly as the operations did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped<T> {
+    pub value: T,
+    pub at_ns: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn parse(bytes: &[u8]) -> Option<(i64, Vec<u8>)> {
@@ -152,6 +207,28 @@ mod tests {
         );
         assert!(!err.to_string().contains(dir.path().to_str().unwrap()));
         assert_eq!(f.read().unwrap(), (7, b"seven".to_vec()));
+    }
+
+    #[test]
+    fn admitting_a_new_holder_fences_out_an_older_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FencedFile::new(dir.path().join("counter"));
+        f.write(1, b"10").unwrap();
+        let old = f.admit(3).unwrap();
+        assert_eq!(old.value, b"10");
+        let new = f.admit(4).unwrap();
+        assert!(new.at_ns > old.at_ns);
+        assert!(matches!(
+            f.write(3, b"11"),
+            Err(FenceError::Stale {
+                given: 3,
+                newest: 4,
+                ..
+            })
+        ));
+        assert!(matches!(f.admit(2), Err(FenceError::Stale { .. })));
+        f.write(4, b"11").unwrap();
+        assert_eq!(f.read().unwrap(), (4, b"11".to_vec()));
     }
 
     #[test]

@@ -1,2 +1,2350 @@
+//! HTTP integration tests of `lockledger serve`: the real binary on port 0 in a temporary
+//! storage directory, spoken to by a tiny blocking HTTP/1.1 client written here over
+//! `std::net::TcpStream` (no client crate).
+//!
+//! Every server is killed on drop, every wait is bounded by a deadline, and every request
+//! has read and write timeouts, so a failing test never hangs or leaves a process behind.
+
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
+/// Upper bound for the server to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Read/write timeout of one HTTP request (longer than any acquire wait used here).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for a process to exit after it was told to (or failed to start).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+const USER: &str = "user-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+
+// ------------------------------------------------------------------ HTTP client
+
+/// One parsed HTTP response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    /// Lower-cased names.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response {} is not JSON ({e}): {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// `error.code` of a `{error: {code, message}}` body.
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.code in {}: {}", self.status, self.text()))
+            .to_string()
+    }
+}
+
+/// One request; `send` opens its own connection (`Connection: close`).
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    host: Option<String>,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    chunked: bool,
+}
+
+impl Req {
+    fn new(method: &str, path: &str) -> Req {
+        Req {
+            method: method.to_string(),
+            path: path.to_string(),
+            host: None,
+            headers: Vec::new(),
+            body: None,
+            chunked: false,
+        }
+    }
+    fn get(path: &str) -> Req {
+        Req::new("GET", path)
+    }
+    fn post(path: &str) -> Req {
+        Req::new("POST", path)
+    }
+    fn delete(path: &str) -> Req {
+        Req::new("DELETE", path)
+    }
+    fn header(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    /// Replaces the default `Host: 127.0.0.1:PORT`.
+    fn host(mut self, host: &str) -> Req {
+        self.host = Some(host.to_string());
+        self
+    }
+    fn token(self, token: &str) -> Req {
+        self.header("X-Lockledger-Token", token)
+    }
+    fn bearer(self, token: &str) -> Req {
+        self.header("Authorization", &format!("Bearer {token}"))
+    }
+    fn body(mut self, body: impl Into<Vec<u8>>) -> Req {
+        self.body = Some(body.into());
+        self
+    }
+    /// `Content-Type: application/json` and the value as the body.
+    fn json(self, value: &Value) -> Req {
+        self.header("Content-Type", "application/json")
+            .body(value.to_string())
+    }
+    /// `Content-Type: application/json` with an empty body (as the chat app sends).
+    fn empty_json(self) -> Req {
+        self.header("Content-Type", "application/json")
+    }
+    /// Sends the body with `Transfer-Encoding: chunked` instead of `Content-Length`.
+    fn chunked(mut self) -> Req {
+        self.chunked = true;
+        self
+    }
+
+    fn send(&self, port: u16) -> Resp {
+        let what = format!("{} {}", self.method, short(&self.path));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: cannot connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let _ = stream.set_nodelay(true);
+
+        let host = self
+            .host
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+            self.method, self.path
+        );
+        for (k, v) in &self.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = self.body.clone().unwrap_or_default();
+        let mut wire = Vec::new();
+        if self.chunked {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            wire.extend_from_slice(head.as_bytes());
+            for part in body.chunks(8192) {
+                wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                wire.extend_from_slice(part);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            let with_length = self.body.is_some() || self.method != "GET";
+            if with_length {
+                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            head.push_str("\r\n");
+            wire.extend_from_slice(head.as_bytes());
+            wire.extend_from_slice(&body);
+        }
+        // The server may answer (413) and close before reading a large body: a failed
+        // write is fine as long as a complete response comes back.
+        let write_err = stream.write_all(&wire).and_then(|_| stream.flush()).err();
+
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let read_err = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => break None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break Some(e),
+            }
+        };
+        parse_response(&buf).unwrap_or_else(|why| {
+            panic!(
+                "{what}: no complete response ({why}); write error: {write_err:?}; read error: \
+                 {read_err:?}; received {} bytes: {:?}",
+                buf.len(),
+                String::from_utf8_lossy(&buf[..buf.len().min(500)])
+            )
+        })
+    }
+}
+
+fn short(s: &str) -> String {
+    if s.len() > 80 {
+        format!("{}…({} bytes)", &s[..80], s.len())
+    } else {
+        s.to_string()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_response(buf: &[u8]) -> Result<Resp, String> {
+    let end = find(buf, b"\r\n\r\n").ok_or("no end of the header block")?;
+    let head = std::str::from_utf8(&buf[..end]).map_err(|e| format!("header block: {e}"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("no status line")?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("bad status line {status_line:?}"));
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {line:?}"))?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let rest = &buf[end + 4..];
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let body =
+        if get("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
+            decode_chunked(rest)?
+        } else if let Some(len) = get("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| format!("bad content-length {len:?}"))?;
+            if rest.len() < len {
+                return Err(format!("body has {} of {len} bytes", rest.len()));
+            }
+            rest[..len].to_vec()
+        } else {
+            rest.to_vec()
+        };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(rest, b"\r\n").ok_or("unterminated chunk size line")?;
+        let line = std::str::from_utf8(&rest[..eol]).map_err(|e| format!("chunk size: {e}"))?;
+        let hex = line.split(';').next().unwrap_or("").trim();
+        let size =
+            usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {line:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out); // trailers, if any, are ignored
+        }
+        if rest.len() < size + 2 {
+            return Err(format!("short chunk: {} of {size} bytes", rest.len()));
+        }
+        out.extend_from_slice(&rest[..size]);
+        if &rest[size..size + 2] != b"\r\n" {
+            return Err("chunk not followed by CRLF".into());
+        }
+        rest = &rest[size + 2..];
+    }
+}
+
+// ------------------------------------------------------------------ the server
+
+/// How to start one server.
+#[derive(Debug, Clone, Default)]
+struct Opts {
+    bind: Option<String>,
+    token: Option<String>,
+    admin_token: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Opts {
+    fn env(mut self, key: &str, value: &str) -> Opts {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+    fn tokens(mut self) -> Opts {
+        self.token = Some(USER.to_string());
+        self.admin_token = Some(ADMIN.to_string());
+        self
+    }
+}
+
+/// `lockledger --storage STORAGE ARGS...` with a clean `LOCKLEDGER_*` environment.
+fn lockledger(storage: &Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--storage").arg(storage).args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LOCKLEDGER_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// A running `lockledger serve`; killed (SIGKILL) on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    admin: String,
+    user: Option<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(storage: &Path, opts: &Opts) -> Server {
+        let bind = opts.bind.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut args = vec!["serve", "--bind", bind.as_str()];
+        if let Some(t) = &opts.token {
+            args.extend(["--token", t.as_str()]);
+        }
+        if let Some(t) = &opts.admin_token {
+            args.extend(["--admin-token", t.as_str()]);
+        }
+        let mut cmd = lockledger(storage, &args, &opts.env);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn lockledger serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stderr_pipe);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    let mut s = stderr.lock().unwrap();
+                    if s.len() < 4 << 20 {
+                        s.push_str(&line);
+                    }
+                    line.clear();
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // From here on, a panic drops `srv`, which kills the child.
+        let mut srv = Server {
+            child: Some(child),
+            port: 0,
+            admin: opts.admin_token.clone().unwrap_or_default(),
+            user: opts.token.clone(),
+            stderr,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let prefix = "lockledger listening on http://";
+        srv.port = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix(prefix) {
+                        let addr: SocketAddr = addr
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                        assert!(addr.ip().is_loopback(), "listening on {addr}");
+                        assert_ne!(addr.port(), 0, "{line}");
+                        break addr.port();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no {prefix:?} line within {START_TIMEOUT:?}; stderr:\n{}",
+                    srv.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = wait_exit(srv.child.as_mut().unwrap(), EXIT_TIMEOUT);
+                    thread::sleep(Duration::from_millis(50));
+                    panic!(
+                        "the server exited ({status:?}) before listening; stderr:\n{}",
+                        srv.stderr()
+                    )
+                }
+            }
+        };
+        if opts.admin_token.is_none() {
+            let text = std::fs::read_to_string(storage.join("admin-token"))
+                .expect("a generated STORAGE/admin-token");
+            srv.admin = text.trim().to_string();
+            assert!(
+                srv.admin.len() >= 32,
+                "generated admin token {:?}",
+                srv.admin
+            );
+        }
+        srv
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill SIGTERM");
+        let status = wait_exit(self.child.as_mut().unwrap(), timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// SIGKILL and reap.
+    fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL the server");
+        child.wait().expect("reap the server");
+    }
+
+    fn with_user(&self, req: Req) -> Req {
+        match &self.user {
+            Some(t) => req.token(t),
+            None => req,
+        }
+    }
+
+    fn send(&self, req: Req) -> Resp {
+        req.send(self.port)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.send(self.with_user(Req::get(path)))
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Resp {
+        self.send(self.with_user(Req::post(path).json(body)))
+    }
+
+    fn post_admin(&self, path: &str, body: &Value) -> Resp {
+        self.send(Req::post(path).json(body).bearer(&self.admin))
+    }
+
+    fn acquire(&self, owner: &str, field: &str, body: &Value) -> Resp {
+        self.post(&format!("/api/v1/locks/{owner}/{field}/acquire"), body)
+    }
+
+    /// An acquire that must succeed at once.
+    fn lease(&self, owner: &str, field: &str, holder: &str, ttl_ms: u64) -> Lease {
+        let body = json!({"holder": holder, "operation": format!("{holder}-op"), "ttl_ms": ttl_ms});
+        Lease::from(self.acquire(owner, field, &body))
+    }
+
+    /// Renew with the `X-Lockledger-Client` header and no body (the other CSRF branch).
+    fn renew(&self, lease_id: &str) -> Resp {
+        self.send(
+            self.with_user(
+                Req::post(&format!("/api/v1/leases/{lease_id}/renew"))
+                    .header("X-Lockledger-Client", "http-test"),
+            ),
+        )
+    }
+
+    fn release(&self, lease_id: &str) -> Resp {
+        self.send(
+            self.with_user(
+                Req::delete(&format!("/api/v1/leases/{lease_id}"))
+                    .header("X-Lockledger-Client", "http-test"),
+            ),
+        )
+    }
+
+    /// The per-lock object of `field` in `GET /api/v1/locks/{owner}`.
+    fn lock(&self, owner: &str, field: &str) -> Value {
+        let r = self.get(&format!("/api/v1/locks/{owner}"));
+        assert_eq!(r.status, 200, "status of {owner}: {}", r.text());
+        let v = r.json();
+        let want = if field == "main" { "" } else { field };
+        v["locks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no locks array: {v}"))
+            .iter()
+            .find(|l| l["field"] == want)
+            .unwrap_or_else(|| panic!("no lock {field:?} in {v}"))
+            .clone()
+    }
+
+    /// History of one owner, oldest first.
+    fn history(&self, owner: &str) -> Vec<Value> {
+        let r = self.get(&format!("/api/v1/history?owner={owner}&limit=1000"));
+        assert_eq!(r.status, 200, "history of {owner}: {}", r.text());
+        let mut events = r.json()["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events array: {}", r.text()))
+            .clone();
+        events.reverse();
+        events
+    }
+
+    /// A one-row, one-column admin SQL query.
+    fn sql_i64(&self, sql: &str) -> i64 {
+        let r = self.post_admin("/api/v1/sql", &json!({ "sql": sql }));
+        assert_eq!(r.status, 200, "sql {sql:?}: {}", r.text());
+        let v = r.json();
+        v["rows"][0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("sql {sql:?}: no integer in {v}"))
+    }
+
+    fn fence(&self, owner: &str, field: &str, token: i64) -> Value {
+        let r = self.post(
+            "/api/v1/fence/check",
+            &json!({"owner": owner, "field": field, "token": token}),
+        );
+        assert_eq!(r.status, 200, "fence check: {}", r.text());
+        r.json()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A granted lease.
+#[derive(Debug, Clone)]
+struct Lease {
+    id: String,
+    token: i64,
+    expires_at: String,
+}
+
+impl From<Resp> for Lease {
+    fn from(r: Resp) -> Lease {
+        assert_eq!(r.status, 200, "acquire: {}", r.text());
+        let v = r.json();
+        Lease {
+            id: v["lease_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no lease_id: {v}"))
+                .to_string(),
+            token: v["token"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no token: {v}")),
+            expires_at: v["expires_at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no expires_at: {v}"))
+                .to_string(),
+        }
+    }
+}
+
+/// A process killed and reaped on drop (a lease client stand-in).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ------------------------------------------------------------------ small helpers
+
+fn storage_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("storage")
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// RFC 3339 → UTC milliseconds.
+fn ms_of(rfc3339: &str) -> i64 {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339:?} is not RFC 3339: {e}"));
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Polls `f` until it returns `Some`, at most `timeout`.
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+fn event_names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Every file below `root`, relative, except the database's own files.
+fn files_below(root: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with("registry.db") {
+                    out.insert(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Runs a command that must exit by itself; returns (exit code, stdout, stderr).
+fn run_to_exit(mut cmd: Command) -> (Option<i32>, String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let status = wait_exit(&mut child, EXIT_TIMEOUT);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    let status = status.unwrap_or_else(|| {
+        panic!("did not exit within {EXIT_TIMEOUT:?}; stdout {out:?}; stderr {err:?}")
+    });
+    (status.code(), out, err)
+}
+
+// ------------------------------------------------------------------ 1. legacy routes
+
+const LOCK_KEYS: [&str; 12] = [
+    "field",
+    "file",
+    "state",
+    "stale_reason",
+    "kind",
+    "holder",
+    "operation",
+    "pid",
+    "host",
+    "acquired_at",
+    "age_s",
+    "token",
+];
+
+fn check_legacy_status(v: &Value, owner: &str) {
+    assert_eq!(
+        keys(v),
+        set(&[
+            "conversation_id",
+            "locks_status",
+            "any_locked",
+            "stale_locks",
+            "can_cleanup",
+            "locks"
+        ]),
+        "legacy status keys: {v}"
+    );
+    assert_eq!(v["conversation_id"], owner);
+    let fields = [
+        "",
+        "all",
+        "message_operations",
+        "memory",
+        "messages",
+        "uploaded_documents_list",
+    ];
+    assert_eq!(keys(&v["locks_status"]), set(&fields), "locks_status: {v}");
+    for (k, b) in v["locks_status"].as_object().unwrap() {
+        assert!(b.is_boolean(), "locks_status[{k:?}] is not a bool: {v}");
+    }
+    assert!(v["any_locked"].is_boolean(), "{v}");
+    assert!(v["can_cleanup"].is_boolean(), "{v}");
+    assert!(v["stale_locks"].is_array(), "{v}");
+    let locks = v["locks"].as_array().expect("locks array");
+    assert_eq!(locks.len(), 6, "one entry per field: {v}");
+    for l in locks {
+        for k in LOCK_KEYS {
+            assert!(l.get(k).is_some(), "lock entry without {k:?}: {l}");
+        }
+        let field = l["field"].as_str().expect("field");
+        assert!(fields.contains(&field), "unknown field {field:?}");
+        let file = l["file"].as_str().expect("file");
+        assert_eq!(file, format!("{owner}_{field}.lock"), "{l}");
+        assert!(
+            !file.contains('/') && !file.contains('\\'),
+            "not bare: {file}"
+        );
+        assert_eq!(
+            v["locks_status"][field].as_bool(),
+            Some(l["state"] != "free"),
+            "locks_status disagrees with locks for {field:?}: {v}"
+        );
+    }
+}
+
 #[test]
-fn stub() {}
+fn legacy_routes_keep_their_exact_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let srv = Server::start(&storage, &Opts::default()); // admin token generated
+
+    let r = srv.get("/get_lock_status/c1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/json"));
+    let v = r.json();
+    check_legacy_status(&v, "c1");
+    assert_eq!(v["any_locked"], false, "{v}");
+    assert_eq!(v["can_cleanup"], false, "{v}");
+    assert_eq!(v["stale_locks"], json!([]), "{v}");
+    for l in v["locks"].as_array().unwrap() {
+        assert_eq!(l["state"], "free", "{l}");
+        assert_eq!(l["token"], Value::Null, "{l}");
+    }
+    assert!(
+        files_below(&storage.join("locks")).is_empty(),
+        "a status read created lock files: {:?}",
+        files_below(&storage.join("locks"))
+    );
+
+    // A held lock shows in every part of the legacy answer.
+    let lease = srv.lease("c1", "messages", "legacy-client", 30_000);
+    let v = srv.get("/get_lock_status/c1").json();
+    check_legacy_status(&v, "c1");
+    assert_eq!(v["any_locked"], true, "{v}");
+    assert_eq!(v["locks_status"]["messages"], true, "{v}");
+    assert_eq!(v["locks_status"][""], false, "{v}");
+    assert_eq!(
+        v["can_cleanup"], false,
+        "a live lease is not clearable: {v}"
+    );
+    let held = v["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["field"] == "messages")
+        .unwrap()
+        .clone();
+    assert_eq!(held["state"], "held", "{held}");
+    assert_eq!(held["stale_reason"], Value::Null, "{held}");
+    assert_eq!(held["kind"], "lease", "{held}");
+    assert_eq!(held["holder"], "legacy-client", "{held}");
+    assert_eq!(held["operation"], "legacy-client-op", "{held}");
+    assert_eq!(held["token"], lease.token, "{held}");
+    assert!(held["host"].is_string(), "{held}");
+    assert!(held["acquired_at"].is_string(), "{held}");
+    assert!(held["age_s"].as_f64().is_some_and(|a| a >= 0.0), "{held}");
+    assert_eq!(
+        files_below(&storage.join("locks")),
+        set(&["c1_messages.lock"]),
+        "only the acquired lock has a file"
+    );
+
+    // Safe clear, exactly as the chat app sends it: JSON content type, empty body.
+    let r = srv.send(Req::post("/ensure_locks_cleared/c1").empty_json());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        keys(&v),
+        set(&["success", "cleared", "skipped", "message"]),
+        "{v}"
+    );
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(
+        v["cleared"],
+        json!([]),
+        "a live lease is never cleared: {v}"
+    );
+    let skipped = v["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{v}");
+    assert_eq!(skipped[0]["field"], "messages", "{v}");
+    assert!(
+        skipped[0]["reason"].as_str().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    assert!(v["message"].is_string(), "{v}");
+    assert_eq!(srv.lock("c1", "messages")["state"], "held");
+
+    // Force clear: admin only, and only with the tokens shown.
+    let r = srv.send(Req::post("/force_clear_locks/c1").empty_json());
+    assert!(
+        r.status == 401 || r.status == 403,
+        "force clear without the admin token: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = srv.send(
+        Req::post("/force_clear_locks/c1")
+            .json(&json!({"tokens": {"messages": lease.token}}))
+            .token(USER),
+    );
+    assert!(
+        r.status == 401 || r.status == 403,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    let r = srv.send(
+        Req::post("/force_clear_locks/c1")
+            .empty_json()
+            .bearer(&srv.admin),
+    );
+    assert_eq!(r.status, 400, "force clear without tokens: {}", r.text());
+    assert!(r.json()["error"]["message"].is_string());
+    assert_eq!(srv.lock("c1", "messages")["state"], "held");
+    let r = srv.send(
+        Req::post("/force_clear_locks/c1")
+            .json(&json!({"tokens": {"messages": lease.token}, "reason": "legacy test"}))
+            .bearer(&srv.admin),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for k in ["success", "cleared", "warning"] {
+        assert!(v.get(k).is_some(), "force clear answer without {k:?}: {v}");
+    }
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(v["cleared"], json!(["c1_messages.lock"]), "{v}");
+    assert!(v["warning"].is_string(), "{v}");
+    assert_eq!(srv.lock("c1", "messages")["state"], "free");
+    let v = srv.get("/get_lock_status/c1").json();
+    assert_eq!(v["any_locked"], false, "{v}");
+}
+
+// ------------------------------------------------------------------ 2. lease lifecycle
+
+#[test]
+fn lease_acquire_renew_release_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&storage_in(&dir), &Opts::default());
+
+    let r = srv.acquire(
+        "c2",
+        "messages",
+        &json!({"holder": "client-A", "operation": "send_message", "ttl_ms": 5000}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for k in ["lease_id", "token", "expires_at"] {
+        assert!(v.get(k).is_some(), "acquire answer without {k:?}: {v}");
+    }
+    let a = Lease::from(r);
+    assert_eq!(a.id.len(), 32, "lease id {:?}", a.id);
+    assert!(a.token > 0, "token {}", a.token);
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let left = ms_of(&a.expires_at) - now_ms as i64;
+    assert!(
+        (3000..=6000).contains(&left),
+        "expires_at {} is {left} ms away, wanted ~5000",
+        a.expires_at
+    );
+
+    let l = srv.lock("c2", "messages");
+    assert_eq!(l["state"], "held", "{l}");
+    assert_eq!(l["kind"], "lease", "{l}");
+    assert_eq!(l["holder"], "client-A", "{l}");
+    assert_eq!(l["operation"], "send_message", "{l}");
+    assert_eq!(l["token"], a.token, "{l}");
+
+    // A second client waits 200 ms, then gets 409 naming the holder.
+    let t = Instant::now();
+    let r = srv.acquire(
+        "c2",
+        "messages",
+        &json!({"holder": "client-B", "operation": "edit", "wait_ms": 200}),
+    );
+    let waited = t.elapsed();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_code(), "busy", "{}", r.text());
+    let v = r.json();
+    assert!(v["error"]["message"].is_string(), "{v}");
+    assert!(v["holder"].is_object(), "409 without a holder object: {v}");
+    assert_eq!(v["holder"]["operation"], "send_message", "{v}");
+    assert_eq!(v["holder"]["holder"], "client-A", "{v}");
+    assert!(
+        waited >= Duration::from_millis(190),
+        "gave up after {waited:?}"
+    );
+
+    // Renew extends the lease.
+    thread::sleep(Duration::from_millis(30));
+    let r = srv.renew(&a.id);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let renewed = r.json()["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .to_string();
+    assert!(
+        ms_of(&renewed) > ms_of(&a.expires_at),
+        "renewed expires_at {renewed} is not after {}",
+        a.expires_at
+    );
+
+    let r = srv.release(&a.id);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(srv.lock("c2", "messages")["state"], "free");
+
+    let events = srv.history("c2");
+    let main: Vec<&Value> = events.iter().filter(|e| e["event"] != "renewed").collect();
+    assert_eq!(
+        main.iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["acquired", "wait_timeout", "released"],
+        "history: {events:?}"
+    );
+    assert_eq!(main[0]["token"], a.token);
+    assert_eq!(main[0]["holder"], "client-A");
+    assert_eq!(main[1]["holder"], "client-B");
+    assert_eq!(main[2]["token"], a.token);
+    assert!(
+        main[2]["held_ms"].as_i64().is_some_and(|ms| ms >= 200),
+        "released without a plausible held_ms: {}",
+        main[2]
+    );
+
+    // A released lease cannot be renewed or released again.
+    let r = srv.renew(&a.id);
+    assert_eq!(r.status, 410, "{}", r.text());
+    assert_eq!(r.error_code(), "lease_gone");
+    let r = srv.release(&a.id);
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
+
+    let b = srv.lease("c2", "messages", "client-B", 5000);
+    assert!(b.token > a.token, "token {} after {}", b.token, a.token);
+    assert_ne!(b.id, a.id);
+}
+
+// ------------------------------------------------------------------ 3. expiry
+
+#[test]
+fn expired_lease_stays_stale_without_auto_expire_until_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Opts::default()
+        .env("LOCKLEDGER_AUTO_EXPIRE", "0")
+        .env("LOCKLEDGER_REAPER_PERIOD_MS", "100");
+    let srv = Server::start(&storage_in(&dir), &opts);
+
+    let lease = srv.lease("c3", "messages", "sleepy", 1000);
+    assert_eq!(srv.lock("c3", "messages")["state"], "held");
+    let l = wait_for(Duration::from_secs(4), "c3/messages turning stale", || {
+        let l = srv.lock("c3", "messages");
+        (l["state"] == "stale").then_some(l)
+    });
+    assert_eq!(l["stale_reason"], "lease_expired", "{l}");
+    assert_eq!(l["token"], lease.token, "{l}");
+    // Without automatic expiry the reaper (every 100 ms) leaves it alone.
+    thread::sleep(Duration::from_millis(400));
+    let l = srv.lock("c3", "messages");
+    assert_eq!(l["state"], "stale", "auto expiry is off: {l}");
+    assert!(
+        !event_names(&srv.history("c3")).contains(&"expired".to_string()),
+        "expired although LOCKLEDGER_AUTO_EXPIRE=0"
+    );
+
+    let r = srv.send(Req::post("/api/v1/locks/c3/clear").empty_json());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let cleared = v["cleared"].as_array().expect("cleared");
+    assert_eq!(cleared.len(), 1, "{v}");
+    assert_eq!(cleared[0]["field"], "messages", "{v}");
+    assert_eq!(cleared[0]["reason"], "lease_expired", "{v}");
+    assert_eq!(v["skipped"], json!([]), "{v}");
+
+    assert_eq!(srv.lock("c3", "messages")["state"], "free");
+    let r = srv.renew(&lease.id);
+    assert_eq!(r.status, 410, "renew after clear: {}", r.text());
+    let events = srv.history("c3");
+    let cleared = events
+        .iter()
+        .find(|e| e["event"] == "cleared")
+        .unwrap_or_else(|| panic!("no cleared event: {events:?}"));
+    assert_eq!(cleared["reason"], "lease_expired", "{cleared}");
+    // The service really let go of the flock.
+    let next = srv.lease("c3", "messages", "next", 1000);
+    assert!(next.token > lease.token);
+}
+
+#[test]
+fn expired_lease_ends_by_itself_with_auto_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Opts::default().env("LOCKLEDGER_REAPER_PERIOD_MS", "100");
+    let srv = Server::start(&storage_in(&dir), &opts);
+
+    let t0 = Instant::now();
+    let lease = srv.lease("c3b", "memory", "forgetful", 500);
+    let expired = wait_for(Duration::from_secs(5), "an expired event for c3b", || {
+        let r = srv.get("/api/v1/history?owner=c3b&event=expired");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["events"]
+            .as_array()
+            .and_then(|e| e.first().cloned())
+    });
+    let took = t0.elapsed();
+    assert!(
+        took <= Duration::from_millis(1500),
+        "a 500 ms lease ended only after {took:?}"
+    );
+    assert_eq!(expired["token"], lease.token, "{expired}");
+    assert!(
+        expired["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lease_expired")),
+        "{expired}"
+    );
+    assert_eq!(srv.lock("c3b", "memory")["state"], "free");
+    let r = srv.renew(&lease.id);
+    assert_eq!(r.status, 410, "renew after expiry: {}", r.text());
+    let again = Lease::from(srv.acquire(
+        "c3b",
+        "memory",
+        &json!({"holder": "h", "operation": "o", "wait_ms": 0}),
+    ));
+    assert!(again.token > lease.token);
+}
+
+// ------------------------------------------------------------------ 4. client death
+
+#[test]
+fn dead_client_pid_frees_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&storage_in(&dir), &Opts::default());
+    let mut client = KillOnDrop(
+        Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let pid = client.0.id() as i32;
+    let lease = Lease::from(srv.acquire(
+        "c4",
+        "messages",
+        &json!({"holder": "sleeper", "operation": "stream", "pid": pid, "ttl_ms": 60_000}),
+    ));
+    let l = srv.lock("c4", "messages");
+    assert_eq!(l["state"], "held", "{l}");
+    assert_eq!(l["pid"], pid, "{l}");
+
+    client.0.kill().expect("SIGKILL the client");
+    client.0.wait().expect("reap the client");
+    let killed = Instant::now();
+    wait_for(
+        Duration::from_secs(5),
+        "c4/messages free after its client died",
+        || (srv.lock("c4", "messages")["state"] == "free").then_some(()),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_millis(1500),
+        "freed only {took:?} after the client died"
+    );
+    let events = srv.history("c4");
+    let expired = events
+        .iter()
+        .find(|e| e["event"] == "expired")
+        .unwrap_or_else(|| panic!("no expired event: {events:?}"));
+    assert_eq!(expired["token"], lease.token, "{expired}");
+    assert!(
+        expired["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("holder_dead")),
+        "{expired}"
+    );
+    assert_eq!(srv.renew(&lease.id).status, 410);
+}
+
+// ------------------------------------------------------------------ 5. concurrency
+
+#[derive(Debug)]
+struct Section {
+    start: Instant,
+    end: Instant,
+    token: i64,
+}
+
+#[test]
+fn concurrent_clients_never_overlap() {
+    const CLIENTS: usize = 32;
+    const ROUNDS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&storage_in(&dir), &Opts::default());
+    let counter = dir.path().join("counter.txt");
+    std::fs::write(&counter, "0").unwrap();
+    let port = srv.port;
+    let barrier = Barrier::new(CLIENTS);
+
+    let sections: Vec<Section> = thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (counter, barrier) = (&counter, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut mine = Vec::new();
+                    for round in 0..ROUNDS {
+                        let body = json!({
+                            "holder": format!("client-{i}"),
+                            "operation": format!("increment-{round}"),
+                            "ttl_ms": 30_000,
+                            "wait_ms": 20_000,
+                        });
+                        let r = Req::post("/api/v1/locks/c5/all/acquire")
+                            .json(&body)
+                            .send(port);
+                        let lease = Lease::from(r);
+                        let start = Instant::now();
+                        let n: u64 = std::fs::read_to_string(counter)
+                            .unwrap()
+                            .trim()
+                            .parse()
+                            .unwrap();
+                        thread::sleep(Duration::from_millis(1));
+                        std::fs::write(counter, (n + 1).to_string()).unwrap();
+                        let end = Instant::now();
+                        let r = Req::delete(&format!("/api/v1/leases/{}", lease.id))
+                            .header("X-Lockledger-Client", "http-test")
+                            .send(port);
+                        assert_eq!(r.status, 200, "release: {}", r.text());
+                        mine.push(Section {
+                            start,
+                            end,
+                            token: lease.token,
+                        });
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a client thread failed"))
+            .collect()
+    });
+
+    let total = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(total.trim(), (CLIENTS * ROUNDS).to_string(), "lost updates");
+    let tokens: HashSet<i64> = sections.iter().map(|s| s.token).collect();
+    assert_eq!(tokens.len(), CLIENTS * ROUNDS, "tokens are not distinct");
+    let mut sorted = sections;
+    sorted.sort_by_key(|s| s.start);
+    for w in sorted.windows(2) {
+        assert!(
+            w[0].token < w[1].token,
+            "tokens not increasing in grant order: {} then {}",
+            w[0].token,
+            w[1].token
+        );
+        assert!(
+            w[0].end <= w[1].start,
+            "critical sections overlap (tokens {} and {})",
+            w[0].token,
+            w[1].token
+        );
+    }
+    let acquired = srv.sql_i64(
+        "SELECT count(*) FROM lock_events WHERE owner = 'c5' AND field = 'all' AND event = 'acquired'",
+    );
+    let released = srv.sql_i64(
+        "SELECT count(*) FROM lock_events WHERE owner = 'c5' AND field = 'all' AND event = 'released'",
+    );
+    assert_eq!((acquired, released), (96, 96));
+    assert_eq!(srv.lock("c5", "all")["state"], "free");
+}
+
+// ------------------------------------------------------------------ 6. fencing
+
+#[test]
+fn force_clear_fences_out_the_old_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&storage_in(&dir), &Opts::default()); // generated admin token
+    let a = srv.lease("c6", "messages", "paused-writer", 60_000);
+
+    let f = srv.fence("c6", "messages", a.token);
+    assert_eq!(f, json!({"current": true, "newest_token": a.token}));
+
+    let body = json!({"field": "messages", "token": a.token, "reason": "stuck in test"});
+    let r = srv.post("/api/v1/locks/c6/force-clear", &body);
+    assert_eq!(r.status, 403, "force clear as a user: {}", r.text());
+    let r = srv.post_admin(
+        "/api/v1/locks/c6/force-clear",
+        &json!({"field": "messages", "token": a.token + 1, "reason": "wrong token"}),
+    );
+    assert_eq!(
+        r.status,
+        409,
+        "force clear with a wrong token: {}",
+        r.text()
+    );
+    assert_eq!(srv.lock("c6", "messages")["state"], "held");
+
+    let r = srv.send(
+        Req::post("/api/v1/locks/c6/force-clear")
+            .json(&body)
+            .bearer(&srv.admin)
+            .header("X-Lockledger-Actor", "alice"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["success"], true, "{v}");
+    let new_token = v["force_cleared"]["new_token"].as_i64().expect("new_token");
+    assert!(new_token > a.token, "{v}");
+
+    let f = srv.fence("c6", "messages", a.token);
+    assert_eq!(f["current"], false, "{f}");
+    assert!(
+        f["newest_token"].as_i64().is_some_and(|t| t > a.token),
+        "{f}"
+    );
+    let r = srv.renew(&a.id);
+    assert_eq!(r.status, 410, "renew after force clear: {}", r.text());
+
+    let t = Instant::now();
+    let b = Lease::from(srv.acquire(
+        "c6",
+        "messages",
+        &json!({"holder": "next", "operation": "o", "wait_ms": 0}),
+    ));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(b.token > new_token - 1 && b.token > a.token, "{b:?}");
+    assert_eq!(srv.fence("c6", "messages", b.token)["current"], true);
+    assert_eq!(srv.fence("c6", "messages", a.token)["current"], false);
+
+    let events = srv.history("c6");
+    let fc = events
+        .iter()
+        .find(|e| e["event"] == "force_cleared")
+        .unwrap_or_else(|| panic!("no force_cleared event: {events:?}"));
+    assert_eq!(fc["token"], a.token, "{fc}");
+    assert!(
+        fc["actor"].as_str().is_some_and(|s| s.contains("alice")),
+        "{fc}"
+    );
+    assert!(
+        fc["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("stuck in test")),
+        "{fc}"
+    );
+}
+
+// ------------------------------------------------------------------ 7. shutdown
+
+fn flock_is_free(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    // SAFETY: flock(2) on a descriptor we own for the duration of the call.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc == 0
+}
+
+#[test]
+fn sigterm_releases_leases_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let mut srv = Server::start(&storage, &Opts::default());
+    let lease = srv.lease("c7", "messages", "long-stream", 60_000);
+    let file = storage.join("locks").join("c7_messages.lock");
+    assert!(!flock_is_free(&file), "the service holds the flock");
+
+    let t = Instant::now();
+    let status = srv.terminate(EXIT_TIMEOUT);
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "still running {EXIT_TIMEOUT:?} after SIGTERM; stderr:\n{}",
+            srv.stderr()
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; stderr:\n{}",
+        srv.stderr()
+    );
+    assert!(t.elapsed() < EXIT_TIMEOUT);
+    assert!(flock_is_free(&file), "the lock file is still locked");
+    drop(srv);
+
+    let srv = Server::start(&storage, &Opts::default());
+    let events = srv.history("c7");
+    let names = event_names(&events);
+    assert_eq!(names, ["acquired", "released"], "{events:?}");
+    assert_eq!(events[1]["token"], lease.token);
+    assert!(
+        events[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutdown")),
+        "{}",
+        events[1]
+    );
+    assert_eq!(srv.lock("c7", "messages")["state"], "free");
+}
+
+#[test]
+fn sigterm_with_a_waiting_acquirer_still_exits_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let mut srv = Server::start(&storage, &Opts::default());
+    let lease = srv.lease("c7b", "messages", "holder", 60_000);
+    let port = srv.port;
+    let waiter = thread::spawn(move || {
+        // Blocks in the service for up to 20 s; the answer (if any) does not matter.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let body = json!({"holder": "waiter", "operation": "w", "wait_ms": 20_000}).to_string();
+        let req = format!(
+            "POST /api/v1/locks/c7b/messages/acquire HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    });
+    wait_for(Duration::from_secs(5), "the waiter to queue", || {
+        let r = srv.get("/api/v1/waiters");
+        (r.json()["waiters"].as_array().map_or(0, Vec::len) == 1).then_some(())
+    });
+
+    let t = Instant::now();
+    let status = srv.terminate(EXIT_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "a waiting acquirer kept the server alive past {EXIT_TIMEOUT:?}; stderr:\n{}",
+            srv.stderr()
+        )
+    });
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", srv.stderr());
+    assert!(t.elapsed() < EXIT_TIMEOUT);
+    waiter.join().unwrap();
+    drop(srv);
+
+    let srv = Server::start(&storage, &Opts::default());
+    let events = srv.history("c7b");
+    let released = events
+        .iter()
+        .find(|e| e["event"] == "released" && e["token"] == lease.token)
+        .unwrap_or_else(|| panic!("no released event for the lease: {events:?}"));
+    assert!(
+        released["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutdown")),
+        "{released}"
+    );
+    // Every grant is closed exactly once, whatever happened to the waiter.
+    let opened = events.iter().filter(|e| e["event"] == "acquired").count();
+    let closed = events
+        .iter()
+        .filter(|e| {
+            [
+                "released",
+                "expired",
+                "cleared",
+                "force_cleared",
+                "reconciled",
+            ]
+            .iter()
+            .any(|k| e["event"] == *k)
+        })
+        .count();
+    assert_eq!(opened, closed, "{events:?}");
+    assert_eq!(srv.lock("c7b", "messages")["state"], "free");
+}
+
+// ------------------------------------------------------------------ 8. restart
+
+#[test]
+fn restart_after_sigkill_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let mut srv = Server::start(&storage, &Opts::default());
+    let lease = srv.lease("c8", "messages", "doomed", 60_000);
+    srv.kill9();
+    drop(srv);
+
+    let srv = Server::start(&storage, &Opts::default());
+    let l = srv.lock("c8", "messages");
+    assert_eq!(l["state"], "free", "{l}");
+    let events = srv.history("c8");
+    assert_eq!(
+        event_names(&events),
+        ["acquired", "reconciled"],
+        "{events:?}"
+    );
+    assert_eq!(events[1]["token"], lease.token);
+    assert!(
+        events[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("holder_dead")),
+        "{}",
+        events[1]
+    );
+    let next = srv.lease("c8", "messages", "next", 1000);
+    assert!(next.token > lease.token);
+}
+
+// ------------------------------------------------------------------ 9. bad input
+
+/// One row of the bad-input table.
+struct Case {
+    name: String,
+    req: Req,
+    status: u16,
+    code: &'static str,
+}
+
+fn case(name: impl Into<String>, req: Req, status: u16, code: &'static str) -> Case {
+    Case {
+        name: name.into(),
+        req,
+        status,
+        code,
+    }
+}
+
+fn bad_input_cases(port: u16, scratch: &Path) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let acq = json!({"holder": "h", "operation": "o"});
+
+    // Owners that must never name a lock (URL form, JSON form).
+    let owners: Vec<(&str, String, String)> = vec![
+        ("encoded ../x", "..%2Fx".into(), "../x".into()),
+        ("encoded ..", "%2E%2E".into(), "..".into()),
+        ("raw ..", "..".into(), "..".into()),
+        ("NUL", "%00".into(), "\0".into()),
+        ("300 chars", "a".repeat(300), "a".repeat(300)),
+        ("leading dash", "-x".into(), "-x".into()),
+        ("encoded slash", "a%2Fb".into(), "a/b".into()),
+        ("space", "a%20b".into(), "a b".into()),
+    ];
+    for (what, url, raw) in &owners {
+        let o = url;
+        let routes: Vec<(&str, Req)> = vec![
+            (
+                "legacy status",
+                Req::get(&format!("/get_lock_status/{o}")).token(USER),
+            ),
+            (
+                "legacy ensure",
+                Req::post(&format!("/ensure_locks_cleared/{o}"))
+                    .empty_json()
+                    .token(USER),
+            ),
+            (
+                "legacy force",
+                Req::post(&format!("/force_clear_locks/{o}"))
+                    .json(&json!({"tokens": {"messages": 1}, "reason": "t"}))
+                    .bearer(ADMIN),
+            ),
+            (
+                "owner status",
+                Req::get(&format!("/api/v1/locks/{o}")).token(USER),
+            ),
+            (
+                "acquire",
+                Req::post(&format!("/api/v1/locks/{o}/messages/acquire"))
+                    .json(&acq)
+                    .token(USER),
+            ),
+            (
+                "clear",
+                Req::post(&format!("/api/v1/locks/{o}/clear"))
+                    .json(&json!({}))
+                    .token(USER),
+            ),
+            (
+                "force-clear",
+                Req::post(&format!("/api/v1/locks/{o}/force-clear"))
+                    .json(&json!({"field": "messages", "token": 1, "reason": "t"}))
+                    .bearer(ADMIN),
+            ),
+            (
+                "history",
+                Req::get(&format!("/api/v1/history?owner={o}")).token(USER),
+            ),
+            (
+                "fence",
+                Req::post("/api/v1/fence/check")
+                    .json(&json!({"owner": raw, "field": "messages", "token": 1}))
+                    .token(USER),
+            ),
+        ];
+        for (route, req) in routes {
+            cases.push(case(
+                format!("{route}, owner {what}"),
+                req,
+                400,
+                "invalid_id",
+            ));
+        }
+    }
+
+    // Unknown fields.
+    cases.push(case(
+        "acquire unknown field nope",
+        Req::post("/api/v1/locks/c9/nope/acquire")
+            .json(&acq)
+            .token(USER),
+        400,
+        "invalid_id",
+    ));
+    cases.push(case(
+        "force-clear unknown field",
+        Req::post("/api/v1/locks/c9/force-clear")
+            .json(&json!({"field": "nope", "token": 1, "reason": "t"}))
+            .bearer(ADMIN),
+        400,
+        "invalid_id",
+    ));
+    cases.push(case(
+        "legacy force unknown field",
+        Req::post("/force_clear_locks/c9")
+            .json(&json!({"tokens": {"nope": 1}}))
+            .bearer(ADMIN),
+        400,
+        "invalid_id",
+    ));
+    cases.push(case(
+        "clear with a token for an unknown field",
+        Req::post("/api/v1/locks/c9/clear")
+            .json(&json!({"tokens": {"nope": 1}}))
+            .token(USER),
+        400,
+        "invalid_id",
+    ));
+    cases.push(case(
+        "history unknown field",
+        Req::get("/api/v1/history?field=nope").token(USER),
+        400,
+        "invalid_id",
+    ));
+
+    // Bodies: malformed JSON, unknown JSON fields, wrong types.
+    let json_routes: Vec<(&str, &str, &str)> = vec![
+        ("acquire", "/api/v1/locks/c9/messages/acquire", USER),
+        ("clear", "/api/v1/locks/c9/clear", USER),
+        ("legacy ensure", "/ensure_locks_cleared/c9", USER),
+        ("force-clear", "/api/v1/locks/c9/force-clear", ADMIN),
+        ("legacy force", "/force_clear_locks/c9", ADMIN),
+        ("fence", "/api/v1/fence/check", USER),
+        ("sql", "/api/v1/sql", ADMIN),
+    ];
+    for (route, path, tok) in &json_routes {
+        cases.push(case(
+            format!("{route}: malformed JSON"),
+            Req::post(path)
+                .header("Content-Type", "application/json")
+                .body(r#"{"holder":"#)
+                .token(tok),
+            400,
+            "malformed_json",
+        ));
+    }
+    let evil: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "acquire",
+            "/api/v1/locks/c9/messages/acquire",
+            json!({"holder": "a", "operation": "b", "evil": 1}),
+            USER,
+        ),
+        ("clear", "/api/v1/locks/c9/clear", json!({"evil": 1}), USER),
+        (
+            "legacy ensure",
+            "/ensure_locks_cleared/c9",
+            json!({"evil": 1}),
+            USER,
+        ),
+        (
+            "force-clear",
+            "/api/v1/locks/c9/force-clear",
+            json!({"field": "messages", "token": 1, "reason": "t", "evil": 1}),
+            ADMIN,
+        ),
+        (
+            "legacy force",
+            "/force_clear_locks/c9",
+            json!({"tokens": {"messages": 1}, "evil": 1}),
+            ADMIN,
+        ),
+        (
+            "fence",
+            "/api/v1/fence/check",
+            json!({"owner": "c9", "field": "messages", "token": 1, "evil": 1}),
+            USER,
+        ),
+        (
+            "sql",
+            "/api/v1/sql",
+            json!({"sql": "SELECT 1", "evil": 1}),
+            ADMIN,
+        ),
+        (
+            "acquire, holder is a number",
+            "/api/v1/locks/c9/messages/acquire",
+            json!({"holder": 1, "operation": "b"}),
+            USER,
+        ),
+        (
+            "acquire without operation",
+            "/api/v1/locks/c9/messages/acquire",
+            json!({"holder": "a"}),
+            USER,
+        ),
+        (
+            "acquire, body is an array",
+            "/api/v1/locks/c9/messages/acquire",
+            json!([1, 2]),
+            USER,
+        ),
+    ];
+    for (route, path, body, tok) in evil {
+        cases.push(case(
+            format!("{route}: unknown or mistyped JSON field"),
+            Req::post(path).json(&body).token(tok),
+            400,
+            "malformed_json",
+        ));
+    }
+    cases.push(case(
+        "acquire with an empty body",
+        Req::post("/api/v1/locks/c9/messages/acquire")
+            .empty_json()
+            .token(USER),
+        400,
+        "malformed_json",
+    ));
+
+    // Acquire values out of range.
+    let bad_values: Vec<(&str, Value)> = vec![
+        (
+            "holder with a control character",
+            json!({"holder": "a\u{1}b", "operation": "o"}),
+        ),
+        (
+            "holder of 300 bytes",
+            json!({"holder": "h".repeat(300), "operation": "o"}),
+        ),
+        (
+            "operation with a newline",
+            json!({"holder": "h", "operation": "o\nx"}),
+        ),
+        (
+            "host with a newline",
+            json!({"holder": "h", "operation": "o", "host": "a\nb"}),
+        ),
+        ("pid 0", json!({"holder": "h", "operation": "o", "pid": 0})),
+        (
+            "negative pid",
+            json!({"holder": "h", "operation": "o", "pid": -5}),
+        ),
+        (
+            "pid of no process",
+            json!({"holder": "h", "operation": "o", "pid": 2_000_000_000}),
+        ),
+        (
+            "ttl_ms 0",
+            json!({"holder": "h", "operation": "o", "ttl_ms": 0}),
+        ),
+        (
+            "ttl_ms of a year",
+            json!({"holder": "h", "operation": "o", "ttl_ms": 31_536_000_000u64}),
+        ),
+        (
+            "wait_ms above the limit",
+            json!({"holder": "h", "operation": "o", "wait_ms": 1_000_000}),
+        ),
+    ];
+    for (what, body) in bad_values {
+        cases.push(case(
+            format!("acquire: {what}"),
+            Req::post("/api/v1/locks/c9/messages/acquire")
+                .json(&body)
+                .token(USER),
+            400,
+            "bad_request",
+        ));
+    }
+    cases.push(case(
+        "force-clear with an empty reason",
+        Req::post("/api/v1/locks/c9/force-clear")
+            .json(&json!({"field": "messages", "token": 1, "reason": "  "}))
+            .bearer(ADMIN),
+        400,
+        "bad_request",
+    ));
+
+    // Oversized bodies (declared, and streamed chunked).
+    let big = json!({"holder": "x".repeat(100 * 1024), "operation": "o"});
+    for (route, path, tok) in &json_routes {
+        cases.push(case(
+            format!("{route}: 100 KB body"),
+            Req::post(path).json(&big).token(tok),
+            413,
+            "body_too_large",
+        ));
+    }
+    cases.push(case(
+        "acquire: 100 KB chunked body",
+        Req::post("/api/v1/locks/c9/messages/acquire")
+            .json(&big)
+            .chunked()
+            .token(USER),
+        413,
+        "body_too_large",
+    ));
+
+    // Wrong methods.
+    let post_only: Vec<(&str, &str)> = vec![
+        ("/ensure_locks_cleared/c9", USER),
+        ("/force_clear_locks/c9", ADMIN),
+        ("/clear_locks", ADMIN),
+        ("/api/v1/locks/c9/messages/acquire", USER),
+        ("/api/v1/locks/c9/clear", USER),
+        ("/api/v1/locks/c9/force-clear", ADMIN),
+        ("/api/v1/fence/check", USER),
+        ("/api/v1/sql", ADMIN),
+        ("/api/v1/reconcile", ADMIN),
+        (
+            "/api/v1/leases/0123456789abcdef0123456789abcdef/renew",
+            USER,
+        ),
+    ];
+    for (path, tok) in &post_only {
+        cases.push(case(
+            format!("GET {path}"),
+            Req::get(path).token(tok),
+            405,
+            "method_not_allowed",
+        ));
+    }
+    for path in ["/get_lock_status/c9", "/api/v1/locks/c9", "/api/v1/history"] {
+        cases.push(case(
+            format!("POST {path}"),
+            Req::post(path).json(&json!({})).token(USER),
+            405,
+            "method_not_allowed",
+        ));
+    }
+    cases.push(case(
+        "DELETE an owner",
+        Req::delete("/api/v1/locks/c9")
+            .header("X-Lockledger-Client", "t")
+            .token(USER),
+        405,
+        "method_not_allowed",
+    ));
+    cases.push(case(
+        "GET a lease",
+        Req::get("/api/v1/leases/0123456789abcdef0123456789abcdef").token(USER),
+        405,
+        "method_not_allowed",
+    ));
+
+    // The CSRF rule: POST/DELETE need JSON or the client header.
+    let csrf: Vec<(&str, &str, &str)> = vec![
+        ("POST", "/ensure_locks_cleared/c9", USER),
+        ("POST", "/force_clear_locks/c9", ADMIN),
+        ("POST", "/clear_locks", ADMIN),
+        ("POST", "/api/v1/locks/c9/messages/acquire", USER),
+        ("POST", "/api/v1/locks/c9/clear", USER),
+        ("POST", "/api/v1/locks/c9/force-clear", ADMIN),
+        ("POST", "/api/v1/fence/check", USER),
+        ("POST", "/api/v1/sql", ADMIN),
+        (
+            "POST",
+            "/api/v1/leases/0123456789abcdef0123456789abcdef/renew",
+            USER,
+        ),
+        (
+            "DELETE",
+            "/api/v1/leases/0123456789abcdef0123456789abcdef",
+            USER,
+        ),
+    ];
+    for (method, path, tok) in &csrf {
+        cases.push(case(
+            format!("{method} {path} without content type"),
+            Req::new(method, path).token(tok),
+            415,
+            "json_required",
+        ));
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            cases.push(case(
+                format!("{method} {path} as {ct}"),
+                Req::new(method, path)
+                    .header("Content-Type", ct)
+                    .body(r#"{"holder":"h","operation":"o"}"#)
+                    .token(tok),
+                415,
+                "json_required",
+            ));
+        }
+    }
+
+    // Tokens.
+    let user_routes: Vec<Req> = vec![
+        Req::get("/get_lock_status/c9"),
+        Req::post("/ensure_locks_cleared/c9").empty_json(),
+        Req::get("/api/v1/locks"),
+        Req::get("/api/v1/locks/c9"),
+        Req::post("/api/v1/locks/c9/messages/acquire").json(&acq),
+        Req::post("/api/v1/locks/c9/clear").json(&json!({})),
+        Req::post("/api/v1/fence/check")
+            .json(&json!({"owner": "c9", "field": "messages", "token": 1})),
+        Req::get("/api/v1/history"),
+        Req::get("/api/v1/waiters"),
+        Req::get("/metrics"),
+        Req::post("/api/v1/leases/0123456789abcdef0123456789abcdef/renew").empty_json(),
+    ];
+    let admin_routes: Vec<Req> = vec![
+        Req::post("/force_clear_locks/c9").json(&json!({"tokens": {"messages": 1}})),
+        Req::post("/clear_locks").empty_json(),
+        Req::post("/api/v1/locks/c9/force-clear")
+            .json(&json!({"field": "messages", "token": 1, "reason": "t"})),
+        Req::post("/api/v1/sql").json(&json!({"sql": "SELECT 1"})),
+        Req::post("/api/v1/reconcile").empty_json(),
+    ];
+    for r in user_routes.iter().chain(&admin_routes) {
+        let label = format!("{} {}", r.method, r.path);
+        cases.push(case(
+            format!("{label} without a token"),
+            r.clone(),
+            401,
+            "unauthenticated",
+        ));
+        cases.push(case(
+            format!("{label} with a wrong token"),
+            r.clone().token("wrong-token-0123456789"),
+            401,
+            "unauthenticated",
+        ));
+        cases.push(case(
+            format!("{label} with a wrong bearer token"),
+            r.clone().bearer("wrong-token-0123456789"),
+            401,
+            "unauthenticated",
+        ));
+    }
+    for r in &admin_routes {
+        let label = format!("{} {}", r.method, r.path);
+        cases.push(case(
+            format!("{label} with the user token"),
+            r.clone().token(USER),
+            403,
+            "admin_only",
+        ));
+        cases.push(case(
+            format!("{label} with the user token as bearer"),
+            r.clone().bearer(USER),
+            403,
+            "admin_only",
+        ));
+    }
+
+    // Host and Origin (DNS rebinding, cross-site requests), with valid tokens.
+    let with_tokens: Vec<Req> = vec![
+        Req::get("/healthz"),
+        Req::get("/get_lock_status/c9").token(USER),
+        Req::post("/ensure_locks_cleared/c9")
+            .empty_json()
+            .token(USER),
+        Req::post("/api/v1/locks/c9/messages/acquire")
+            .json(&acq)
+            .token(USER),
+        Req::post("/api/v1/sql")
+            .json(&json!({"sql": "SELECT 1"}))
+            .bearer(ADMIN),
+        Req::post("/api/v1/locks/c9/force-clear")
+            .json(&json!({"field": "messages", "token": 1, "reason": "t"}))
+            .bearer(ADMIN),
+    ];
+    for r in &with_tokens {
+        let label = format!("{} {}", r.method, r.path);
+        for host in [
+            "evil.com".to_string(),
+            format!("evil.com:{port}"),
+            format!("localhost.evil.com:{port}"),
+            "127.0.0.1:1".to_string(),
+        ] {
+            cases.push(case(
+                format!("{label} with Host {host}"),
+                r.clone().host(&host),
+                403,
+                "forbidden_host",
+            ));
+        }
+        for origin in [
+            "http://evil.com".to_string(),
+            format!("http://evil.com:{port}"),
+            "null".to_string(),
+            format!("http://127.0.0.1:{port}.evil.com"),
+        ] {
+            cases.push(case(
+                format!("{label} with Origin {origin}"),
+                r.clone().header("Origin", &origin),
+                403,
+                "forbidden_origin",
+            ));
+        }
+    }
+
+    // Unknown or repeated query parameters.
+    let queries: Vec<Req> = vec![
+        Req::get("/get_lock_status/c9?x=1").token(USER),
+        Req::post("/ensure_locks_cleared/c9?x=1")
+            .empty_json()
+            .token(USER),
+        Req::post("/force_clear_locks/c9?x=1")
+            .json(&json!({"tokens": {"messages": 1}}))
+            .bearer(ADMIN),
+        Req::get("/api/v1/locks/c9?nope=1").token(USER),
+        Req::get("/api/v1/locks?nope=1").token(USER),
+        Req::post("/api/v1/locks/c9/messages/acquire?nope=1")
+            .json(&acq)
+            .token(USER),
+        Req::post("/api/v1/locks/c9/clear?nope=1")
+            .json(&json!({}))
+            .token(USER),
+        Req::post("/api/v1/locks/c9/force-clear?nope=1")
+            .json(&json!({"field": "messages", "token": 1, "reason": "t"}))
+            .bearer(ADMIN),
+        Req::get("/api/v1/history?nope=1").token(USER),
+        Req::get("/api/v1/history?owner=c9&owner=c8").token(USER),
+        Req::post("/api/v1/sql?x=1")
+            .json(&json!({"sql": "SELECT 1"}))
+            .bearer(ADMIN),
+        Req::post("/api/v1/fence/check?x=1")
+            .json(&json!({"owner": "c9", "field": "messages", "token": 1}))
+            .token(USER),
+    ];
+    for r in queries {
+        cases.push(case(
+            format!("{} {} (query)", r.method, r.path),
+            r,
+            400,
+            "bad_request",
+        ));
+    }
+    for q in [
+        "limit=0",
+        "limit=abc",
+        "limit=100000",
+        "event=nope",
+        "since=yesterday",
+        "format=xml",
+        "cursor=x",
+    ] {
+        cases.push(case(
+            format!("history ?{q}"),
+            Req::get(&format!("/api/v1/history?{q}")).token(USER),
+            400,
+            "bad_request",
+        ));
+    }
+    for q in ["state=locked", "limit=0", "limit=5000"] {
+        cases.push(case(
+            format!("list ?{q}"),
+            Req::get(&format!("/api/v1/locks?{q}")).token(USER),
+            400,
+            "bad_request",
+        ));
+    }
+    cases.push(case(
+        "malformed percent-encoding",
+        Req::get("/get_lock_status/%zz").token(USER),
+        400,
+        "bad_request",
+    ));
+    cases.push(case(
+        "percent-encoded invalid UTF-8",
+        Req::get("/get_lock_status/%ff%fe").token(USER),
+        400,
+        "bad_request",
+    ));
+    cases.push(case(
+        "a 3000-byte path",
+        Req::get(&format!("/get_lock_status/{}", "a".repeat(3000))).token(USER),
+        414,
+        "uri_too_long",
+    ));
+    cases.push(case(
+        "unknown route",
+        Req::get("/api/v1/nope").token(USER),
+        404,
+        "not_found",
+    ));
+
+    // Lease ids.
+    cases.push(case(
+        "renew a traversal lease id",
+        Req::post("/api/v1/leases/..%2F..%2Fregistry.db/renew")
+            .empty_json()
+            .token(USER),
+        404,
+        "unknown_lease",
+    ));
+    cases.push(case(
+        "release a short lease id",
+        Req::delete("/api/v1/leases/abc")
+            .header("X-Lockledger-Client", "t")
+            .token(USER),
+        404,
+        "unknown_lease",
+    ));
+
+    // Admin SQL that must be refused.
+    let attach_here = scratch.join("attached.db");
+    let vacuum_here = scratch.join("vacuum.db");
+    let sqls = vec![
+        "DELETE FROM locks".to_string(),
+        "DELETE FROM lock_events".to_string(),
+        "ATTACH DATABASE '/tmp/x' AS x".to_string(),
+        format!("ATTACH DATABASE '{}' AS x", attach_here.display()),
+        "PRAGMA writable_schema=ON".to_string(),
+        "PRAGMA journal_mode=DELETE".to_string(),
+        "PRAGMA user_version=7".to_string(),
+        "PRAGMA database_list".to_string(),
+        "SELECT file FROM pragma_database_list".to_string(),
+        "INSERT INTO lock_events(event) VALUES ('x')".to_string(),
+        "UPDATE locks SET last_token = 0".to_string(),
+        "DROP TABLE lock_events".to_string(),
+        "CREATE TABLE t(x)".to_string(),
+        "SELECT 1; DELETE FROM locks".to_string(),
+        format!("VACUUM INTO '{}'", vacuum_here.display()),
+        "SELECT load_extension('/tmp/x')".to_string(),
+        "BEGIN IMMEDIATE".to_string(),
+        "".to_string(),
+    ];
+    for sql in sqls {
+        cases.push(case(
+            format!("sql {sql:?}"),
+            Req::post("/api/v1/sql")
+                .json(&json!({ "sql": sql }))
+                .bearer(ADMIN),
+            0, // any 4xx: the exact refusal differs by statement
+            "",
+        ));
+    }
+    cases
+}
+
+#[test]
+fn bad_input_is_refused_without_side_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let srv = Server::start(&storage, &Opts::default().tokens());
+    let storage_abs = storage.to_str().unwrap().to_string();
+    let storage_canon = std::fs::canonicalize(&storage)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    // Some real activity first, so there are events and a lock file to compare.
+    let lease = srv.lease("c9", "messages", "before", 30_000);
+    assert_eq!(srv.release(&lease.id).status, 200);
+    let events_before = srv.sql_i64("SELECT count(*) FROM lock_events");
+    assert!(events_before >= 2);
+    let files_before = files_below(dir.path());
+    let tmp_x_existed = Path::new("/tmp/x").exists();
+
+    let cases = bad_input_cases(srv.port, &scratch);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let r = srv.send(c.req.clone());
+        let body = r.text();
+        let mut why = Vec::new();
+        if !(400..500).contains(&r.status) {
+            why.push(format!("status {} is not 4xx", r.status));
+        } else if c.status != 0 && r.status != c.status {
+            why.push(format!("status {} (wanted {})", r.status, c.status));
+        }
+        match serde_json::from_slice::<Value>(&r.body) {
+            Ok(v) => {
+                let code = v["error"]["code"].as_str();
+                if code.is_none() || !v["error"]["message"].is_string() {
+                    why.push("no {error: {code, message}}".to_string());
+                }
+                if !c.code.is_empty() && code != Some(c.code) {
+                    why.push(format!("code {code:?} (wanted {:?})", c.code));
+                }
+            }
+            Err(e) => why.push(format!("body is not JSON ({e})")),
+        }
+        if !r
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("application/json"))
+        {
+            why.push(format!("content-type {:?}", r.header("content-type")));
+        }
+        if body.contains(&storage_abs) || body.contains(&storage_canon) {
+            why.push("the body contains the storage path".to_string());
+        }
+        if r.status == 405 && r.header("allow").is_none() {
+            why.push("405 without Allow".to_string());
+        }
+        if !why.is_empty() {
+            failures.push(format!("{}: {} — {}", c.name, why.join("; "), short(&body)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad requests were mishandled:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    assert_eq!(
+        files_below(dir.path()),
+        files_before,
+        "bad requests created or removed files"
+    );
+    assert!(
+        tmp_x_existed || !Path::new("/tmp/x").exists(),
+        "ATTACH created /tmp/x"
+    );
+    assert_eq!(
+        srv.sql_i64("SELECT count(*) FROM lock_events"),
+        events_before,
+        "bad requests wrote history"
+    );
+    assert_eq!(srv.lock("c9", "messages")["state"], "free");
+}
+
+#[test]
+fn exposed_bind_without_tokens_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let (code, out, err) =
+        run_to_exit(lockledger(&storage, &["serve", "--bind", "0.0.0.0:0"], &[]));
+    assert_ne!(code, Some(0), "stdout {out:?} stderr {err:?}");
+    assert!(code.is_some(), "killed by a signal: {err}");
+    assert!(!out.contains("listening"), "it listened: {out}");
+    assert!(err.contains("token"), "no word about tokens: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // One token is not enough either.
+    let (code, out, err) = run_to_exit(lockledger(
+        &storage,
+        &["serve", "--bind", "0.0.0.0:0", "--token", USER],
+        &[],
+    ));
+    assert_ne!(code, Some(0), "stdout {out:?} stderr {err:?}");
+    assert!(!out.contains("listening"), "it listened: {out}");
+    assert!(err.contains("token"), "{err}");
+}
+
+#[test]
+fn taken_port_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let (code, out, err) = run_to_exit(lockledger(
+        &storage_in(&dir),
+        &["serve", "--bind", &bind],
+        &[],
+    ));
+    assert_ne!(code, Some(0), "stdout {out:?} stderr {err:?}");
+    assert!(code.is_some(), "killed by a signal: {err}");
+    assert!(!out.contains("listening"), "{out}");
+    assert!(
+        !err.contains("panicked"),
+        "a panic instead of a message: {err}"
+    );
+    assert!(
+        err.contains(&bind),
+        "the message does not name {bind}: {err}"
+    );
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+    drop(taken);
+}
+
+// ------------------------------------------------------------------ 10. metrics etc.
+
+/// The value of an unlabelled sample (or a labelled one, `name{...}`) in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+#[test]
+fn metrics_health_and_openapi() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&storage_in(&dir), &Opts::default());
+
+    let r = srv.get("/healthz");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ok", "{}", r.text());
+
+    let r = srv.get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let text = r.text();
+    assert!(
+        text.contains("# TYPE lockledger_grants_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lockledger_acquire_wait_seconds_bucket"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockledger_grants_total"),
+        Some(0.0),
+        "{text}"
+    );
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (_, v) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(v.parse::<f64>().is_ok(), "bad sample line {line:?}");
+    }
+
+    let lease = srv.lease("c10", "messages", "metered", 30_000);
+    let text = srv.get("/metrics").text();
+    assert_eq!(
+        sample(&text, "lockledger_grants_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockledger_acquire_wait_seconds_bucket{le=\"+Inf\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "lockledger_leases"), Some(1.0), "{text}");
+    assert_eq!(srv.release(&lease.id).status, 200);
+    let text = srv.get("/metrics").text();
+    assert_eq!(sample(&text, "lockledger_leases"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "lockledger_releases_total"),
+        Some(1.0),
+        "{text}"
+    );
+
+    let r = srv.get("/api/v1/openapi.json");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json();
+    let paths = doc["paths"].as_object().expect("paths object");
+    let acquire = paths
+        .get("/api/v1/locks/{owner}/{field}/acquire")
+        .unwrap_or_else(|| panic!("no acquire path in {:?}", paths.keys().collect::<Vec<_>>()));
+    assert!(acquire.get("post").is_some(), "{acquire}");
+    for p in [
+        "/api/v1/locks/{owner}",
+        "/api/v1/leases/{lease_id}/renew",
+        "/api/v1/sql",
+    ] {
+        assert!(paths.contains_key(p), "no {p} in the API document");
+    }
+}

@@ -191,7 +191,18 @@ pub fn fuzz_decode(path: &str, query: &str, body: &[u8]) {
     if let Ok(segs) = split_path(path) {
         let _ = classify(&segs);
     }
-    let _ = Query::parse(query, &["state", "owner_prefix", "limit", "cursor", "owner", "field", "since"]);
+    let _ = Query::parse(
+        query,
+        &[
+            "state",
+            "owner_prefix",
+            "limit",
+            "cursor",
+            "owner",
+            "field",
+            "since",
+        ],
+    );
     let _ = serde_json::from_slice::<AcquireBody>(body);
     let _ = serde_json::from_slice::<ClearBody>(body);
     let _ = serde_json::from_slice::<ForceBody>(body);
