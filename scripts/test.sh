@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# Chaos, quick mode: real crashes, pauses, revocations and service restarts, with the
+# invariants checked at the end (see BENCHMARKS.md for the long run).
+cargo build --locked --release --bins
+./target/release/lockledger-chaos --quick

@@ -630,9 +630,12 @@ fn force_clear(
             match matching.as_slice() {
                 [one] => one.field.clone(),
                 [] => {
-                    return Err(RegistryError::BadRequest(format!(
-                        "no lock of {owner} has token {token} now; run `lockledger status {owner}`"
-                    )))
+                    return Err(RegistryError::NotClearable {
+                        lock: owner.to_string(),
+                        reason: format!(
+                            "no lock of {owner} has token {token} now (it changed since you looked); run `lockledger status {owner}`"
+                        ),
+                    })
                 }
                 _ => {
                     return Err(RegistryError::BadRequest(format!(

@@ -263,7 +263,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     writer: Writer,
     readers: ReadPool,
-    leases: Mutex<LeaseTable>,
+    leases: Arc<Mutex<LeaseTable>>,
     waiters: Arc<WaitQueues>,
     me: (i32, Option<u64>),
 }
@@ -291,6 +291,23 @@ enum Plan {
     },
 }
 
+/// The lease handles of one storage directory are shared by every `Registry` of this
+/// process opened on it, so "this process holds the lease's handle" means the same thing
+/// to all of them.
+fn lease_table_for(storage_dir: &std::path::Path) -> Arc<Mutex<LeaseTable>> {
+    static TABLES: Mutex<Option<HashMap<PathBuf, Arc<Mutex<LeaseTable>>>>> = Mutex::new(None);
+    let dir = storage_dir
+        .canonicalize()
+        .unwrap_or_else(|_| storage_dir.to_path_buf());
+    let mut tables = TABLES.lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(
+        tables
+            .get_or_insert_with(HashMap::new)
+            .entry(dir)
+            .or_default(),
+    )
+}
+
 impl Registry {
     /// Opens the registry on the real clock, migrating the database if needed.
     pub fn open(config: Config) -> Result<Registry, RegistryError> {
@@ -308,6 +325,7 @@ impl Registry {
         let conn = db::open_and_migrate(&config)?;
         let writer = Writer::start(conn)?;
         let readers = db::read_pool(&config, 8)?;
+        let leases = lease_table_for(&config.storage_dir);
         Ok(Registry {
             inner: Arc::new(Inner {
                 config,
@@ -315,7 +333,7 @@ impl Registry {
                 clock,
                 writer,
                 readers,
-                leases: Mutex::new(LeaseTable::default()),
+                leases,
                 waiters: Arc::new(WaitQueues::default()),
                 me: process::current(),
             }),
@@ -448,8 +466,11 @@ impl Registry {
             };
         };
         let locker_gone = self.liveness(h.locker_pid, h.locker_start) != Liveness::Alive;
-        let mine = self.is_mine(h);
-        let holds_slot = mine && h.kind == HolderKind::Lease;
+        let holds_slot = h.kind == HolderKind::Lease
+            && self.is_mine(h)
+            && h.lease_id
+                .as_deref()
+                .is_some_and(|id| self.leases().by_id.contains_key(id));
         let reason = verdict.stale_reason;
         // A record whose flock is free, or whose locking process is gone, claims nothing
         // real: removing it cannot break exclusion.
@@ -459,7 +480,7 @@ impl Registry {
                 release_slot: holds_slot,
             };
         }
-        if h.kind == HolderKind::Lease && !mine {
+        if h.kind == HolderKind::Lease && !holds_slot {
             return Plan::Skip(format!(
                 "leased through the lockledger service (pid {}), which holds the lock file; clear it through that service",
                 h.locker_pid
@@ -536,7 +557,7 @@ impl Registry {
                 .and_then(|pids| pids.first().copied());
             report.pid = pid;
             report.host = Some(process::hostname().to_string());
-            report.command = pid.and_then(process::cmdline);
+            report.command = pid.and_then(process::cmdline).map(|c| without_paths(&c));
         }
         report.note = note_for(&report);
         report
@@ -992,6 +1013,8 @@ impl Registry {
             let renewed =
                 records::renew_holder(conn, slot.lock_id, slot.token, now, Some(expires_at))?;
             if !renewed {
+                // The record was cleared behind this handle: let the lock go too.
+                drop(table.remove(&key));
                 return Err(RegistryError::LeaseGone {
                     lease_id: id,
                     why: "its record was cleared".into(),
@@ -1135,7 +1158,9 @@ impl Registry {
                         .and_then(|p| p.first().copied());
                     skipped.pid = pid;
                     if let Some(pid) = pid {
-                        let cmd = process::cmdline(pid).unwrap_or_default();
+                        let cmd = process::cmdline(pid)
+                            .map(|c| without_paths(&c))
+                            .unwrap_or_default();
                         skipped.reason = format!("held by pid {pid} ({cmd}), a process lockledger does not manage; it cannot be cleared here — stop that process");
                     }
                     let lock_id = records::ensure_lock(conn, key, file, now)?;
@@ -1511,6 +1536,23 @@ fn renewal_is_sampled(row: &LockRow, now: i64) -> bool {
         .is_some_and(|h| h.renewed_at / 60_000 != now / 60_000)
 }
 
+/// A command line with every absolute path cut to its last component, so reports never
+/// reveal server paths (`/usr/bin/python3 app.py /srv/x/locks/a.lock` → `python3 app.py
+/// a.lock`).
+pub fn without_paths(cmdline: &str) -> String {
+    cmdline
+        .split(' ')
+        .map(|word| match word.rfind('/') {
+            Some(i) if word.starts_with('/') || word.contains("=/") => {
+                let prefix = word.find("=/").map(|e| &word[..=e]).unwrap_or("");
+                format!("{prefix}{}", &word[i + 1..])
+            }
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn display_field(field: &str) -> &str {
     if field.is_empty() {
         "(main)"
@@ -1671,5 +1713,23 @@ impl Drop for LockGuard {
         if let Err(e) = self.release_inner() {
             log::warn!("releasing lock {}: {e}", self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_paths;
+
+    #[test]
+    fn command_lines_lose_their_paths() {
+        assert_eq!(
+            without_paths("/usr/bin/python3 -c x /srv/app/storage/locks/c3_messages.lock"),
+            "python3 -c x c3_messages.lock"
+        );
+        assert_eq!(
+            without_paths("gunicorn --chdir=/srv/app app:wsgi"),
+            "gunicorn --chdir=app app:wsgi"
+        );
+        assert_eq!(without_paths("python3 server.py"), "python3 server.py");
     }
 }

@@ -475,6 +475,9 @@ fn sigkilled_holder_is_holder_dead_and_safely_cleared() {
     assert_eq!(l["file"], "c1_messages.lock", "{l}");
     assert_eq!(l["clearable"], false, "a live holder is not clearable: {l}");
 
+    let raw = store.run(&["status", "c1", "--json"]);
+    assert!(!raw.stdout.contains(store.path_str()), "path leak: {raw:?}");
+
     h.proc.signal(libc::SIGKILL);
     assert_eq!(h.proc.wait_exit(EXIT_TIMEOUT), 128 + libc::SIGKILL);
 
@@ -488,6 +491,7 @@ fn sigkilled_holder_is_holder_dead_and_safely_cleared() {
 
     let out = store.run(&["clear", "c1", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains(store.path_str()), "path leak: {out:?}");
     let v = out.json();
     assert_eq!(v["skipped"], serde_json::json!([]), "{v}");
     let cleared = v["cleared"].as_array().expect("cleared");

@@ -782,6 +782,14 @@ fn legacy_routes_keep_their_exact_keys() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage_in(&dir);
     let srv = Server::start(&storage, &Opts::default()); // admin token generated
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(storage.join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "admin-token mode {mode:o}");
+    }
 
     let r = srv.get("/get_lock_status/c1");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -905,6 +913,10 @@ fn legacy_routes_keep_their_exact_keys() {
     assert_eq!(srv.lock("c1", "messages")["state"], "free");
     let v = srv.get("/get_lock_status/c1").json();
     assert_eq!(v["any_locked"], false, "{v}");
+    assert!(
+        storage.join("locks/c1_messages.lock").exists(),
+        "lock files are never deleted"
+    );
 }
 
 // ------------------------------------------------------------------ 2. lease lifecycle
@@ -1029,6 +1041,15 @@ fn expired_lease_stays_stale_without_auto_expire_until_cleared() {
     });
     assert_eq!(l["stale_reason"], "lease_expired", "{l}");
     assert_eq!(l["token"], lease.token, "{l}");
+    assert_eq!(l["clearable"], true, "{l}");
+    let legacy = srv.get("/get_lock_status/c3").json();
+    assert_eq!(
+        legacy["stale_locks"],
+        json!(["c3_messages.lock"]),
+        "{legacy}"
+    );
+    assert_eq!(legacy["can_cleanup"], true, "{legacy}");
+    assert_eq!(legacy["locks_status"]["messages"], true, "{legacy}");
     // Without automatic expiry the reaper (every 100 ms) leaves it alone.
     thread::sleep(Duration::from_millis(400));
     let l = srv.lock("c3", "messages");
@@ -1056,6 +1077,7 @@ fn expired_lease_stays_stale_without_auto_expire_until_cleared() {
         .find(|e| e["event"] == "cleared")
         .unwrap_or_else(|| panic!("no cleared event: {events:?}"));
     assert_eq!(cleared["reason"], "lease_expired", "{cleared}");
+    assert!(dir.path().join("storage/locks/c3_messages.lock").exists());
     // The service really let go of the flock.
     let next = srv.lease("c3", "messages", "next", 1000);
     assert!(next.token > lease.token);
@@ -2323,6 +2345,19 @@ fn metrics_health_and_openapi() {
         "{text}"
     );
     assert_eq!(sample(&text, "lockledger_leases"), Some(1.0), "{text}");
+    let r = srv.acquire("c10", "messages", &json!({"holder": "b", "operation": "o"}));
+    assert_eq!(r.status, 409, "{}", r.text());
+    let text = srv.get("/metrics").text();
+    assert_eq!(
+        sample(&text, "lockledger_acquire_busy_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockledger_grants_total"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(srv.release(&lease.id).status, 200);
     let text = srv.get("/metrics").text();
     assert_eq!(sample(&text, "lockledger_leases"), Some(0.0), "{text}");
@@ -2347,4 +2382,257 @@ fn metrics_health_and_openapi() {
     ] {
         assert!(paths.contains_key(p), "no {p} in the API document");
     }
+}
+
+// ------------------------------------------------------------------ beyond the brief
+
+/// The chat app's own `FileLock` is an external holder: shown with its pid, never cleared.
+#[test]
+fn external_holder_is_reported_and_never_cleared() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let srv = Server::start(&storage, &Opts::default());
+    let path = storage.join("locks").join("e1_memory.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: flock(2) on a descriptor this test owns; released when `file` drops.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "take the flock as an outside process");
+    let me = std::process::id() as i64;
+
+    let l = srv.lock("e1", "memory");
+    assert_eq!(l["state"], "held", "{l}");
+    assert_eq!(l["kind"], "external", "{l}");
+    assert_eq!(l["pid"], me, "{l}");
+    assert_eq!(l["clearable"], false, "{l}");
+    let legacy = srv.get("/get_lock_status/e1").json();
+    assert_eq!(legacy["any_locked"], true, "{legacy}");
+    assert_eq!(legacy["can_cleanup"], false, "{legacy}");
+
+    let r = srv.send(Req::post("/ensure_locks_cleared/e1").empty_json());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["cleared"], json!([]), "{v}");
+    assert_eq!(v["skipped"][0]["field"], "memory", "{v}");
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains(&me.to_string())),
+        "the reason should name pid {me}: {v}"
+    );
+    let r = srv.post_admin(
+        "/api/v1/locks/e1/force-clear",
+        &json!({"field": "memory", "token": 0, "reason": "try"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_code(), "not_clearable");
+    let r = srv.acquire(
+        "e1",
+        "memory",
+        &json!({"holder": "h", "operation": "o", "wait_ms": 100}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["holder"]["kind"], "external", "{}", r.text());
+    assert!(path.exists());
+
+    drop(file);
+    assert_eq!(srv.lock("e1", "memory")["state"], "free");
+    srv.lease("e1", "memory", "after", 1000);
+    assert!(event_names(&srv.history("e1")).contains(&"observed_external".to_string()));
+}
+
+/// LOCKLEDGER_MAX_HOLD_MS: a lease not renewed for longer is held_too_long; a safe clear
+/// leaves it, a renewal heals it, a force clear takes it.
+#[test]
+fn held_too_long_is_skipped_by_safe_clear_and_taken_by_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Opts::default().env("LOCKLEDGER_MAX_HOLD_MS", "300");
+    let srv = Server::start(&storage_in(&dir), &opts);
+    let lease = srv.lease("h1", "memory", "hung", 60_000);
+    let l = wait_for(Duration::from_secs(3), "h1/memory held_too_long", || {
+        let l = srv.lock("h1", "memory");
+        (l["state"] == "stale").then_some(l)
+    });
+    assert_eq!(l["stale_reason"], "held_too_long", "{l}");
+    assert_eq!(l["clearable"], false, "{l}");
+    let v = srv
+        .send(Req::post("/ensure_locks_cleared/h1").empty_json())
+        .json();
+    assert_eq!(v["cleared"], json!([]), "{v}");
+    assert_eq!(v["skipped"][0]["field"], "memory", "{v}");
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("held_too_long")),
+        "{v}"
+    );
+    assert_eq!(srv.renew(&lease.id).status, 200);
+    assert_eq!(srv.lock("h1", "memory")["state"], "held");
+
+    let r = srv.post_admin(
+        "/api/v1/locks/h1/force-clear",
+        &json!({"field": "memory", "token": lease.token, "reason": "hung worker"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(srv.lock("h1", "memory")["state"], "free");
+    assert_eq!(srv.renew(&lease.id).status, 410);
+}
+
+/// A waiter whose client disconnects leaves the queue and is never granted the lock.
+#[test]
+fn a_disconnected_waiter_is_never_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&storage_in(&dir), &Opts::default());
+    let a = srv.lease("c11", "messages", "A", 30_000);
+    let port = srv.port;
+    let mut ghost = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = json!({"holder": "ghost", "operation": "w", "wait_ms": 20_000}).to_string();
+    let req = format!(
+        "POST /api/v1/locks/c11/messages/acquire HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    ghost.write_all(req.as_bytes()).unwrap();
+    let waiters = || {
+        srv.get("/api/v1/waiters").json()["waiters"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_for(Duration::from_secs(5), "the ghost to queue", || {
+        (waiters() == 1).then_some(())
+    });
+    drop(ghost);
+    wait_for(
+        Duration::from_secs(3),
+        "the ghost to leave the queue",
+        || (waiters() == 0).then_some(()),
+    );
+    assert_eq!(srv.release(&a.id).status, 200);
+    let r = srv.acquire(
+        "c11",
+        "messages",
+        &json!({"holder": "C", "operation": "o", "wait_ms": 0}),
+    );
+    assert_eq!(r.status, 200, "the lock went to nobody: {}", r.text());
+    let events = srv.history("c11");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "acquired" && e["holder"] == "ghost"),
+        "{events:?}"
+    );
+}
+
+/// POST /clear_locks (admin): safe clear of every stale lock of every owner.
+#[test]
+fn global_clear_takes_every_stale_lock_and_no_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Opts::default().env("LOCKLEDGER_AUTO_EXPIRE", "0");
+    let srv = Server::start(&storage_in(&dir), &opts);
+    srv.lease("g1", "messages", "s1", 200);
+    srv.lease("g2", "memory", "s2", 200);
+    let live = srv.lease("g3", "messages", "live", 60_000);
+    wait_for(Duration::from_secs(3), "g1 and g2 stale", || {
+        (srv.lock("g1", "messages")["state"] == "stale"
+            && srv.lock("g2", "memory")["state"] == "stale")
+            .then_some(())
+    });
+    let r = srv.send(Req::post("/clear_locks").empty_json());
+    assert_eq!(r.status, 403, "global clear is admin only: {}", r.text());
+    let r = srv.send(Req::post("/clear_locks").empty_json().bearer(&srv.admin));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let cleared: BTreeSet<String> = v["cleared"]
+        .as_array()
+        .expect("cleared")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cleared, set(&["g1_messages.lock", "g2_memory.lock"]), "{v}");
+    assert_eq!(srv.lock("g1", "messages")["state"], "free");
+    assert_eq!(srv.lock("g2", "memory")["state"], "free");
+    assert_eq!(srv.lock("g3", "messages")["state"], "held");
+    assert_eq!(srv.renew(&live.id).status, 200);
+}
+
+/// Admin SQL: views readable, rows capped, runaway queries stopped, no server paths.
+#[test]
+fn admin_sql_is_capped_and_reveals_no_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let srv = Server::start(&storage, &Opts::default());
+    let lease = srv.lease("q1", "messages", "sql", 30_000);
+    let storage_s = storage.to_str().unwrap();
+    for sql in [
+        "SELECT * FROM current_locks",
+        "SELECT * FROM stale_locks",
+        "SELECT * FROM lock_history",
+        "SELECT * FROM locks",
+        "SELECT * FROM holders",
+        "SELECT name, sql FROM sqlite_master",
+        "PRAGMA table_info(locks)",
+    ] {
+        let r = srv.post_admin("/api/v1/sql", &json!({ "sql": sql }));
+        assert_eq!(r.status, 200, "{sql}: {}", r.text());
+        assert!(
+            !r.text().contains(storage_s),
+            "{sql} shows the storage path"
+        );
+    }
+    let v = srv
+        .post_admin(
+            "/api/v1/sql",
+            &json!({"sql": "SELECT owner, token FROM current_locks"}),
+        )
+        .json();
+    assert_eq!(v["columns"], json!(["owner", "token"]), "{v}");
+    assert_eq!(v["rows"], json!([["q1", lease.token]]), "{v}");
+
+    let r = srv.post_admin(
+        "/api/v1/sql",
+        &json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000) SELECT x FROM c"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(1000), "row cap");
+    assert_eq!(v["truncated"], true);
+
+    let t = Instant::now();
+    let r = srv.post_admin(
+        "/api/v1/sql",
+        &json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"}),
+    );
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "ran {:?}",
+        t.elapsed()
+    );
+    // The service still answers.
+    assert_eq!(srv.get("/healthz").status, 200);
+}
+
+/// The client's response parser, on hand-made responses (chunked included).
+#[test]
+fn http_client_parses_chunked_and_sized_responses() {
+    let r = parse_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n\
+          4\r\n{\"a\"\r\n5;x=y\r\n:[1]}\r\n0\r\nTrailer: t\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"a": [1]}));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}extra").unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (404, &b"{}"[..]));
+    assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n{}").is_err());
+    assert!(
+        parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab").is_err()
+    );
+    assert!(parse_response(b"garbage\r\n\r\n").is_err());
 }

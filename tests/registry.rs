@@ -1381,7 +1381,6 @@ fn two_instances(auto_expire: bool) -> (tempfile::TempDir, Registry, Registry, A
 }
 
 #[test]
-#[ignore = "BUG: reconcile() on a second Registry in the same process deletes the first's live lease record (is_mine compares pid only)"]
 fn reconcile_on_a_second_instance_leaves_a_live_lease_alone() {
     let (_dir, a, b, _clock) = two_instances(true);
     let key = a.key(None, "c11", "messages").unwrap();
@@ -1406,7 +1405,6 @@ fn reconcile_on_a_second_instance_leaves_a_live_lease_alone() {
 }
 
 #[test]
-#[ignore = "BUG: safe clear on a second Registry reports another instance's expired lease cleared but its flock stays held (shows as external)"]
 fn a_safe_clear_on_a_second_instance_never_reports_cleared_what_it_did_not_free() {
     let (_dir, a, b, clock) = two_instances(false);
     let key = a.key(None, "c12", "messages").unwrap();
@@ -1429,7 +1427,6 @@ fn a_safe_clear_on_a_second_instance_never_reports_cleared_what_it_did_not_free(
 }
 
 #[test]
-#[ignore = "BUG: force_clear on a second Registry deletes another instance's live lease record and reports success, but the flock stays held"]
 fn a_force_clear_on_a_second_instance_frees_the_lease_or_refuses() {
     let (_dir, a, b, _clock) = two_instances(true);
     let key = a.key(None, "c13", "messages").unwrap();
