@@ -496,12 +496,12 @@ impl Registry {
                 release_slot: true,
             },
             (Some(StaleReason::HeldTooLong), false) => Plan::Skip(format!(
-                "held_too_long: pid {} is alive but has not renewed for longer than max_hold; a safe clear never touches a live holder (an admin may force-clear it)",
-                h.pid.unwrap_or(h.locker_pid)
+                "held_too_long: {} is alive but has not renewed for longer than max_hold; a safe clear never touches a live holder (an admin may force-clear it)",
+                holder_name(h)
             )),
             _ => Plan::Skip(format!(
-                "held by a live holder (pid {}, {}) since {}; a safe clear never touches a live holder",
-                h.pid.unwrap_or(h.locker_pid),
+                "held by a live holder ({}, {}) since {}; a safe clear never touches a live holder",
+                holder_name(h),
                 h.operation,
                 clock::hms(h.acquired_at)
             )),
@@ -1562,11 +1562,20 @@ pub fn display_field(field: &str) -> &str {
 }
 
 /// "pid 812 (send_message) since 12:01:07"
+/// "pid 812", or the lease holder's label when the client gave no pid.
+fn holder_name(h: &records::HolderRow) -> String {
+    match h.pid {
+        Some(pid) => format!("pid {pid}"),
+        None => format!("lease holder {:?}", h.holder),
+    }
+}
+
 pub fn describe_holder(r: &LockReport) -> String {
-    let pid = r
-        .pid
-        .map(|p| format!("pid {p}"))
-        .unwrap_or_else(|| "an unknown process".into());
+    let pid = match (r.pid, &r.holder) {
+        (Some(p), _) => format!("pid {p}"),
+        (None, Some(h)) => format!("{h:?}"),
+        (None, None) => "an unknown process".into(),
+    };
     match (&r.kind, &r.operation, &r.acquired_at) {
         (Some(HolderKind::External), _, _) => {
             let cmd = r.command.as_deref().unwrap_or("unknown command");
