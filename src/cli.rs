@@ -152,6 +152,9 @@ pub enum Command {
         /// Extra Host names this service answers to (repeatable), e.g. chat.internal:8787
         #[arg(long)]
         allow_host: Vec<String>,
+        /// Demo mode: streamed chat replies hold leases; simulated stuck holders
+        #[arg(long)]
+        demo: bool,
     },
     /// Hold a lock until killed (SIGTERM/SIGINT release it); for demos and tests
     Hold {
@@ -170,6 +173,10 @@ pub enum Command {
         /// Release after this long instead of waiting for a signal
         #[arg(long)]
         for_ms: Option<u64>,
+        /// Take only the kernel lock, with no record, like a process lockledger does not
+        /// manage (for demos and tests of external holders)
+        #[arg(long, hide = true)]
+        external: bool,
     },
 }
 
@@ -558,13 +565,21 @@ fn run(cli: Cli) -> Result<Outcome, RegistryError> {
             token,
             admin_token,
             allow_host,
+            demo,
         } => {
-            let reg = open(&cli.global)?;
+            let mut config = Config::load(&cli.global.storage, cli.global.config.as_deref())
+                .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+            if demo {
+                // A hung holder should turn stale while someone is watching.
+                config.max_hold = Duration::from_secs(15);
+            }
+            let reg = Registry::open(config)?;
             let opts = crate::http::ServeOptions {
                 bind,
                 user_token: token,
                 admin_token,
                 allowed_hosts: allow_host,
+                demo,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -588,17 +603,24 @@ fn run(cli: Cli) -> Result<Outcome, RegistryError> {
             wait_ms,
             renew_ms,
             for_ms,
-        } => hold(
-            &cli.global,
-            ns,
-            &owner,
-            &field,
-            operation,
-            holder,
-            wait_ms,
-            renew_ms,
-            for_ms,
-        ),
+            external,
+        } => {
+            if external {
+                hold_external(&cli.global, ns, &owner, &field, wait_ms, for_ms)
+            } else {
+                hold(
+                    &cli.global,
+                    ns,
+                    &owner,
+                    &field,
+                    operation,
+                    holder,
+                    wait_ms,
+                    renew_ms,
+                    for_ms,
+                )
+            }
+        }
     }
 }
 
@@ -687,6 +709,41 @@ fn wait_for_exit_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
     // SAFETY: `set` is an initialised signal set; a null siginfo pointer is allowed.
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     sig == libc::SIGINT || sig == libc::SIGTERM
+}
+
+/// Holds only the flock, with no registry record: an "external" holder.
+fn hold_external(
+    global: &GlobalOpts,
+    ns: Option<&str>,
+    owner: &str,
+    field: &str,
+    wait_ms: u64,
+    for_ms: Option<u64>,
+) -> Result<Outcome, RegistryError> {
+    let signals = block_exit_signals();
+    let config = Config::load(&global.storage, global.config.as_deref())
+        .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+    let key = LockKey::in_config(&config, ns, owner, field)?;
+    let namespace = crate::ids::namespace_of(&config, ns)?;
+    let dir = crate::flock::ensure_dir(&config.locks_dir()).map_err(crate::db::StoreError::Io)?;
+    let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+    let held =
+        crate::flock::acquire_until(&dir.join(key.file_name(namespace)), deadline, &|| false)
+            .map_err(|e| RegistryError::Busy {
+                message: e.to_string(),
+                holder: None,
+            })?;
+    println!(
+        "{}",
+        serde_json::json!({"event": "held", "owner": key.owner(), "field": key.field(), "pid": std::process::id(), "external": true})
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_exit_signal(
+        &signals,
+        Duration::from_millis(for_ms.unwrap_or(u64::MAX / 4)),
+    );
+    drop(held);
+    Ok(Outcome { code: EXIT_OK })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -43,6 +43,9 @@ enum Route {
     Sql,
     Waiters,
     Reconcile,
+    DemoStatus,
+    DemoChat(String),
+    DemoSimulate,
 }
 
 /// Path shape → (route, the one method it answers, the role it needs).
@@ -80,6 +83,9 @@ fn classify(segs: &[String]) -> Option<(Route, Method, Role)> {
         ["api", "v1", "sql"] => (Route::Sql, Method::POST, Admin),
         ["api", "v1", "waiters"] => (Route::Waiters, Method::GET, User),
         ["api", "v1", "reconcile"] => (Route::Reconcile, Method::POST, Admin),
+        ["demo", "status"] => (Route::DemoStatus, Method::GET, Anyone),
+        ["demo", "chat", c] => (Route::DemoChat(c.to_string()), Method::POST, User),
+        ["demo", "simulate"] => (Route::DemoSimulate, Method::POST, User),
         _ => return None,
     };
     Some(r)
@@ -297,7 +303,7 @@ where
 }
 
 /// Decodes a JSON body; an empty body means "no options" where `T: Default`.
-fn body<T: DeserializeOwned + Default>(req: &Request) -> Result<T, ApiError> {
+pub(super) fn optional_body<T: DeserializeOwned + Default>(req: &Request) -> Result<T, ApiError> {
     if req.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -311,7 +317,7 @@ fn body<T: DeserializeOwned + Default>(req: &Request) -> Result<T, ApiError> {
 }
 
 /// A body that must be present.
-fn required_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+pub(super) fn required_json<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
     if req.body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -355,6 +361,16 @@ pub async fn handle(app: &Arc<App>, req: Request) -> Response {
 
 async fn dispatch(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     app.policy.check_origin(&req.headers).map_err(denied)?;
+    if req.method == Method::GET {
+        let page = if req.path == "/" && super::ui::wants_html(&req.headers) {
+            "/ui/"
+        } else {
+            req.path.as_str()
+        };
+        if let Some(resp) = super::ui::asset(page) {
+            return Ok(resp);
+        }
+    }
     let segs = split_path(&req.path)?;
     let Some((route, method, needed)) = classify(&segs) else {
         return Err(ApiError::new(
@@ -443,6 +459,25 @@ async fn dispatch(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
                 StatusCode::OK,
                 &serde_json::json!({ "waiters": reg.waiters() }),
             ))
+        }
+        Route::DemoStatus | Route::DemoChat(_) | Route::DemoSimulate if app.demo.is_none() => {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "demo mode is off (serve --demo)",
+            ))
+        }
+        Route::DemoStatus => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"demo": true}),
+        )),
+        Route::DemoChat(owner) => {
+            no_query(&req)?;
+            super::demo::chat(app, &req, owner).await
+        }
+        Route::DemoSimulate => {
+            no_query(&req)?;
+            super::demo::simulate(app, &req).await
         }
         Route::Reconcile => {
             no_query(&req)?;
@@ -550,7 +585,7 @@ async fn legacy_ensure_cleared(
     owner: String,
     role: Role,
 ) -> Result<Response, ApiError> {
-    let b: ClearBody = body(req)?;
+    let b: ClearBody = optional_body(req)?;
     let reg = app.registry.clone();
     let who = actor(role, req);
     let o = owner.clone();
@@ -590,7 +625,7 @@ async fn legacy_force_clear(
     owner: String,
     role: Role,
 ) -> Result<Response, ApiError> {
-    let b: LegacyForceBody = body(req)?;
+    let b: LegacyForceBody = optional_body(req)?;
     let Some(tokens) = b.tokens.filter(|t| !t.is_empty()) else {
         return Err(ApiError::bad_request(
             "a force clear needs the tokens you were shown: {\"tokens\": {\"messages\": 7}, \"reason\": \"...\"}",
@@ -634,7 +669,7 @@ async fn legacy_force_clear(
 }
 
 async fn clear_all(app: &Arc<App>, req: &Request, role: Role) -> Result<Response, ApiError> {
-    let _: ClearBody = body(req)?;
+    let _: ClearBody = optional_body(req)?;
     let reg = app.registry.clone();
     let who = actor(role, req);
     let (cleared, skipped, owners) = blocking(move || {
@@ -735,7 +770,7 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(&req.query, &["namespace"])?;
     let ns = namespace_param(&q);
-    let b: AcquireBody = required_body(req)?;
+    let b: AcquireBody = required_json(req)?;
     let key = app
         .registry
         .key(ns.as_deref(), &owner, &field)
@@ -855,7 +890,7 @@ async fn clear(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(&req.query, &["namespace"])?;
     let ns = namespace_param(&q);
-    let b: ClearBody = body(req)?;
+    let b: ClearBody = optional_body(req)?;
     let reg = app.registry.clone();
     let who = actor(role, req);
     let out = blocking(move || reg.clear(ns.as_deref(), &owner, b.tokens, &who)).await?;
@@ -882,7 +917,7 @@ async fn force_clear(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(&req.query, &["namespace"])?;
     let ns = namespace_param(&q);
-    let b: ForceBody = required_body(req)?;
+    let b: ForceBody = required_json(req)?;
     let key = app
         .registry
         .key(ns.as_deref(), &owner, &b.field)
@@ -907,7 +942,7 @@ struct FenceBody {
 }
 
 async fn fence(app: &Arc<App>, req: &Request) -> Result<Response, ApiError> {
-    let b: FenceBody = required_body(req)?;
+    let b: FenceBody = required_json(req)?;
     let key = app
         .registry
         .key(b.namespace.as_deref(), &b.owner, &b.field)
@@ -1037,7 +1072,7 @@ struct SqlBody {
 }
 
 async fn sql(app: &Arc<App>, req: &Request) -> Result<Response, ApiError> {
-    let b: SqlBody = required_body(req)?;
+    let b: SqlBody = required_json(req)?;
     let path = app.registry.db_path();
     let limits = sql_console::Limits {
         max_rows: b.max_rows.unwrap_or(1000).clamp(1, 10_000),

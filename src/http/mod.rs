@@ -7,9 +7,11 @@
 //! no response carries an absolute server path.
 
 pub mod api;
+pub mod demo;
 pub mod metrics;
 pub mod openapi;
 pub mod security;
+pub mod ui;
 
 use crate::registry::Registry;
 use bytes::Bytes;
@@ -44,6 +46,8 @@ pub struct ServeOptions {
     pub user_token: Option<String>,
     pub admin_token: Option<String>,
     pub allowed_hosts: Vec<String>,
+    /// Serve the demo chat and holder simulations (`serve --demo`).
+    pub demo: bool,
 }
 
 /// Shared state of the running service.
@@ -53,6 +57,7 @@ pub struct App {
     pub policy: SecurityPolicy,
     pub metrics: metrics::Metrics,
     pub started: Instant,
+    pub demo: Option<demo::DemoState>,
 }
 
 /// A typed API error; rendered as `{error: {code, message}}` plus optional detail.
@@ -266,6 +271,7 @@ pub fn app_for(registry: Registry, opts: &ServeOptions, port: u16) -> Result<Arc
         },
         metrics: metrics::Metrics::default(),
         started: Instant::now(),
+        demo: opts.demo.then(demo::DemoState::default),
     }))
 }
 

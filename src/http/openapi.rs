@@ -121,7 +121,12 @@ pub fn document() -> Value {
             "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": ok(json!({"type": "object"}))}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text", "content": {"text/plain": {}}}}}},
             "/healthz": {"get": {"summary": "Health", "security": [], "responses": {"200": ok(json!({"type": "object"})), "503": error_ref()}}},
-            "/": {"get": {"summary": "Service index", "security": [], "responses": {"200": ok(json!({"type": "object"}))}}}
+            "/demo/status": {"get": {"summary": "Is demo mode on? 404 when off", "security": [], "responses": {"200": ok(json!({"type": "object"})), "404": error_ref()}}},
+            "/demo/chat/{conversation_id}": {"post": op("Demo: stream a reply while holding the conversation's locks as leases (text/plain stream)", json!([path_param("conversation_id", "conversation id")]),
+                Some(json!({"type": "object", "properties": {"message": {"type": "string"}}})), json!({"description": "streamed text", "content": {"text/plain": {}}}), false)},
+            "/demo/simulate": {"post": op("Demo: make a crashed, hung or external holder (kind: crashed|hung|external|end)", json!([]),
+                Some(json!({"type": "object", "required": ["conversation_id", "kind"], "properties": {"conversation_id": {"type": "string"}, "kind": {"type": "string"}}})), ok(json!({"type": "object"})), false)},
+            "/": {"get": {"summary": "Service index (the chat page for browsers)", "security": [], "responses": {"200": ok(json!({"type": "object"}))}}}
         }
     })
 }
