@@ -11,6 +11,10 @@
 //!   its own savepoint inside one transaction, commits once, and only then answers each
 //!   caller. A caller never hears "ok" for a write that is not committed, and one failing
 //!   job rolls back only its own savepoint.
+//! - Checkpoints are off the write path: the writer's connection never auto-checkpoints
+//!   (a checkpoint fsyncs the database, which would stall every caller in that batch);
+//!   a checkpointer thread with its own connection runs passive checkpoints every second
+//!   and after every [`CHECKPOINT_EVERY`] commits.
 //! - Migrations run under an exclusive flock on `registry.migrate.lock`, so several
 //!   processes starting on a fresh storage directory at once apply them exactly once.
 
@@ -30,6 +34,9 @@ pub const MIGRATIONS: &[(&str, &str)] =
 
 /// Most jobs committed in one transaction; bounds the time a batch holds the write lock.
 const MAX_BATCH: usize = 256;
+
+/// Commits between checkpoint nudges (about 1000 WAL pages of typical grants).
+pub const CHECKPOINT_EVERY: u64 = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -151,10 +158,19 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(conn: Connection) -> Result<Writer, StoreError> {
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(StoreError::from_sqlite)?;
+        let db_path = conn.path().map(std::path::PathBuf::from);
         let (jobs, queue) = mpsc::channel::<Job>();
+        let (nudge, nudges) = mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
             .name("lockledger-writer".into())
-            .spawn(move || run_writer(conn, queue))?;
+            .spawn(move || run_writer(conn, queue, nudge))?;
+        if let Some(path) = db_path.filter(|p| !p.as_os_str().is_empty()) {
+            std::thread::Builder::new()
+                .name("lockledger-checkpoint".into())
+                .spawn(move || run_checkpointer(&path, nudges))?;
+        }
         Ok(Writer { jobs })
     }
 
@@ -195,7 +211,34 @@ impl Writer {
     }
 }
 
-fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
+/// Passive checkpoints every second or when nudged; stops when the writer is gone.
+fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>) {
+    let conn = match Connection::open(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("checkpointer: cannot open the database: {e}");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    loop {
+        match nudges.recv_timeout(Duration::from_secs(1)) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    log::debug!("checkpointer: {e}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Last chance to fold the WAL into the database before the process ends.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                return;
+            }
+        }
+    }
+}
+
+fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, nudge: mpsc::SyncSender<()>) {
+    let mut commits: u64 = 0;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -214,6 +257,24 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
             continue;
         }
         let mut replies: Vec<(bool, Reply)> = Vec::with_capacity(batch.len());
+        if batch.len() == 1 {
+            // Alone in its transaction, a job needs no savepoint: a failure rolls back all.
+            if let Some(job) = batch.pop() {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&conn)))) {
+                    Ok((true, reply)) => replies.push((true, reply)),
+                    Ok((false, reply)) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        reply(Ok(()));
+                        continue;
+                    }
+                    Err(_) => {
+                        log::error!("writer: a job panicked; its changes were rolled back");
+                        let _ = conn.execute_batch("ROLLBACK");
+                        continue;
+                    }
+                }
+            }
+        }
         for job in batch {
             if conn.execute_batch("SAVEPOINT job").is_err() {
                 let (_, reply) = job(None);
@@ -239,6 +300,10 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
         let committed = conn.execute_batch("COMMIT");
         match committed {
             Ok(()) => {
+                commits += 1;
+                if commits % CHECKPOINT_EVERY == 0 {
+                    let _ = nudge.try_send(());
+                }
                 for (_, reply) in replies {
                     reply(Ok(()));
                 }

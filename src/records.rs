@@ -205,6 +205,66 @@ pub fn ensure_lock(
     )
 }
 
+/// Makes sure the lock has a row and issues its next fencing token in one statement:
+/// `(lock_id, token)`, the token strictly greater than every earlier one.
+pub fn grant_token(
+    conn: &Connection,
+    key: &LockKey,
+    file: &str,
+    now: i64,
+) -> rusqlite::Result<(i64, i64)> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO locks (namespace, owner, field, file, last_token, created_at)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5)
+         ON CONFLICT (namespace, owner, field) DO UPDATE SET last_token = last_token + 1
+         RETURNING lock_id, last_token",
+    )?;
+    stmt.query_row(
+        params![key.namespace(), key.owner(), key.field(), file, now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// The token of the lock's recorded holder, if any.
+pub fn holder_token(conn: &Connection, lock_id: i64) -> rusqlite::Result<Option<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT token FROM holders WHERE lock_id = ?1")?;
+    stmt.query_row([lock_id], |r| r.get(0)).optional()
+}
+
+/// What a deleted holder row said, for its closing event.
+#[derive(Debug, Clone)]
+pub struct TakenHolder {
+    pub holder: String,
+    pub operation: String,
+    pub pid: Option<i32>,
+    pub host: String,
+    pub acquired_at: i64,
+    pub revoked: bool,
+}
+
+/// Deletes the holder row if it still carries `token`, returning what it said.
+pub fn take_holder(
+    conn: &Connection,
+    lock_id: i64,
+    token: i64,
+) -> rusqlite::Result<Option<TakenHolder>> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM holders WHERE lock_id = ?1 AND token = ?2
+         RETURNING holder, operation, pid, host, acquired_at, revoked_at IS NOT NULL",
+    )?;
+    stmt.query_row(params![lock_id, token], |r| {
+        Ok(TakenHolder {
+            holder: r.get(0)?,
+            operation: r.get(1)?,
+            pid: r.get(2)?,
+            host: r.get(3)?,
+            acquired_at: r.get(4)?,
+            revoked: r.get(5)?,
+        })
+    })
+    .optional()
+}
+
 /// Issues the next fencing token of a lock; strictly greater than every earlier one.
 pub fn next_token(conn: &Connection, lock_id: i64) -> rusqlite::Result<i64> {
     let mut stmt = conn.prepare_cached(

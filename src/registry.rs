@@ -703,20 +703,19 @@ impl Registry {
         spec: GrantSpec,
     ) -> Result<(i64, i64), RegistryError> {
         let now = self.now_ms();
-        let lock_id = records::ensure_lock(conn, key, file, now)?;
-        if let Some(prev) = records::find_lock(conn, key)? {
-            if let Some(h) = &prev.holder {
-                // We hold the flock, so whoever this row names does not: close it.
-                records::delete_holder(conn, lock_id, h.token)?;
-                if h.revoked_at.is_none() {
-                    let mut e = NewEvent::about(&prev, EventKind::Reconciled, now);
-                    e.reason = Some("superseded: its holder no longer held the lock file");
-                    e.actor = Some("lockledger");
-                    records::insert_event(conn, &e)?;
-                }
-            }
+        let (lock_id, token) = records::grant_token(conn, key, file, now)?;
+        if let Some(prev) = records::holder_token(conn, lock_id)? {
+            // We hold the flock, so whoever this row names does not: close it.
+            close_record(
+                conn,
+                LockRef::of(key, lock_id),
+                prev,
+                EventKind::Reconciled,
+                now,
+                Some("lockledger"),
+                Some("superseded: its holder no longer held the lock file"),
+            )?;
         }
-        let token = records::next_token(conn, lock_id)?;
         let expires_at = spec.ttl_ms.map(|t| now + t);
         let event = NewEvent {
             at: now,
@@ -1046,12 +1045,18 @@ impl Registry {
                     why: "it was already released, expired or cleared".into(),
                 });
             };
-            let row = records::find_lock(conn, &key)?;
             let slot = table.remove(&key);
             let mut held_ms = None;
-            if let (Some(row), Some(slot)) = (row, slot.as_ref()) {
-                held_ms = row.holder.as_ref().map(|h| (now - h.acquired_at).max(0));
-                close_record(conn, &row, slot.token, EventKind::Released, now, None, None)?;
+            if let Some(slot) = slot.as_ref() {
+                held_ms = close_record(
+                    conn,
+                    LockRef::of(&key, slot.lock_id),
+                    slot.token,
+                    EventKind::Released,
+                    now,
+                    None,
+                    None,
+                )?;
             }
             Ok((slot, held_ms))
         })?;
@@ -1197,7 +1202,7 @@ impl Registry {
                 fault_point("clear_after_fs_step");
                 close_record(
                     conn,
-                    row,
+                    LockRef::row(row),
                     token,
                     EventKind::Cleared,
                     now,
@@ -1347,7 +1352,7 @@ impl Registry {
                     };
                     close_record(
                         conn,
-                        row,
+                        LockRef::row(row),
                         h.token,
                         EventKind::Reconciled,
                         now,
@@ -1401,17 +1406,15 @@ impl Registry {
                     }
                 };
                 let Some(slot) = slot else { continue };
-                if let Some(row) = records::find_lock(conn, key)? {
-                    close_record(
-                        conn,
-                        &row,
-                        *token,
-                        EventKind::Expired,
-                        now,
-                        Some("reaper"),
-                        Some(why),
-                    )?;
-                }
+                close_record(
+                    conn,
+                    LockRef::of(key, slot.lock_id),
+                    *token,
+                    EventKind::Expired,
+                    now,
+                    Some("reaper"),
+                    Some(why),
+                )?;
                 drop(slot);
                 ended.push(key.to_string());
             }
@@ -1432,17 +1435,15 @@ impl Registry {
                     .collect()
             };
             for (key, slot) in &slots {
-                if let Some(row) = records::find_lock(conn, key)? {
-                    close_record(
-                        conn,
-                        &row,
-                        slot.token,
-                        EventKind::Released,
-                        now,
-                        Some("lockledger"),
-                        Some(&why),
-                    )?;
-                }
+                close_record(
+                    conn,
+                    LockRef::of(key, slot.lock_id),
+                    slot.token,
+                    EventKind::Released,
+                    now,
+                    Some("lockledger"),
+                    Some(&why),
+                )?;
             }
             Ok(slots.len())
         })
@@ -1488,29 +1489,72 @@ struct GrantSpec {
     ttl_ms: Option<i64>,
 }
 
-/// Deletes a holder row and writes its closing event — unless a force clear already
-/// closed this grant, in which case only the row goes.
+/// Which lock an event is about.
+#[derive(Debug, Clone, Copy)]
+struct LockRef<'a> {
+    lock_id: i64,
+    namespace: &'a str,
+    owner: &'a str,
+    field: &'a str,
+}
+
+impl<'a> LockRef<'a> {
+    fn of(key: &'a LockKey, lock_id: i64) -> LockRef<'a> {
+        LockRef {
+            lock_id,
+            namespace: key.namespace(),
+            owner: key.owner(),
+            field: key.field(),
+        }
+    }
+    fn row(row: &'a LockRow) -> LockRef<'a> {
+        LockRef {
+            lock_id: row.lock_id,
+            namespace: &row.namespace,
+            owner: &row.owner,
+            field: &row.field,
+        }
+    }
+}
+
+/// Deletes the holder row with `token` and writes its closing event — unless a force
+/// clear already closed this grant, in which case only the row goes. Returns how long
+/// it was held, or None if there was no such row.
 fn close_record(
     conn: &Connection,
-    row: &LockRow,
+    lock: LockRef<'_>,
     token: i64,
     event: EventKind,
     now: i64,
     actor: Option<&str>,
     reason: Option<&str>,
-) -> Result<bool, RegistryError> {
-    let revoked = row
-        .holder
-        .as_ref()
-        .is_some_and(|h| h.token == token && h.revoked_at.is_some());
-    let deleted = records::delete_holder(conn, row.lock_id, token)?;
-    if deleted && !revoked {
-        let mut e = NewEvent::about(row, event, now);
-        e.actor = actor;
-        e.reason = reason;
-        records::insert_event(conn, &e)?;
+) -> Result<Option<i64>, RegistryError> {
+    let Some(taken) = records::take_holder(conn, lock.lock_id, token)? else {
+        return Ok(None);
+    };
+    let held_ms = (now - taken.acquired_at).max(0);
+    if !taken.revoked {
+        records::insert_event(
+            conn,
+            &NewEvent {
+                at: now,
+                lock_id: lock.lock_id,
+                namespace: lock.namespace,
+                owner: lock.owner,
+                field: lock.field,
+                event: Some(event),
+                token: Some(token),
+                pid: taken.pid,
+                host: Some(&taken.host),
+                holder: Some(&taken.holder),
+                operation: Some(&taken.operation),
+                actor,
+                reason,
+                held_ms: Some(held_ms),
+            },
+        )?;
     }
-    Ok(deleted)
+    Ok(Some(held_ms))
 }
 
 /// Crash-test hook: with `LOCKLEDGER_FAULT=<name>` in the environment, the process kills
@@ -1695,19 +1739,18 @@ impl LockGuard {
         let Some(flock) = self.flock.take() else {
             return Ok(());
         };
-        let (key, token) = (self.key.clone(), self.token);
+        let (key, token, lock_id) = (self.key.clone(), self.token, self.lock_id);
         let res = self.registry.write(move |reg, conn| {
-            if let Some(row) = records::find_lock(conn, &key)? {
-                close_record(
-                    conn,
-                    &row,
-                    token,
-                    EventKind::Released,
-                    reg.now_ms(),
-                    None,
-                    None,
-                )?;
-            }
+            let lock = LockRef::of(&key, lock_id);
+            close_record(
+                conn,
+                lock,
+                token,
+                EventKind::Released,
+                reg.now_ms(),
+                None,
+                None,
+            )?;
             Ok(())
         });
         // The flock goes last, whatever the database said: a record left behind is
