@@ -203,7 +203,7 @@ mod tests {
     fn a_probe_never_disturbs_the_holder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c_.lock");
-        let held = try_acquire(&path).unwrap().unwrap();
+        let _held = try_acquire(&path).unwrap().unwrap();
         for _ in 0..100 {
             assert!(probe(&path).unwrap());
         }
