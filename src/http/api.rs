@@ -286,20 +286,28 @@ pub fn registry_error(e: RegistryError) -> ApiError {
     }
 }
 
-/// Runs blocking registry work off the async executor.
+/// Runs blocking work (database, locks, processes) off the async executor.
+pub(super) async fn off_thread<R, F>(f: F) -> Result<R, ApiError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "a worker failed",
+        )
+    })
+}
+
+/// Runs one blocking registry call off the async executor and maps its error.
 async fn blocking<R, F>(f: F) -> Result<R, ApiError>
 where
     F: FnOnce() -> Result<R, RegistryError> + Send + 'static,
     R: Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(registry_error),
-        Err(_) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "a worker failed",
-        )),
-    }
+    off_thread(f).await?.map_err(registry_error)
 }
 
 /// Decodes a JSON body; an empty body means "no options" where `T: Default`.
@@ -1078,15 +1086,7 @@ async fn sql(app: &Arc<App>, req: &Request) -> Result<Response, ApiError> {
         max_rows: b.max_rows.unwrap_or(1000).clamp(1, 10_000),
         ..sql_console::Limits::default()
     };
-    let result = tokio::task::spawn_blocking(move || sql_console::run(&path, &b.sql, limits))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "a worker failed",
-            )
-        })?;
+    let result = off_thread(move || sql_console::run(&path, &b.sql, limits)).await?;
     match result {
         Ok(r) => Ok(json_response(StatusCode::OK, &r)),
         Err(e @ sql_console::SqlError::NotReadOnly(_)) => Err(ApiError::new(

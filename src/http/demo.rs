@@ -114,7 +114,7 @@ pub async fn chat(app: &Arc<App>, req: &Request, owner: String) -> Result<Respon
         .collect::<Result<Vec<_>, _>>()
         .map_err(registry_error)?;
     let reg = app.registry.clone();
-    let ids = tokio::task::spawn_blocking(move || -> Result<Vec<String>, crate::RegistryError> {
+    let ids = super::api::off_thread(move || -> Result<Vec<String>, crate::RegistryError> {
         let mut leases = Leases {
             registry: reg.clone(),
             ids: Vec::new(),
@@ -137,14 +137,7 @@ pub async fn chat(app: &Arc<App>, req: &Request, owner: String) -> Result<Respon
         // Hand the ids over without releasing them.
         Ok(std::mem::take(&mut leases.ids))
     })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "a worker failed",
-        )
-    })?
+    .await?
     .map_err(registry_error)?;
     let leases = Leases {
         registry: app.registry.clone(),
@@ -160,7 +153,7 @@ pub async fn chat(app: &Arc<App>, req: &Request, owner: String) -> Result<Respon
             if i > 0 && i % 80 == 0 {
                 let reg = leases.registry.clone();
                 let ids = leases.ids.clone();
-                let _ = tokio::task::spawn_blocking(move || {
+                let _ = super::api::off_thread(move || {
                     for id in ids {
                         let _ = reg.renew_lease(&id);
                     }
@@ -237,7 +230,7 @@ pub async fn simulate(app: &Arc<App>, req: &Request) -> Result<Response, ApiErro
     let owner = body.conversation_id.clone();
     let kind = body.kind.clone();
     let started: Result<Option<(String, String, Child)>, ApiError> =
-        tokio::task::spawn_blocking(move || {
+        super::api::off_thread(move || {
             match kind.as_str() {
                 "crashed" => {
                     let mut child =
@@ -271,14 +264,7 @@ pub async fn simulate(app: &Arc<App>, req: &Request) -> Result<Response, ApiErro
                 ))),
             }
         })
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "a worker failed",
-            )
-        })?;
+        .await?;
     let started = started?;
     let mut holders = demo.holders.lock().unwrap_or_else(|p| p.into_inner());
     if body.kind == "end" {
