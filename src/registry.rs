@@ -552,9 +552,7 @@ impl Registry {
         };
         if verdict.kind == Some(HolderKind::External) {
             let path = self.path_of_file(&report.file);
-            let pid = crate::proc_locks::read_flock_holders(&path)
-                .ok()
-                .and_then(|pids| pids.first().copied());
+            let pid = external_holder_pid(&path);
             report.pid = pid;
             report.host = Some(process::hostname().to_string());
             report.command = pid.and_then(process::cmdline).map(|c| without_paths(&c));
@@ -1158,9 +1156,7 @@ impl Registry {
                     operation: holder.map(|h| h.operation.clone()),
                 };
                 if external {
-                    let pid = crate::proc_locks::read_flock_holders(&self.path_of_file(file))
-                        .ok()
-                        .and_then(|p| p.first().copied());
+                    let pid = external_holder_pid(&self.path_of_file(file));
                     skipped.pid = pid;
                     if let Some(pid) = pid {
                         let cmd = process::cmdline(pid)
@@ -1487,6 +1483,24 @@ struct GrantSpec {
     host: String,
     thread: Option<String>,
     ttl_ms: Option<i64>,
+}
+
+/// The pid that holds a lock file's flock, from /proc/locks. The kernel prints that
+/// table a page per read, and entries added or removed between reads can shift an entry
+/// out of view; while the lock is still held, a few fresh reads find it.
+fn external_holder_pid(path: &std::path::Path) -> Option<i32> {
+    for _ in 0..4 {
+        if let Some(pid) = crate::proc_locks::read_flock_holders(path)
+            .ok()
+            .and_then(|pids| pids.first().copied())
+        {
+            return Some(pid);
+        }
+        if !flock::probe(path).unwrap_or(false) {
+            return None;
+        }
+    }
+    None
 }
 
 /// Which lock an event is about.
