@@ -11,6 +11,18 @@ if [ "${#need_python_pkgs[@]}" -gt 0 ]; then
   python3 -m pip install --quiet --disable-pip-version-check "${need_python_pkgs[@]}"
 fi
 
+# Browser tests drive Debian's Chromium with playwright-core (no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "setup: installing playwright-core for the browser tests"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   rustup component add clippy rustfmt
 fi

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# The web UI in real Chromium, against the real binary.
+cargo build --locked
+(cd tests/browser && LOCKLEDGER_BIN="$PWD/../../target/debug/lockledger" node run.mjs)
 # Chaos, quick mode: real crashes, pauses, revocations and service restarts, with the
 # invariants checked at the end (see BENCHMARKS.md for the long run).
 cargo build --locked --release --bins

@@ -68,8 +68,11 @@ pub struct Config {
     pub max_lease_ttl: Duration,
     /// When true the reaper ends expired leases; when false they stay `stale` until cleared.
     pub auto_expire: bool,
-    /// How often the service reaps expired leases and reconciles dead holders.
+    /// How often the service reaps expired leases and dead clients' leases.
     pub reaper_period: Duration,
+    /// How often the service reconciles records of dead holders (None: only at start-up
+    /// and on demand, so they stay `stale` until someone clears them).
+    pub reconcile_period: Option<Duration>,
     /// History older than this is pruned (None keeps everything).
     pub retention_age: Option<Duration>,
     /// At most this many history rows are kept (None: no cap).
@@ -89,6 +92,7 @@ struct ConfigFile {
     max_lease_ttl_ms: Option<u64>,
     auto_expire: Option<bool>,
     reaper_period_ms: Option<u64>,
+    reconcile_period_ms: Option<u64>,
     retention_days: Option<u64>,
     retention_max_events: Option<u64>,
     pool_timeout_ms: Option<u64>,
@@ -118,6 +122,7 @@ impl Config {
             max_lease_ttl: Duration::from_secs(3600),
             auto_expire: true,
             reaper_period: Duration::from_millis(250),
+            reconcile_period: Some(Duration::from_secs(5)),
             retention_age: Some(Duration::from_secs(90 * 24 * 3600)),
             retention_max_events: Some(10_000_000),
             pool_timeout: Duration::from_millis(500),
@@ -170,6 +175,9 @@ impl Config {
         if let Some(v) = file.reaper_period_ms {
             self.reaper_period = ms(v);
         }
+        if let Some(v) = file.reconcile_period_ms {
+            self.reconcile_period = (v > 0).then(|| ms(v));
+        }
         if let Some(v) = file.retention_days {
             self.retention_age = (v > 0).then(|| Duration::from_secs(v * 24 * 3600));
         }
@@ -206,6 +214,9 @@ impl Config {
         }
         if let Some(v) = num("LOCKLEDGER_REAPER_PERIOD_MS")? {
             self.reaper_period = Duration::from_millis(v);
+        }
+        if let Some(v) = num("LOCKLEDGER_RECONCILE_PERIOD_MS")? {
+            self.reconcile_period = (v > 0).then(|| Duration::from_millis(v));
         }
         if let Some(v) = num("LOCKLEDGER_RETENTION_DAYS")? {
             self.retention_age = (v > 0).then(|| Duration::from_secs(v * 24 * 3600));

@@ -1,1 +1,488 @@
+/* lockledger lock-history audit page: filtered, paginated events (GET /api/v1/history),
+ * CSV export of the current filters, and an admin SQL console (POST /api/v1/sql).
+ * Filters are read from and written to the page URL (?owner=&field=&event=&holder=&since=
+ * &until=&limit=), so links such as /ui/history?owner=conv42 work. Every value from the
+ * service is untrusted and set with textContent only. */
+(function () {
+  "use strict";
 
+  var ADMIN_KEY = "lockledger.adminToken";
+  var FILTERS = ["owner", "field", "event", "holder", "since", "until", "limit"];
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function readToken() {
+    try {
+      return window.sessionStorage.getItem(ADMIN_KEY) || "";
+    } catch (e) {
+      return memoryToken;
+    }
+  }
+  var memoryToken = "";
+  function storeToken(v) {
+    memoryToken = v;
+    try {
+      if (v) window.sessionStorage.setItem(ADMIN_KEY, v);
+      else window.sessionStorage.removeItem(ADMIN_KEY);
+    } catch (e) {
+      /* storage disabled: keep it in memory */
+    }
+  }
+
+  function apiError(resp, text) {
+    var data = null;
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      data = null;
+    }
+    var e = data && data.error;
+    var err = new Error((e && e.message) || "The service answered " + resp.status + ".");
+    err.code = (e && e.code) || "http_" + resp.status;
+    err.status = resp.status;
+    return err;
+  }
+
+  function request(method, path, body, admin) {
+    var headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (admin) headers.Authorization = "Bearer " + readToken();
+    var init = { method: method, headers: headers, cache: "no-store" };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    return fetch(path, init).then(
+      function (resp) {
+        return resp.text().then(function (text) {
+          if (!resp.ok) throw apiError(resp, text);
+          return text ? JSON.parse(text) : null;
+        });
+      },
+      function (e) {
+        var err = new Error("Cannot reach lockledger: " + e.message);
+        err.code = "network";
+        throw err;
+      }
+    );
+  }
+
+  function describe(err) {
+    var s = err.message || String(err);
+    if (err.code && err.code !== "network") s += " (" + err.code + (err.status ? ", " + err.status : "") + ")";
+    return s;
+  }
+
+  // ------------------------------------------------------------------ time helpers
+  function pad(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  /** A time given in the URL (RFC 3339 or epoch ms) as a datetime-local value. */
+  function toLocalInput(v) {
+    if (!v) return "";
+    var d = /^\d+$/.test(v) ? new Date(Number(v)) : new Date(v);
+    if (isNaN(d.getTime())) return "";
+    return (
+      d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) +
+      "T" + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds())
+    );
+  }
+
+  /** A datetime-local value as RFC 3339 UTC. */
+  function fromLocalInput(v) {
+    if (!v) return "";
+    var d = new Date(v);
+    return isNaN(d.getTime()) ? "" : d.toISOString();
+  }
+
+  function formatHeld(ms) {
+    if (typeof ms !== "number") return "";
+    if (ms < 1000) return ms + " ms";
+    var s = ms / 1000;
+    if (s < 60) return s.toFixed(1) + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  // ------------------------------------------------------------------ tabs
+  var tabs = [];
+
+  function selectTab(tab, focus) {
+    tabs.forEach(function (t) {
+      var on = t === tab;
+      t.setAttribute("aria-selected", on ? "true" : "false");
+      t.tabIndex = on ? 0 : -1;
+      $(t.getAttribute("aria-controls")).hidden = !on;
+    });
+    if (focus) tab.focus();
+    var hash = tab.id === "tab-sql" ? "#sql" : "";
+    if (window.location.hash !== hash) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search + hash);
+    }
+    if (tab.id === "tab-sql") updateTokenState();
+  }
+
+  function setupTabs() {
+    tabs = [$("tab-events"), $("tab-sql")];
+    tabs.forEach(function (t, i) {
+      t.addEventListener("click", function () {
+        selectTab(t, false);
+      });
+      t.addEventListener("keydown", function (ev) {
+        var j = null;
+        if (ev.key === "ArrowRight") j = (i + 1) % tabs.length;
+        else if (ev.key === "ArrowLeft") j = (i - 1 + tabs.length) % tabs.length;
+        else if (ev.key === "Home") j = 0;
+        else if (ev.key === "End") j = tabs.length - 1;
+        if (j !== null) {
+          ev.preventDefault();
+          selectTab(tabs[j], true);
+        }
+      });
+    });
+    selectTab(window.location.hash === "#sql" ? tabs[1] : tabs[0], false);
+  }
+
+  // ------------------------------------------------------------------ events
+  var page = { cursors: [null], index: 0, next: null, seq: 0 };
+
+  /** The current filters as API query parameters (empty ones left out). */
+  function filterParams() {
+    var p = new URLSearchParams();
+    var owner = $("f-owner").value.trim();
+    var holder = $("f-holder").value.trim();
+    if (owner) p.set("owner", owner);
+    if ($("f-field").value) p.set("field", $("f-field").value);
+    if ($("f-event").value) p.set("event", $("f-event").value);
+    if (holder) p.set("holder", holder);
+    var since = fromLocalInput($("f-since").value);
+    var until = fromLocalInput($("f-until").value);
+    if (since) p.set("since", since);
+    if (until) p.set("until", until);
+    return p;
+  }
+
+  function ensureOption(select, value, label) {
+    for (var i = 0; i < select.options.length; i++) {
+      if (select.options[i].value === value) {
+        select.value = value;
+        return;
+      }
+    }
+    var o = document.createElement("option");
+    o.value = value;
+    o.textContent = label || value;
+    select.appendChild(o);
+    select.value = value;
+  }
+
+  function readUrl() {
+    var q = new URLSearchParams(window.location.search);
+    $("f-owner").value = q.get("owner") || "";
+    var field = q.get("field");
+    if (field === "" && q.has("field")) field = "main";
+    if (field) ensureOption($("f-field"), field);
+    else $("f-field").value = "";
+    var event = q.get("event");
+    if (event) ensureOption($("f-event"), event);
+    else $("f-event").value = "";
+    $("f-holder").value = q.get("holder") || "";
+    $("f-since").value = toLocalInput(q.get("since"));
+    $("f-until").value = toLocalInput(q.get("until"));
+    var limit = q.get("limit");
+    if (limit && /^\d+$/.test(limit)) ensureOption($("f-limit"), limit);
+  }
+
+  function writeUrl() {
+    var p = filterParams();
+    var limit = $("f-limit").value;
+    if (limit && limit !== "50") p.set("limit", limit);
+    var s = p.toString();
+    window.history.replaceState(null, "", window.location.pathname + (s ? "?" + s : "") + window.location.hash);
+  }
+
+  function updateCsvLink() {
+    var p = filterParams();
+    p.set("limit", "100000");
+    p.set("format", "csv");
+    $("csv-link").href = "/api/v1/history?" + p.toString();
+  }
+
+  function cell(row, text, className) {
+    var td = el("td", className);
+    if (text === null || text === undefined || text === "") {
+      td.appendChild(el("span", "null", "\u2014"));
+    } else if (typeof text === "object" && text.nodeType) {
+      td.appendChild(text);
+    } else {
+      td.textContent = String(text);
+    }
+    row.appendChild(td);
+    return td;
+  }
+
+  function renderEvents(events) {
+    var body = $("events-body");
+    clear(body);
+    if (!events.length) {
+      var tr = el("tr");
+      var td = el("td", "muted", "No events match these filters.");
+      td.colSpan = 10;
+      tr.appendChild(td);
+      body.appendChild(tr);
+      return;
+    }
+    events.forEach(function (e) {
+      var tr = el("tr");
+      tr.setAttribute("data-event-id", String(e.event_id));
+      cell(tr, e.event_id, "num");
+      var at = new Date(e.at);
+      var when = el("time", "when");
+      when.dateTime = e.at;
+      when.title = e.at;
+      when.appendChild(el("span", "when-time", at.toLocaleTimeString()));
+      when.appendChild(el("span", "when-date", at.toLocaleDateString()));
+      cell(tr, when, "nowrap");
+      cell(tr, el("span", "event event--" + String(e.event).replace(/[^a-z_]/g, ""), e.event));
+      var lock = el("td", "lock-cell");
+      var ownerLink = el("a", "owner", e.owner);
+      ownerLink.href = "?owner=" + encodeURIComponent(e.owner);
+      ownerLink.title = "Show only " + e.owner;
+      lock.appendChild(ownerLink);
+      lock.appendChild(el("span", "field", e.field === "" ? "(main)" : e.field));
+      tr.appendChild(lock);
+      var holder = el("td", "holder-cell");
+      holder.appendChild(e.holder ? el("span", "holder", e.holder) : el("span", "null", "\u2014"));
+      var where = [e.pid !== null && e.pid !== undefined ? "pid " + e.pid : "", e.host ? "@ " + e.host : ""].filter(Boolean).join(" ");
+      if (where) holder.appendChild(el("span", "where", where));
+      tr.appendChild(holder);
+      cell(tr, e.operation);
+      cell(tr, e.token, "num");
+      cell(tr, e.actor);
+      cell(tr, e.reason);
+      cell(tr, formatHeld(e.held_ms), "num");
+      body.appendChild(tr);
+    });
+  }
+
+  function loadEvents() {
+    var my = ++page.seq;
+    var p = filterParams();
+    p.set("limit", $("f-limit").value || "50");
+    var cursor = page.cursors[page.index];
+    if (cursor !== null && cursor !== undefined) p.set("cursor", String(cursor));
+    $("events-status").textContent = "Loading\u2026";
+    $("events-table").setAttribute("aria-busy", "true");
+    $("page-newer").disabled = true;
+    $("page-older").disabled = true;
+    return request("GET", "/api/v1/history?" + p.toString())
+      .then(function (data) {
+        if (my !== page.seq) return;
+        $("events-error").hidden = true;
+        var events = (data && data.events) || [];
+        page.next = data ? data.next_cursor : null;
+        renderEvents(events);
+        var first = page.index + 1;
+        $("page-label").textContent = "Page " + first;
+        var n = events.length;
+        var summary = n ? n + " event" + (n === 1 ? "" : "s") + " on page " + first : "No events";
+        if (n) summary += ", from #" + events[0].event_id + " to #" + events[n - 1].event_id;
+        $("events-status").textContent = summary + ".";
+      })
+      .catch(function (err) {
+        if (my !== page.seq) return;
+        page.next = null;
+        clear($("events-body"));
+        $("events-status").textContent = "";
+        $("events-error").textContent = "Could not load the history: " + describe(err);
+        $("events-error").hidden = false;
+      })
+      .then(function () {
+        if (my !== page.seq) return;
+        $("events-table").setAttribute("aria-busy", "false");
+        $("page-newer").disabled = page.index === 0;
+        $("page-older").disabled = page.next === null || page.next === undefined;
+      });
+  }
+
+  function applyFilters() {
+    page.cursors = [null];
+    page.index = 0;
+    writeUrl();
+    updateCsvLink();
+    return loadEvents();
+  }
+
+  function setupEvents() {
+    readUrl();
+    updateCsvLink();
+    $("filters").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      applyFilters();
+    });
+    $("f-reset").addEventListener("click", function () {
+      $("filters").reset();
+      $("f-limit").value = "50";
+      applyFilters();
+    });
+    ["f-field", "f-event", "f-limit"].forEach(function (id) {
+      $(id).addEventListener("change", applyFilters);
+    });
+    $("page-older").addEventListener("click", function () {
+      if (page.next === null || page.next === undefined) return;
+      page.cursors = page.cursors.slice(0, page.index + 1);
+      page.cursors.push(page.next);
+      page.index += 1;
+      loadEvents().then(function () {
+        if ($("page-older").disabled) $("page-newer").focus();
+      });
+    });
+    $("page-newer").addEventListener("click", function () {
+      if (page.index === 0) return;
+      page.index -= 1;
+      loadEvents().then(function () {
+        if ($("page-newer").disabled) $("page-older").focus();
+      });
+    });
+    loadEvents();
+  }
+
+  // ------------------------------------------------------------------ SQL
+  function updateTokenState() {
+    var t = readToken();
+    $("sql-token-state").textContent = t
+      ? "Admin token set for this tab."
+      : "Enter the admin token (the service writes it to <storage>/admin-token).";
+    $("sql-token-forget").disabled = !t;
+  }
+
+  function renderSqlResult(result) {
+    var table = $("sql-table");
+    var thead = table.tHead;
+    var tbody = table.tBodies[0];
+    clear(thead);
+    clear(tbody);
+    var columns = (result && result.columns) || [];
+    var rows = (result && result.rows) || [];
+    var hr = el("tr");
+    columns.forEach(function (c) {
+      var th = el("th", null, c);
+      th.scope = "col";
+      hr.appendChild(th);
+    });
+    thead.appendChild(hr);
+    rows.forEach(function (r) {
+      var tr = el("tr");
+      (Array.isArray(r) ? r : [r]).forEach(function (v) {
+        var td = el("td");
+        if (v === null || v === undefined) td.appendChild(el("span", "null", "NULL"));
+        else if (typeof v === "object") td.textContent = JSON.stringify(v);
+        else {
+          td.textContent = String(v);
+          if (typeof v === "number") td.className = "num";
+        }
+        tr.appendChild(td);
+      });
+      tbody.appendChild(tr);
+    });
+    $("sql-result-wrap").hidden = false;
+  }
+
+  function runSql() {
+    var sql = $("sql-input").value.trim();
+    var status = $("sql-status");
+    var error = $("sql-error");
+    error.hidden = true;
+    if (!sql) {
+      error.textContent = "Type a query first.";
+      error.hidden = false;
+      return;
+    }
+    if (!readToken()) {
+      error.textContent = "The SQL console needs the admin token.";
+      error.hidden = false;
+      $("sql-token").focus();
+      return;
+    }
+    var started = performance.now();
+    status.textContent = "Running\u2026";
+    $("sql-run").disabled = true;
+    request("POST", "/api/v1/sql", { sql: sql }, true)
+      .then(function (result) {
+        renderSqlResult(result);
+        var n = (result.rows || []).length;
+        var ms = Math.round(performance.now() - started);
+        var text = n + " row" + (n === 1 ? "" : "s") + " in " + ms + " ms.";
+        if (result.truncated) text += " Truncated: only the first " + n + " rows are shown; narrow the query or add a LIMIT.";
+        status.textContent = text;
+      })
+      .catch(function (err) {
+        status.textContent = "";
+        $("sql-result-wrap").hidden = true;
+        var prefix = err.status === 401 || (err.status === 403 && err.code !== "read_only") ? "Not allowed: " : "";
+        error.textContent = prefix + describe(err);
+        error.hidden = false;
+      })
+      .then(function () {
+        $("sql-run").disabled = false;
+      });
+  }
+
+  function setupSql() {
+    var input = $("sql-token");
+    input.value = readToken();
+    input.addEventListener("input", function () {
+      storeToken(input.value.trim());
+      updateTokenState();
+    });
+    $("sql-token-form").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      storeToken(input.value.trim());
+      updateTokenState();
+      $("sql-input").focus();
+    });
+    $("sql-token-forget").addEventListener("click", function () {
+      storeToken("");
+      input.value = "";
+      updateTokenState();
+      input.focus();
+    });
+    $("sql-form").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      runSql();
+    });
+    $("sql-input").addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
+        ev.preventDefault();
+        runSql();
+      }
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("[data-sql]"), function (b) {
+      b.addEventListener("click", function () {
+        $("sql-input").value = b.getAttribute("data-sql");
+        $("sql-input").focus();
+      });
+    });
+    updateTokenState();
+  }
+
+  function init() {
+    setupSql();
+    setupTabs();
+    setupEvents();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

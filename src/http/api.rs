@@ -983,10 +983,11 @@ async fn history(app: &Arc<App>, req: &Request) -> Result<Response, ApiError> {
     if let Some(owner) = q.get("owner") {
         ids::check_owner(owner).map_err(|e| registry_error(e.into()))?;
     }
-    let field = match q.0.get("field") {
+    // Empty means "any", like every other filter; the main lock is `field=main`.
+    let field = match q.get("field") {
         None => None,
         Some(f) => {
-            let f = if f == "main" { "" } else { f.as_str() };
+            let f = if f == "main" { "" } else { f };
             if !ns.fields.iter().any(|x| x == f) {
                 return Err(registry_error(RegistryError::InvalidId(
                     ids::IdError::UnknownField {

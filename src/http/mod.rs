@@ -295,10 +295,12 @@ fn write_admin_token(storage: &std::path::Path, token: &str) -> Result<(), Serve
     write().map_err(|e| ServeError::Setup(format!("cannot write the admin token file: {e}")))
 }
 
-/// Periodic upkeep: reap leases every `reaper_period`, reconcile every 5 s, prune hourly.
+/// Periodic upkeep: reap leases every `reaper_period`, reconcile every
+/// `reconcile_period` (default 5 s), prune hourly.
 pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let period = app.registry.config().reaper_period;
+        let reconcile_every = app.registry.config().reconcile_period;
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reconcile = Instant::now();
@@ -306,7 +308,7 @@ pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             let reg = app.registry.clone();
-            let do_reconcile = last_reconcile.elapsed() >= Duration::from_secs(5);
+            let do_reconcile = reconcile_every.is_some_and(|p| last_reconcile.elapsed() >= p);
             let do_prune = last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
             let res = tokio::task::spawn_blocking(move || {
                 let reaped = reg.reap().map(|v| v.len()).unwrap_or_else(|e| {
