@@ -41,14 +41,19 @@ impl Clock for ManualClock {
     }
 }
 
-/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-27T05:20:04.123Z`.
+/// RFC 3339 in UTC with exactly three fraction digits, e.g. `2026-11-27T05:20:04.120Z`,
+/// so the strings sort in time order. Times outside years 0000–9999 are shown as plain
+/// milliseconds rather than as a wrong date.
 pub fn rfc3339(ms: i64) -> String {
-    let dt = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let dt = dt
-        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
-        .unwrap_or(dt);
-    dt.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    match OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
+        Ok(dt) if (0..=9999).contains(&dt.year()) => {
+            dt.format(FORMAT).unwrap_or_else(|_| ms.to_string())
+        }
+        _ => ms.to_string(),
+    }
 }
 
 /// `HH:MM:SS` (UTC) for one-line messages.
@@ -81,5 +86,7 @@ mod tests {
         assert_eq!(parse_time("1764220804123"), Some(ms));
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(hms(ms), "05:20:04");
+        assert_eq!(rfc3339(1_764_220_804_000), "2025-11-27T05:20:04.000Z");
+        assert_eq!(rfc3339(253_402_387_139_999), "253402387139999");
     }
 }

@@ -6,7 +6,7 @@
 //! Properties:
 //! - `parse_time`, `rfc3339` and `hms` never panic;
 //! - for any millisecond time of years 0000..=9999 (what RFC 3339 can write),
-//!   `parse_time(rfc3339(ms)) == Some(ms)` and `rfc3339` writes UTC with milliseconds;
+//!   `parse_time(rfc3339(ms)) == Some(ms)` and `rfc3339` writes UTC (`Z`);
 //! - a time `parse_time` reads in that range is shown again as the same instant.
 
 #![no_main]
@@ -23,7 +23,8 @@ fn check_shown(ms: i64) {
     let _ = hms(ms);
     if (MIN_MS..=MAX_MS).contains(&ms) {
         assert_eq!(parse_time(&shown), Some(ms), "{ms} shown as {shown:?}");
-        assert_eq!(shown.len(), 24, "{shown:?}");
+        // `time` drops trailing zeros of the fraction: `...:04.5Z`, `...:04Z`.
+        assert!((20..=24).contains(&shown.len()), "{shown:?}");
         assert!(shown.ends_with('Z'), "{shown:?}");
     }
 }

@@ -39,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = percent_decode(&query, true);
 
     let encoded = encode_all(&path);
-    assert_eq!(percent_decode(&encoded, false).ok().as_deref(), Some(&*path));
+    assert_eq!(
+        percent_decode(&encoded, false).ok().as_deref(),
+        Some(&*path)
+    );
     assert_eq!(percent_decode(&encoded, true).ok().as_deref(), Some(&*path));
     if !path.contains(['%', '+']) {
         assert_eq!(percent_decode(&path, false).ok().as_deref(), Some(&*path));

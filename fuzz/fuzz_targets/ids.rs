@@ -65,7 +65,11 @@ fn check_parse(ns: &Namespace, name: &str) {
     if let Some((owner, field)) = parse_file_name(ns, name) {
         let key = LockKey::new(ns, &owner, &field)
             .unwrap_or_else(|e| panic!("parsed {name:?} into an invalid key: {e}"));
-        assert_eq!(key.file_name(ns), name, "parse is not the inverse of file_name");
+        assert_eq!(
+            key.file_name(ns),
+            name,
+            "parse is not the inverse of file_name"
+        );
         check_name(name);
     }
 }

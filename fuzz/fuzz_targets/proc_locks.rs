@@ -29,21 +29,29 @@ fn check_holders(locks: &[ProcLock], inode: u64, dev: Option<(u32, u32)>) {
         assert!(pid > 0, "pid {pid} reported for inode {inode}");
         assert!(!pids[..i].contains(&pid), "pid {pid} twice: {pids:?}");
         assert!(
-            locks.iter().filter(holder).any(|l| l.pid == pid
-                && exact.is_none_or(|d| (l.dev_major, l.dev_minor) == d)),
+            locks
+                .iter()
+                .filter(holder)
+                .any(|l| l.pid == pid && exact.is_none_or(|d| (l.dev_major, l.dev_minor) == d)),
             "pid {pid} holds no FLOCK on inode {inode} (dev {dev:?})"
         );
     }
 }
 
 fn check_prefixes(line: &str) {
-    let [whole] = parse(line)[..] else {
+    let [whole] = &parse(line)[..] else {
         return;
     };
     for (cut, _) in line.char_indices() {
-        if let [part] = parse(&line[..cut])[..] {
+        if let [part] = &parse(&line[..cut])[..] {
             assert_eq!(
-                (part.kind, part.pid, part.dev_major, part.dev_minor, part.inode),
+                (
+                    part.kind,
+                    part.pid,
+                    part.dev_major,
+                    part.dev_minor,
+                    part.inode
+                ),
                 (
                     whole.kind,
                     whole.pid,
