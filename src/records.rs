@@ -418,13 +418,6 @@ pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<i64
     Ok(conn.last_insert_rowid())
 }
 
-pub fn set_acquired_event(conn: &Connection, lock_id: i64, event_id: i64) -> rusqlite::Result<()> {
-    let mut stmt =
-        conn.prepare_cached("UPDATE holders SET acquired_event = ?2 WHERE lock_id = ?1")?;
-    stmt.execute(params![lock_id, event_id])?;
-    Ok(())
-}
-
 /// A history row as read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRow {
