@@ -10,6 +10,8 @@ cargo test --locked --all-targets
 # The web UI in real Chromium, against the real binary.
 cargo build --locked
 (cd tests/browser && LOCKLEDGER_BIN="$PWD/../../target/debug/lockledger" node run.mjs)
+# The Python client for the chat app, against the real service.
+LOCKLEDGER_BIN="$PWD/target/debug/lockledger" python3 -m unittest discover -s tests/python
 # Chaos, quick mode: real crashes, pauses, revocations and service restarts, with the
 # invariants checked at the end (see BENCHMARKS.md for the long run).
 cargo build --locked --release --bins

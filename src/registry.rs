@@ -771,18 +771,27 @@ impl Registry {
         }
     }
 
-    fn record_wait_timeout(&self, key: &LockKey, holder: &str, operation: &str, waited: Duration) {
+    fn record_wait_timeout(
+        &self,
+        key: &LockKey,
+        who: &Requester<'_>,
+        waited: Duration,
+        gave_up: bool,
+    ) {
         let key = key.clone();
         let file = match self.file_of(&key) {
             Ok(f) => f,
             Err(_) => return,
         };
-        let (holder, operation) = (holder.to_string(), operation.to_string());
-        let pid = self.inner.me.0;
+        let (holder, operation, pid) = (who.holder.to_string(), who.operation.to_string(), who.pid);
         let res = self.write(move |reg, conn| {
             let now = reg.now_ms();
             let lock_id = records::ensure_lock(conn, &key, &file, now)?;
-            let reason = format!("waited {} ms", waited.as_millis());
+            let reason = if gave_up {
+                format!("the waiter went away after {} ms", waited.as_millis())
+            } else {
+                format!("waited {} ms", waited.as_millis())
+            };
             records::insert_event(
                 conn,
                 &NewEvent {
@@ -792,7 +801,7 @@ impl Registry {
                     owner: key.owner(),
                     field: key.field(),
                     event: Some(EventKind::WaitTimeout),
-                    pid: Some(pid),
+                    pid,
                     host: Some(process::hostname()),
                     holder: Some(&holder),
                     operation: Some(&operation),
@@ -812,8 +821,7 @@ impl Registry {
         &self,
         key: &LockKey,
         file: &str,
-        holder: &str,
-        operation: &str,
+        who: &Requester<'_>,
         wait: Duration,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<HeldFlock, RegistryError> {
@@ -822,7 +830,7 @@ impl Registry {
         let ticket = self
             .inner
             .waiters
-            .join(key, holder, operation, self.now_ms());
+            .join(key, who.holder, who.operation, self.now_ms());
         let got = if ticket.wait_turn(deadline, cancelled) {
             flock::acquire_until(&self.path_of_file(file), deadline, cancelled)
         } else {
@@ -835,7 +843,7 @@ impl Registry {
         match got {
             Ok(f) => Ok(f),
             Err(FlockError::Timeout { .. }) => {
-                self.record_wait_timeout(key, holder, operation, started.elapsed());
+                self.record_wait_timeout(key, who, started.elapsed(), cancelled());
                 Err(self.busy_error(key, started.elapsed()))
             }
             Err(e) => Err(e.into()),
@@ -861,14 +869,12 @@ impl Registry {
         check_label("holder", &opts.holder)?;
         check_label("operation", &opts.operation)?;
         let file = self.file_of(key)?;
-        let flock = self.take_flock(
-            key,
-            &file,
-            &opts.holder,
-            &opts.operation,
-            opts.wait,
-            &|| false,
-        )?;
+        let who = Requester {
+            holder: &opts.holder,
+            operation: &opts.operation,
+            pid: Some(self.inner.me.0),
+        };
+        let flock = self.take_flock(key, &file, &who, opts.wait, &|| false)?;
         let spec = GrantSpec {
             kind: HolderKind::Library,
             lease_id: None,
@@ -930,8 +936,17 @@ impl Registry {
             _ => None,
         };
         let file = self.file_of(key)?;
-        let flock =
-            self.take_flock(key, &file, &req.holder, &req.operation, req.wait, cancelled)?;
+        let flock = self.take_flock(
+            key,
+            &file,
+            &Requester {
+                holder: &req.holder,
+                operation: &req.operation,
+                pid: req.pid,
+            },
+            req.wait,
+            cancelled,
+        )?;
         let lease_id = new_lease_id()?;
         let ttl_ms = ttl.as_millis() as i64;
         let spec = GrantSpec {
@@ -1470,6 +1485,13 @@ impl Registry {
     pub fn db_path(&self) -> PathBuf {
         self.inner.config.db_path()
     }
+}
+
+/// Who is asking for a lock (for the wait queue and `wait_timeout` events).
+struct Requester<'a> {
+    holder: &'a str,
+    operation: &'a str,
+    pid: Option<i32>,
 }
 
 /// What a grant records about its holder.
