@@ -233,12 +233,72 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / hz.max(1.0))
 }
 
-fn vm_rss_kb(pid: u32) -> Option<u64> {
+/// Cores kept busy by everything on the machine over `window` (call it while this
+/// benchmark is idle to see how much other work is running).
+fn machine_busy_cores(window: Duration) -> f64 {
+    fn sample() -> Option<(f64, f64)> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<f64> = s
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4)?;
+        let busy = v.iter().take(8).sum::<f64>() - idle;
+        Some((busy, idle))
+    }
+    let (Some((b0, _)), t0) = (sample(), Instant::now()) else {
+        return f64::NAN;
+    };
+    std::thread::sleep(window);
+    let Some((b1, _)) = sample() else {
+        return f64::NAN;
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (b1 - b0) / hz.max(1.0) / t0.elapsed().as_secs_f64()
+}
+
+/// How busy the rest of the machine is, apart from this benchmark and its services.
+fn other_work(own: &[u32]) -> String {
+    let ids: Vec<String> = std::iter::once("self".to_string())
+        .chain(own.iter().map(|p| p.to_string()))
+        .collect();
+    let mine = || ids.iter().filter_map(|p| cpu_seconds(p)).sum::<f64>();
+    let (t, a) = (Instant::now(), mine());
+    let busy = machine_busy_cores(Duration::from_millis(700));
+    let own_cores = (mine() - a) / t.elapsed().as_secs_f64();
+    format!(
+        "other work on the machine: {:.2} cores busy, besides this benchmark's {:.2}",
+        (busy - own_cores).max(0.0),
+        own_cores
+    )
+}
+
+/// Sizes of a storage directory's database and its WAL.
+fn db_sizes(storage: &Path) -> String {
+    let mb = |f: &str| std::fs::metadata(storage.join(f)).map_or(0.0, |m| m.len() as f64 / 1e6);
+    format!(
+        "registry.db {:.1} MB, registry.db-wal {:.1} MB, registry.db-shm {:.1} MB",
+        mb("registry.db"),
+        mb("registry.db-wal"),
+        mb("registry.db-shm")
+    )
+}
+
+/// A `kB` field of /proc/PID/status, e.g. VmRSS.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+fn vm_rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS")
 }
 
 /// Waits until a process uses under 5% of a core over 300 ms (or `max` passes).
@@ -700,26 +760,25 @@ impl Service {
                 log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
             ));
         };
-        let mut svc = Service {
+        Ok(Service {
             label,
             child,
             port,
             storage: storage.to_path_buf(),
             rss_start_kb: None,
-        };
-        // "After startup": listening, start-up work done, then one second of idling.
-        wait_idle(svc.pid(), Duration::from_secs(30));
+        })
+    }
+
+    /// Waits until the start-up work is done, idles one second and notes the RSS
+    /// ("after start-up").
+    fn settle(&mut self) {
+        wait_idle(self.pid(), Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(1));
-        svc.rss_start_kb = vm_rss_kb(svc.pid());
-        Ok(svc)
+        self.rss_start_kb = vm_rss_kb(self.pid());
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn cpu(&self) -> f64 {
-        cpu_seconds(&self.pid().to_string()).unwrap_or(f64::NAN)
     }
 
     fn stop(&mut self) {
@@ -871,13 +930,14 @@ impl Ctx {
     fn main_service(&mut self) -> R<u16> {
         if self.main.is_none() {
             let storage = self.dir("service")?;
-            let svc = Service::start(
+            let mut svc = Service::start(
                 &self.server_bin,
                 &storage,
                 false,
                 "service",
                 self.rust_log.as_deref(),
             )?;
+            svc.settle();
             println!(
                 "  started lockledger serve (pid {}, port {})",
                 svc.pid(),
@@ -886,6 +946,15 @@ impl Ctx {
             self.main = Some(svc);
         }
         Ok(self.main.as_ref().map(|s| s.port).unwrap_or(0))
+    }
+
+    /// The services this run has started (still running).
+    fn pids(&self) -> Vec<u32> {
+        [&self.main, &self.demo, &self.bigdb]
+            .into_iter()
+            .flatten()
+            .map(Service::pid)
+            .collect()
     }
 
     fn dur(&self) -> Duration {
@@ -1008,10 +1077,9 @@ fn raw_flock_us(path: &Path) -> R<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
-/// µs per one-row SQLite commit with the registry's settings (WAL, synchronous=NORMAL).
-fn raw_commit_us(dir: &Path) -> R<f64> {
-    let conn =
-        rusqlite::Connection::open(dir.join("commit-floor.db")).map_err(|e| e.to_string())?;
+/// A scratch database with the registry's settings (WAL, synchronous=NORMAL).
+fn floor_db(path: &Path) -> R<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
@@ -1019,9 +1087,16 @@ fn raw_commit_us(dir: &Path) -> R<f64> {
         return Err(format!("journal_mode {mode}"));
     }
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, at INTEGER, what TEXT);",
+        "PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, at INTEGER, what TEXT);",
     )
     .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// µs per one-row SQLite commit on the calling thread.
+fn raw_commit_us(dir: &Path) -> R<f64> {
+    let conn = floor_db(&dir.join("commit-floor.db"))?;
     let mut stmt = conn
         .prepare("INSERT INTO t (at, what) VALUES (?1, 'released')")
         .map_err(|e| e.to_string())?;
@@ -1034,8 +1109,72 @@ fn raw_commit_us(dir: &Path) -> R<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
+/// µs per one-row commit handed to a dedicated writer thread and answered over a reply
+/// channel: the shape of the registry's writer, without the registry. With `spin`, a
+/// thread spins meanwhile, so no core is idle: on a VM, waking an idle vCPU for each
+/// hand-off costs far more than a hand-off to a running one.
+fn raw_writer_commit_us(dir: &Path, spin: bool) -> R<f64> {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let spinner = spin.then(|| {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    let result = writer_round_trips(dir);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = spinner {
+        let _ = h.join();
+    }
+    result
+}
+
+fn writer_round_trips(dir: &Path) -> R<f64> {
+    use std::sync::mpsc;
+    let conn = floor_db(&dir.join("writer-floor.db"))?;
+    let (jobs, queue) = mpsc::channel::<mpsc::SyncSender<Result<(), String>>>();
+    let writer = std::thread::spawn(move || {
+        while let Ok(reply) = queue.recv() {
+            let r = conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE; INSERT INTO t (at, what) VALUES (1, 'released'); COMMIT;",
+                )
+                .map_err(|e| e.to_string());
+            let _ = reply.send(r);
+        }
+    });
+    let t = Instant::now();
+    let mut n = 0u64;
+    let mut result = Ok(());
+    while t.elapsed() < Duration::from_secs(1) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if jobs.send(tx).is_err() {
+            result = Err("writer thread stopped".to_string());
+            break;
+        }
+        match rx.recv() {
+            Ok(Ok(())) => n += 1,
+            Ok(Err(e)) => {
+                result = Err(e);
+                break;
+            }
+            Err(e) => {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    drop(jobs);
+    let _ = writer.join();
+    result.map(|()| el * 1e6 / n.max(1) as f64)
+}
+
 fn bench_inproc(ctx: &mut Ctx) -> R<()> {
     println!("\n[in-process] Registry::acquire + LockGuard::release vs Python filelock.FileLock");
+    println!("  ({})", other_work(&ctx.pids()));
     let storage = ctx.dir("inproc")?;
     let reg = Registry::open(Config::defaults(&storage)).map_err(|e| format!("open: {e}"))?;
     let key = reg
@@ -1125,8 +1264,11 @@ fn bench_inproc(ctx: &mut Ctx) -> R<()> {
     }
     acq.sort_by(f64::total_cmp);
     rel.sort_by(f64::total_cmp);
+    let sizes = db_sizes(&storage);
     let flock_us = raw_flock_us(&storage.join("raw-floor.lock"))?;
     let commit_us = raw_commit_us(&storage)?;
+    let writer_us = raw_writer_commit_us(&storage, false)?;
+    let writer_spin_us = raw_writer_commit_us(&storage, true)?;
     drop(reg);
 
     let m_ll = median(&ll);
@@ -1170,11 +1312,14 @@ fn bench_inproc(ctx: &mut Ctx) -> R<()> {
         acq.len()
     ));
     ctx.detail(format!(
-        "floors here: open+flock+unlock+close {:.1} µs; one-row SQLite commit (WAL, synchronous=NORMAL) {:.0} µs -> two commits per pair cap {}",
+        "floors here: open+flock+unlock+close {:.1} µs; one-row SQLite commit (WAL, synchronous=NORMAL) {:.0} µs; the same commit through a writer thread + reply channel {:.0} µs (two per pair cap {}), {:.0} µs while another thread keeps the second core busy",
         flock_us,
         commit_us,
-        rate(1e6 / (2.0 * commit_us + flock_us))
+        writer_us,
+        rate(1e6 / (2.0 * writer_us + flock_us)),
+        writer_spin_us
     ));
+    ctx.detail(format!("database after the rounds: {sizes}"));
     Ok(())
 }
 
@@ -1182,6 +1327,7 @@ fn bench_inproc(ctx: &mut Ctx) -> R<()> {
 
 fn bench_http(ctx: &mut Ctx) -> R<()> {
     println!("\n[http] acquire+release over HTTP, one keep-alive client, vs redis-py Lock on a local redis-server");
+    println!("  ({})", other_work(&ctx.pids()));
     let port = ctx.main_service()?;
     let spid = ctx.main.as_ref().map(|s| s.pid()).unwrap_or(0);
     let redis_py = python_module("redis");
@@ -1267,15 +1413,18 @@ fn bench_http(ctx: &mut Ctx) -> R<()> {
             Verdict::of(ratio >= 1.5),
         )
     } else {
-        let missing = match (have_server, redis_py.is_some()) {
-            (false, false) => "redis-server and redis-py are",
-            (false, true) => "redis-server is",
-            _ => "redis-py is",
-        };
+        let mut missing = Vec::new();
+        if !have_server {
+            missing.push("redis-server (apt-get install -y redis-server)");
+        }
+        if redis_py.is_none() {
+            missing.push("redis-py (python3 -m pip install redis)");
+        }
         (
             format!(
-                "lockledger {}  redis: {missing} not installed (apt-get install -y redis-server; python3 -m pip install redis; or run scripts/bench.sh)",
-                rate(m_ll)
+                "lockledger {}  redis_py not measured: missing {}; scripts/bench.sh installs both",
+                rate(m_ll),
+                missing.join(" and ")
             ),
             Verdict::Skip,
         )
@@ -1307,6 +1456,7 @@ fn bench_http(ctx: &mut Ctx) -> R<()> {
 
 fn bench_concurrent(ctx: &mut Ctx) -> R<()> {
     println!("\n[concurrent] 16 keep-alive HTTP clients on 16 distinct locks vs 1 client");
+    println!("  ({})", other_work(&ctx.pids()));
     let port = ctx.main_service()?;
     let spid = ctx.main.as_ref().map(|s| s.pid()).unwrap_or(0);
     let dur = ctx.dur();
@@ -1419,8 +1569,14 @@ fn fill_big_db(storage: &Path, owners: u64, events: u64, rng: &mut Rng) -> R<()>
     let fields = CONVERSATION_FIELDS;
     let nf = fields.len() as u64;
     let n_locks = owners * nf;
-    let mut tokens = vec![0u32; n_locks as usize];
     let events = events / 2 * 2;
+    // The locks of the acquired/released pairs, drawn first so that the lock rows (with
+    // their newest tokens) can go in before the events that reference them.
+    let pair_locks: Vec<u64> = (0..events / 2).map(|_| rng.below(n_locks)).collect();
+    let mut tokens = vec![0u32; n_locks as usize];
+    for &lock in &pair_locks {
+        tokens[lock as usize] += 1;
+    }
     let span: i64 = 7 * 24 * 3600 * 1000;
     let base = now_ms() - span - 60_000;
     let step = span / events.max(1) as i64;
@@ -1431,6 +1587,27 @@ fn fill_big_db(storage: &Path, owners: u64, events: u64, rng: &mut Rng) -> R<()>
         "index_documents",
     ];
     {
+        let mut lk = tx
+            .prepare(
+                "INSERT INTO locks (lock_id, namespace, owner, field, file, last_token, created_at)
+                 VALUES (?1, 'conversation', ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(|e| e.to_string())?;
+        for o in 0..owners {
+            let owner = owner_name(o);
+            for (f, field) in fields.iter().enumerate() {
+                let lock = o * nf + f as u64;
+                lk.execute(rusqlite::params![
+                    lock as i64 + 1,
+                    owner,
+                    field,
+                    format!("{owner}_{field}.lock"),
+                    tokens[lock as usize] as i64,
+                    base
+                ])
+                .map_err(|e| e.to_string())?;
+            }
+        }
         let mut ev = tx
             .prepare(
                 "INSERT INTO lock_events (event_id, at, lock_id, namespace, owner, field, event, token,
@@ -1439,16 +1616,16 @@ fn fill_big_db(storage: &Path, owners: u64, events: u64, rng: &mut Rng) -> R<()>
                      NULL, NULL, ?10)",
             )
             .map_err(|e| e.to_string())?;
-        for i in 0..events / 2 {
-            let lock = rng.below(n_locks);
+        let mut issued = vec![0u32; n_locks as usize];
+        for (i, &lock) in pair_locks.iter().enumerate() {
             let owner = owner_name(lock / nf);
             let field = fields[(lock % nf) as usize];
-            let t = &mut tokens[lock as usize];
+            let t = &mut issued[lock as usize];
             *t += 1;
             let token = *t as i64;
             let pid = 1000 + rng.below(60_000) as i64;
             let op = OPS[rng.below(4) as usize];
-            let at = base + (2 * i) as i64 * step;
+            let at = base + 2 * i as i64 * step;
             let held = 1 + rng.below((2 * step).clamp(1, 5000) as u64) as i64;
             let id = 2 * i as i64 + 1;
             ev.execute(rusqlite::params![
@@ -1477,27 +1654,6 @@ fn fill_big_db(storage: &Path, owners: u64, events: u64, rng: &mut Rng) -> R<()>
                 held
             ])
             .map_err(|e| e.to_string())?;
-        }
-        let mut lk = tx
-            .prepare(
-                "INSERT INTO locks (lock_id, namespace, owner, field, file, last_token, created_at)
-                 VALUES (?1, 'conversation', ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(|e| e.to_string())?;
-        for o in 0..owners {
-            let owner = owner_name(o);
-            for (f, field) in fields.iter().enumerate() {
-                let lock = o * nf + f as u64;
-                lk.execute(rusqlite::params![
-                    lock as i64 + 1,
-                    owner,
-                    field,
-                    format!("{owner}_{field}.lock"),
-                    tokens[lock as usize] as i64,
-                    base
-                ])
-                .map_err(|e| e.to_string())?;
-            }
         }
     }
     for (_, sql) in &indexes {
@@ -1577,6 +1733,7 @@ fn bench_bigdb(ctx: &mut Ctx) -> R<()> {
     println!(
         "\n[bigdb] one owner's status and newest 50 events with {owners} owners and {events} events"
     );
+    println!("  ({})", other_work(&ctx.pids()));
     let storage = ctx.dir("bigdb")?;
     let t = Instant::now();
     fill_big_db(&storage, owners, events, &mut ctx.rng)?;
@@ -1594,7 +1751,7 @@ fn bench_bigdb(ctx: &mut Ctx) -> R<()> {
     ));
     let warm = 20;
     let n = ctx.set.samples + warm;
-    let mut pick =
+    let pick =
         |rng: &mut Rng| -> Vec<String> { (0..n).map(|_| owner_name(rng.below(owners))).collect() };
     let lists: Vec<Vec<String>> = (0..4).map(|_| pick(&mut ctx.rng)).collect();
     // Owners that were ever locked have their lock files on disk: create them for the
@@ -1646,13 +1803,17 @@ fn bench_bigdb(ctx: &mut Ctx) -> R<()> {
     let port = svc.port;
     let pid = svc.pid();
     ctx.bigdb = Some(svc);
+    // The first write right after start-up waits behind the start-up upkeep (reconcile,
+    // history pruning) on this database.
     let mut c = Http::new(port);
     let t = Instant::now();
     c.pair(&owner_name(0))?;
     let first_write = t.elapsed().as_secs_f64() * 1e3;
-    wait_idle(pid, Duration::from_secs(60));
+    if let Some(s) = ctx.bigdb.as_mut() {
+        s.settle();
+    }
     ctx.detail(format!(
-        "service (pid {pid}) ready and idle {start_s:.1} s after launch; first acquire+release after that {}",
+        "service (pid {pid}) listening {start_s:.1} s after launch; first acquire+release right after {}",
         ms(first_write)
     ));
     let st_http = series(&lists[2], warm, cap, |o| {
@@ -1791,15 +1952,17 @@ fn bench_release(ctx: &mut Ctx) -> R<()> {
     println!(
         "\n[release] how soon locks come free: dropped stream, dead client pid, expired lease"
     );
+    println!("  ({})", other_work(&ctx.pids()));
     if ctx.demo.is_none() {
         let storage = ctx.dir("demo")?;
-        let svc = Service::start(
+        let mut svc = Service::start(
             &ctx.server_bin,
             &storage,
             true,
             "demo service",
             ctx.rust_log.as_deref(),
         )?;
+        svc.settle();
         println!(
             "  started lockledger serve --demo (pid {}, port {})",
             svc.pid(),
@@ -1839,7 +2002,10 @@ fn bench_release(ctx: &mut Ctx) -> R<()> {
     let mut c = Http::new(port);
     let file = locks.join("deadpid_messages.lock");
     let mut dead = Vec::new();
-    for _ in 0..n {
+    // The reaper runs periodically: spread the moments of death over its period instead
+    // of always landing at the same phase.
+    let phase = |i: usize| Duration::from_millis((i as u64 * 37) % 250);
+    for i in 0..n {
         let child = Command::new("sleep")
             .arg("60")
             .stdin(Stdio::null())
@@ -1854,6 +2020,7 @@ fn bench_release(ctx: &mut Ctx) -> R<()> {
         if !is_held(&file)? {
             return Err("the dead-pid lease's lock is not held".into());
         }
+        std::thread::sleep(phase(i));
         let t0 = Instant::now();
         let _ = sleeper.0.kill();
         let _ = sleeper.0.wait();
@@ -1879,7 +2046,8 @@ fn bench_release(ctx: &mut Ctx) -> R<()> {
     // (c) a lease that is not renewed.
     let file = locks.join("expiry_messages.lock");
     let mut expired = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
+        std::thread::sleep(phase(i));
         let (id, expires_ms) = c.acquire(
             "expiry",
             "messages",
@@ -1914,6 +2082,7 @@ fn bench_release(ctx: &mut Ctx) -> R<()> {
 
 fn bench_rss(ctx: &mut Ctx) -> R<()> {
     println!("\n[rss] idle service RSS after start-up and after the benchmarks + 2 s idle");
+    println!("  ({})", other_work(&ctx.pids()));
     if ctx.main.is_none() {
         let port = ctx.main_service()?;
         let spid = ctx.main.as_ref().map(|s| s.pid()).unwrap_or(0);
@@ -1935,6 +2104,17 @@ fn bench_rss(ctx: &mut Ctx) -> R<()> {
             .map(|s| (name, s.label, s.rss_start_kb, vm_rss_kb(s.pid())))
     })
     .collect();
+    for svc in [&ctx.main, &ctx.demo, &ctx.bigdb].into_iter().flatten() {
+        let kb = |f: &str| status_kb(svc.pid(), f).map_or(f64::NAN, |k| k as f64 / 1024.0);
+        ctx.detail(format!(
+            "{}: RSS now = anonymous {:.1} MB + file {:.1} MB + shared memory {:.1} MB; {}",
+            svc.label,
+            kb("RssAnon"),
+            kb("RssFile"),
+            kb("RssShmem"),
+            db_sizes(&svc.storage)
+        ));
+    }
     for (name, label, start, now) in rows {
         let mb = |kb: Option<u64>| kb.map_or(f64::NAN, |k| k as f64 / 1024.0);
         let (a, b) = (mb(start), mb(now));
@@ -2012,7 +2192,12 @@ fn selected(args: &Args) -> R<Vec<&'static str>> {
             out.push(g);
         }
     }
-    Ok(out)
+    // Always in the canonical order, whatever order they were asked in.
+    Ok(GROUPS
+        .iter()
+        .map(|(g, _)| *g)
+        .filter(|g| out.contains(g))
+        .collect())
 }
 
 fn main() {
@@ -2075,6 +2260,29 @@ fn main() {
         ],
     )
     .unwrap_or_else(|| "unknown".into());
+    // What differs from the commit among the files the binaries are built from.
+    let modified: Vec<String> = command_line(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "diff",
+            "--name-only",
+            "HEAD",
+            "--",
+            "src",
+            "migrations",
+            "Cargo.toml",
+            "Cargo.lock",
+        ],
+    )
+    .map(|s| s.lines().map(str::to_string).collect())
+    .unwrap_or_default();
+    let tree = match modified.len() {
+        0 => format!("{tree} (src, migrations, Cargo.* as committed)"),
+        1..=4 => format!("{tree} (uncommitted: {})", modified.join(", ")),
+        n => format!("{tree} ({n} uncommitted source files)"),
+    };
     println!(
         "lockledger-bench {} ({}) | tree {tree} | sqlite {}",
         if set.quick { "--quick" } else { "full run" },
@@ -2082,12 +2290,13 @@ fn main() {
         rusqlite::version()
     );
     println!(
-        "machine: nproc {} | cpu {} | load average {}",
+        "machine: nproc {} | cpu {} | load average {} | {}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         cpu_model(),
-        loadavg()
+        loadavg(),
+        other_work(&[])
     );
     println!(
         "comparisons: python3 {} | filelock {} | redis-py {} | {}",
@@ -2154,7 +2363,7 @@ fn main() {
         .map(|o| o.name.as_str())
         .collect();
     println!(
-        "summary: {} PASS, {} FAIL, {} SKIP, {} ERROR of {} targets in {:.0} s (load average now {}){}",
+        "summary: {} PASS, {} FAIL, {} SKIP, {} ERROR of {} targets in {:.0} s (load average now {}; {}){}",
         count(Verdict::Pass),
         count(Verdict::Fail),
         count(Verdict::Skip),
@@ -2162,6 +2371,7 @@ fn main() {
         ctx.results.len(),
         started.elapsed().as_secs_f64(),
         loadavg(),
+        other_work(&[]),
         if failed.is_empty() {
             String::new()
         } else {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the benchmark compares against (redis-server, Python filelock and redis),
+# builds release and runs lockledger-bench, passing every argument through:
+#   ./scripts/bench.sh             # full run (about 10 minutes, a few GB in the temp dir)
+#   ./scripts/bench.sh --quick     # short run
+#   ./scripts/bench.sh --only http,concurrent
+# The exit code is the benchmark's: 0 all targets met, 1 a target missed, 2 harness error.
+# See BENCHMARKS.md for what each number means.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "bench: installing redis-server"
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+fi
+
+echo "bench: installing Python packages filelock and redis"
+pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
+# A distribution's own python3 may refuse pip installs (PEP 668) unless told otherwise.
+pip_install filelock redis || pip_install --break-system-packages filelock redis
+
+cargo build --release --locked --bins
+exec "${CARGO_TARGET_DIR:-target}/release/lockledger-bench" "$@"
