@@ -2248,6 +2248,12 @@ fn main() {
         eprintln!("lockledger-bench: cannot create {}: {e}", work.display());
         std::process::exit(2);
     }
+    // From here on the scratch directory is removed however the run ends (a panic, e.g.
+    // stdout closed by `| head`, unwinds through it).
+    let work = Scratch {
+        path: work,
+        keep: args.keep,
+    };
     let started = Instant::now();
     let tree = command_line(
         "git",
@@ -2328,10 +2334,7 @@ fn main() {
         main: None,
         demo: None,
         bigdb: None,
-        work: Scratch {
-            path: work,
-            keep: args.keep,
-        },
+        work,
     };
     for group in &groups {
         let result = match *group {

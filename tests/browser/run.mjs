@@ -15,8 +15,8 @@
 // (`lockledger hold`), killed with real signals, or by leases taken over the HTTP API. Uses only
 // node's built-in test runner and playwright-core driving the system Chromium; about 20 s.
 //
-// The service reconciles records of dead holders every 5 s, so a holder_dead lock is STALE only
-// until then: tests that need one start a service of their own and assert they finished in time.
+// Services run with LOCKLEDGER_RECONCILE_PERIOD_MS=0 so that a holder_dead lock stays STALE until
+// the test clears it (the default service repairs dead holders' records every 5 s by itself).
 //
 // What is checked: the Lock Status button (id, title, text, icon, warning style, place in the
 // Settings quick actions) opens <dialog id="lock-status-modal">; a held lock shows HELD with the
@@ -126,7 +126,7 @@ async function startService({ demo = false } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lockledger-ui-"));
   const args = ["--storage", dir, "serve", "--bind", "127.0.0.1:0"];
   if (demo) args.push("--demo");
-  const proc = track(spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } }));
+  const proc = track(spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn", LOCKLEDGER_RECONCILE_PERIOD_MS: "0" } }));
   let stderr = "";
   proc.stderr.setEncoding("utf8");
   proc.stderr.on("data", (d) => (stderr += d));
@@ -142,11 +142,12 @@ async function startService({ demo = false } = {}) {
     dir,
     adminToken,
     startedAt,
-    /** The service reconciles dead holders every 5 s, so a holder_dead lock stays STALE
-     * only until then: steps that need one must happen within that window. */
+    /** The services here run with LOCKLEDGER_RECONCILE_PERIOD_MS=0, so a holder_dead
+     * lock stays STALE until it is cleared (no race with periodic reconciliation); this
+     * only records how long the step took. */
     assertBeforeReconcile(what) {
       const ms = Date.now() - startedAt;
-      assert.ok(ms < RECONCILE_WINDOW_MS, `${what} came ${ms} ms after the service started; the service reconciles dead holders every 5 s, so the test machine is too slow for this check`);
+      if (ms > RECONCILE_WINDOW_MS) console.log(`# ${what} came ${ms} ms after the service started`);
     },
     async stop() {
       proc.kill("SIGTERM");
