@@ -458,81 +458,138 @@ pub struct HistoryQuery {
 }
 
 pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<EventRow>> {
-    let mut stmt = conn.prepare_cached(
+    // Only the filters given go into the statement: `(?1 IS NULL OR owner = ?1)` would
+    // hide the owner index from the planner and scan the whole table.
+    let mut sql = String::from(
         "SELECT event_id, at, namespace, owner, field, event, token, pid, host, holder,
                 operation, actor, reason, held_ms
-         FROM lock_events
-         WHERE (?1 IS NULL OR owner = ?1)
-           AND (?2 IS NULL OR field = ?2)
-           AND (?3 IS NULL OR event = ?3)
-           AND (?4 IS NULL OR holder = ?4)
-           AND (?5 IS NULL OR at >= ?5)
-           AND (?6 IS NULL OR at < ?6)
-           AND (?7 IS NULL OR event_id < ?7)
-           AND (?8 IS NULL OR namespace = ?8)
-         ORDER BY event_id DESC LIMIT ?9",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            q.owner,
-            q.field,
-            q.event.map(EventKind::as_str),
-            q.holder,
-            q.since_ms,
-            q.until_ms,
-            q.before_event_id,
-            q.namespace,
-            q.limit as i64
-        ],
-        |r| {
-            Ok(EventRow {
-                event_id: r.get(0)?,
-                at: r.get(1)?,
-                namespace: r.get(2)?,
-                owner: r.get(3)?,
-                field: r.get(4)?,
-                event: r.get(5)?,
-                token: r.get(6)?,
-                pid: r.get(7)?,
-                host: r.get(8)?,
-                holder: r.get(9)?,
-                operation: r.get(10)?,
-                actor: r.get(11)?,
-                reason: r.get(12)?,
-                held_ms: r.get(13)?,
-            })
-        },
-    )?;
+         FROM lock_events WHERE 1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut filter = |column: &str, op: &str, value: rusqlite::types::Value| {
+        args.push(value);
+        sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+    };
+    if let Some(v) = &q.owner {
+        filter("owner", "=", v.clone().into());
+    }
+    if let Some(v) = &q.field {
+        filter("field", "=", v.clone().into());
+    }
+    if let Some(v) = q.event {
+        filter("event", "=", v.as_str().to_string().into());
+    }
+    if let Some(v) = &q.holder {
+        filter("holder", "=", v.clone().into());
+    }
+    if let Some(v) = q.since_ms {
+        filter("at", ">=", v.into());
+    }
+    if let Some(v) = q.until_ms {
+        filter("at", "<", v.into());
+    }
+    if let Some(v) = q.before_event_id {
+        filter("event_id", "<", v.into());
+    }
+    if let Some(v) = &q.namespace {
+        filter("namespace", "=", v.clone().into());
+    }
+    args.push((q.limit as i64).into());
+    sql.push_str(&format!(" ORDER BY event_id DESC LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok(EventRow {
+            event_id: r.get(0)?,
+            at: r.get(1)?,
+            namespace: r.get(2)?,
+            owner: r.get(3)?,
+            field: r.get(4)?,
+            event: r.get(5)?,
+            token: r.get(6)?,
+            pid: r.get(7)?,
+            host: r.get(8)?,
+            holder: r.get(9)?,
+            operation: r.get(10)?,
+            actor: r.get(11)?,
+            reason: r.get(12)?,
+            held_ms: r.get(13)?,
+        })
+    })?;
     rows.collect()
 }
 
 /// Deletes up to `batch` history rows that are older than `cutoff_ms` or beyond the
 /// newest `max_events`, never the `acquired` event of a current holder. Returns how many
 /// rows went; callers loop until it returns less than `batch`, so no single transaction
-/// holds the write lock for long.
+/// holds the write lock for long. Each of the two conditions is its own index range
+/// (`at`, and the event id), so nothing scans the table when there is nothing to prune.
 pub fn prune_events(
     conn: &Connection,
     cutoff_ms: Option<i64>,
     max_events: Option<u64>,
     batch: usize,
 ) -> rusqlite::Result<usize> {
-    // Event ids are assigned in order, so "beyond the newest N" is "id <= max_id - N";
-    // gaps left by earlier pruning only make this keep fewer than N, never more.
-    let id_cutoff: Option<i64> = match max_events {
-        None => None,
-        Some(n) => {
-            let max_id: Option<i64> =
-                conn.query_row("SELECT max(event_id) FROM lock_events", [], |r| r.get(0))?;
-            max_id.map(|m| m - n as i64)
+    let mut deleted = 0;
+    if let Some(cutoff) = cutoff_ms {
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM lock_events WHERE event_id IN (
+                 SELECT event_id FROM lock_events INDEXED BY lock_events_by_at
+                 WHERE at < ?1
+                   AND event_id NOT IN (SELECT acquired_event FROM holders
+                                        WHERE acquired_event IS NOT NULL)
+                 ORDER BY at LIMIT ?2)",
+        )?;
+        deleted += stmt.execute(params![cutoff, batch as i64])?;
+    }
+    if let Some(n) = max_events {
+        // Event ids are assigned in order, so "beyond the newest N" is "id <= max_id - N";
+        // gaps left by earlier pruning only make this keep fewer than N, never more.
+        let max_id: Option<i64> =
+            conn.query_row("SELECT max(event_id) FROM lock_events", [], |r| r.get(0))?;
+        if let Some(id_cutoff) = max_id.map(|m| m - n as i64) {
+            let mut stmt = conn.prepare_cached(
+                "DELETE FROM lock_events WHERE event_id IN (
+                     SELECT event_id FROM lock_events
+                     WHERE event_id <= ?1
+                       AND event_id NOT IN (SELECT acquired_event FROM holders
+                                            WHERE acquired_event IS NOT NULL)
+                     ORDER BY event_id LIMIT ?2)",
+            )?;
+            deleted += stmt.execute(params![id_cutoff, batch.saturating_sub(deleted) as i64])?;
         }
-    };
-    let mut stmt = conn.prepare_cached(
-        "DELETE FROM lock_events WHERE event_id IN (
-             SELECT event_id FROM lock_events
-             WHERE ((?1 IS NOT NULL AND at < ?1) OR (?2 IS NOT NULL AND event_id <= ?2))
-               AND event_id NOT IN (SELECT acquired_event FROM holders
-                                    WHERE acquired_event IS NOT NULL)
-             ORDER BY event_id LIMIT ?3)",
-    )?;
-    stmt.execute(params![cutoff_ms, id_cutoff, batch as i64])
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn plan(conn: &rusqlite::Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// The statements that must stay fast at millions of events use their indexes.
+    #[test]
+    fn hot_statements_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open_and_migrate(&Config::defaults(dir.path())).unwrap();
+        let by_owner = plan(
+            &conn,
+            "SELECT event_id FROM lock_events WHERE 1 AND owner = 'x' ORDER BY event_id DESC LIMIT 50",
+        );
+        assert!(by_owner.contains("lock_events_by_owner"), "{by_owner}");
+        let aged = plan(
+            &conn,
+            "SELECT event_id FROM lock_events INDEXED BY lock_events_by_at WHERE at < 5 ORDER BY at LIMIT 10",
+        );
+        assert!(aged.contains("lock_events_by_at"), "{aged}");
+        let status = plan(
+            &conn,
+            "SELECT l.lock_id FROM locks l LEFT JOIN holders h USING (lock_id) WHERE l.namespace = 'c' AND l.owner = 'x'",
+        );
+        assert!(!status.contains("SCAN l"), "{status}");
+    }
 }
