@@ -7,10 +7,10 @@
 //! - Every write goes through [`Writer::write`] and runs inside a `BEGIN IMMEDIATE`
 //!   transaction (a deferred read-then-write transaction fails with "database is locked"
 //!   under contention, whatever the busy timeout).
-//! - Group commit: the writer thread takes every job waiting in its queue, runs each in
-//!   its own savepoint inside one transaction, commits once, and only then answers each
-//!   caller. A caller never hears "ok" for a write that is not committed, and one failing
-//!   job rolls back only its own savepoint.
+//! - Group commit by flat combining: whichever caller holds the connection takes every job
+//!   waiting in the queue, runs each in its own savepoint inside one transaction, commits
+//!   once, and only then answers each caller. A caller never hears "ok" for a write that
+//!   is not committed, and one failing job rolls back only its own savepoint.
 //! - Checkpoints are off the write path: the writer's connection never auto-checkpoints
 //!   (a checkpoint fsyncs the database, which would stall every caller in that batch);
 //!   a checkpointer thread with its own connection runs passive checkpoints every second
@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The migrations, in order. `tests::every_migration_file_is_listed` keeps this list and
@@ -48,10 +48,10 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("database migration failed: {0}")]
     Migration(String),
-    #[error("the database writer has stopped")]
-    WriterGone,
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    #[error("a database job panicked; its changes were rolled back")]
+    JobPanicked,
 }
 
 impl StoreError {
@@ -149,32 +149,66 @@ type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// start) and hands back whether it succeeded plus how to answer after the commit.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
 
-/// Handle to the writer thread. Cloning shares the thread; it stops when the last
-/// handle is dropped.
+/// Handle to the single writer. Cloning shares it.
+///
+/// There is no writer thread: the caller that finds the connection free becomes the
+/// committer and commits every job queued at that moment, its own included, in one
+/// transaction (flat combining). A lone caller therefore never hands its work to another
+/// thread, and callers that arrive while a commit is running are batched together.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    inner: Arc<WriterInner>,
 }
+
+struct WriterInner {
+    conn: Mutex<Committer>,
+    queue: Mutex<Vec<Job>>,
+}
+
+struct Committer {
+    conn: Connection,
+    commits: u64,
+    wal: Option<std::path::PathBuf>,
+    // Dropped with the writer, which tells the checkpointer to finish.
+    nudge: mpsc::SyncSender<()>,
+}
+
+/// WAL size past which the committer folds it back (a checkpoint that truncates).
+const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Writer {
     pub fn start(conn: Connection) -> Result<Writer, StoreError> {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(StoreError::from_sqlite)?;
-        let db_path = conn.path().map(std::path::PathBuf::from);
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let db_path = conn
+            .path()
+            .map(std::path::PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty());
         let (nudge, nudges) = mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
-            .name("lockledger-writer".into())
-            .spawn(move || run_writer(conn, queue, nudge))?;
-        if let Some(path) = db_path.filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(path) = db_path.clone() {
             std::thread::Builder::new()
                 .name("lockledger-checkpoint".into())
                 .spawn(move || run_checkpointer(&path, nudges))?;
         }
-        Ok(Writer { jobs })
+        let wal = db_path.map(|p| {
+            let mut w = p.into_os_string();
+            w.push("-wal");
+            std::path::PathBuf::from(w)
+        });
+        Ok(Writer {
+            inner: Arc::new(WriterInner {
+                conn: Mutex::new(Committer {
+                    conn,
+                    commits: 0,
+                    wal,
+                    nudge,
+                }),
+                queue: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
-    /// Runs `f` inside the writer's transaction and returns its result once committed.
+    /// Runs `f` inside a write transaction and returns its result once committed.
     pub fn write<R, E, F>(&self, f: F) -> Result<R, E>
     where
         F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
@@ -204,11 +238,38 @@ impl Writer {
                 )
             }
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| E::from(StoreError::WriterGone))?;
-        rx.recv().map_err(|_| E::from(StoreError::WriterGone))?
+        lock(&self.inner.queue).push(job);
+        loop {
+            match rx.try_recv() {
+                Ok(answer) => return answer,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(E::from(StoreError::JobPanicked))
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let mut committer = lock(&self.inner.conn);
+            // The committer before us may have taken and answered our job.
+            match rx.try_recv() {
+                Ok(answer) => return answer,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(E::from(StoreError::JobPanicked))
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<Job> = {
+                let mut queue = lock(&self.inner.queue);
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            committer.commit_batch(batch);
+        }
     }
+}
+
+/// A poisoned lock is still consistent here: jobs run under `catch_unwind`, and the queue
+/// is only pushed to or taken whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Passive checkpoints every second or when nudged; stops when the writer is gone.
@@ -237,16 +298,13 @@ fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>) {
     }
 }
 
-fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, nudge: mpsc::SyncSender<()>) {
-    let mut commits: u64 = 0;
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+impl Committer {
+    /// Commits `batch` in one IMMEDIATE transaction and answers every job.
+    fn commit_batch(&mut self, mut batch: Vec<Job>) {
+        if batch.is_empty() {
+            return;
         }
+        let conn = &self.conn;
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = StoreError::from_sqlite(e).to_string();
             log::warn!("writer: cannot begin a transaction: {msg}");
@@ -254,23 +312,23 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, nudge: mpsc::SyncSen
                 let (_, reply) = job(None);
                 reply(Err(StoreError::Busy));
             }
-            continue;
+            return;
         }
         let mut replies: Vec<(bool, Reply)> = Vec::with_capacity(batch.len());
         if batch.len() == 1 {
             // Alone in its transaction, a job needs no savepoint: a failure rolls back all.
             if let Some(job) = batch.pop() {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&conn)))) {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(conn)))) {
                     Ok((true, reply)) => replies.push((true, reply)),
                     Ok((false, reply)) => {
                         let _ = conn.execute_batch("ROLLBACK");
                         reply(Ok(()));
-                        continue;
+                        return;
                     }
                     Err(_) => {
                         log::error!("writer: a job panicked; its changes were rolled back");
                         let _ = conn.execute_batch("ROLLBACK");
-                        continue;
+                        return;
                     }
                 }
             }
@@ -281,7 +339,7 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, nudge: mpsc::SyncSen
                 replies.push((false, reply));
                 continue;
             }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&conn)))) {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(conn)))) {
                 Ok((true, reply)) => {
                     let _ = conn.execute_batch("RELEASE job");
                     replies.push((true, reply));
@@ -291,22 +349,18 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, nudge: mpsc::SyncSen
                     replies.push((false, reply));
                 }
                 Err(_) => {
-                    // The job's reply sender was dropped with it; its caller sees WriterGone.
+                    // The job's reply sender went with it; its caller sees JobPanicked.
                     log::error!("writer: a job panicked; its changes were rolled back");
                     let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
                 }
             }
         }
-        let committed = conn.execute_batch("COMMIT");
-        match committed {
+        match conn.execute_batch("COMMIT") {
             Ok(()) => {
-                commits += 1;
-                if commits % CHECKPOINT_EVERY == 0 {
-                    let _ = nudge.try_send(());
-                }
                 for (_, reply) in replies {
                     reply(Ok(()));
                 }
+                self.after_commit();
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -318,6 +372,30 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, nudge: mpsc::SyncSen
                         other => StoreError::CommitFailed(other.to_string()),
                     }));
                 }
+            }
+        }
+    }
+
+    /// Nudges the checkpointer now and then, and folds the WAL back when it has grown
+    /// past [`WAL_LIMIT_BYTES`] (passive checkpoints cannot reset a WAL that is written
+    /// without pause).
+    fn after_commit(&mut self) {
+        self.commits += 1;
+        if self.commits % CHECKPOINT_EVERY != 0 {
+            return;
+        }
+        let _ = self.nudge.try_send(());
+        let big = self
+            .wal
+            .as_ref()
+            .and_then(|w| std::fs::metadata(w).ok())
+            .is_some_and(|m| m.len() > WAL_LIMIT_BYTES);
+        if big {
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                log::debug!("writer: truncating checkpoint: {e}");
             }
         }
     }
