@@ -247,21 +247,36 @@ impl Writer {
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
             }
-            let mut committer = lock(&self.inner.conn);
-            // The committer before us may have taken and answered our job.
-            match rx.try_recv() {
+            let free = match self.inner.conn.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut committer) = free {
+                // Commit until the queue is empty, then let go; a job pushed after our
+                // last look is seen by the check below (ours or its pusher's).
+                loop {
+                    let batch: Vec<Job> = {
+                        let mut queue = lock(&self.inner.queue);
+                        let n = queue.len().min(MAX_BATCH);
+                        queue.drain(..n).collect()
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    committer.commit_batch(batch);
+                }
+                drop(committer);
+                continue;
+            }
+            // Someone else is committing, and will take our job with its next batch.
+            match rx.recv_timeout(Duration::from_millis(2)) {
                 Ok(answer) => return answer,
-                Err(mpsc::TryRecvError::Disconnected) => {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(E::from(StoreError::JobPanicked))
                 }
-                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            let batch: Vec<Job> = {
-                let mut queue = lock(&self.inner.queue);
-                let n = queue.len().min(MAX_BATCH);
-                queue.drain(..n).collect()
-            };
-            committer.commit_batch(batch);
         }
     }
 }
