@@ -1405,31 +1405,41 @@ impl Registry {
         if due.is_empty() {
             return Ok(Vec::new());
         }
+        // The kernel lock goes first, outside the database: a database stalled by another
+        // process (one stopped in the middle of a commit) must not keep an expired lease's
+        // lock held. The records follow as soon as the database lets us write; if it does
+        // not, reconciliation closes them (this process no longer holds their handles).
+        let ended: Vec<(LockKey, i64, i64, &'static str)> = {
+            let mut t = self.leases();
+            due.into_iter()
+                .filter_map(|(key, token, why)| {
+                    match t.by_key.get(&key) {
+                        Some(s) if s.token == token => {}
+                        _ => return None,
+                    }
+                    let slot = t.remove(&key)?;
+                    let lock_id = slot.lock_id;
+                    drop(slot);
+                    Some((key, lock_id, token, why))
+                })
+                .collect()
+        };
         self.write(move |reg, conn| {
             let now = reg.now_ms();
-            let mut ended = Vec::new();
-            for (key, token, why) in &due {
-                let slot = {
-                    let mut t = reg.leases();
-                    match t.by_key.get(key) {
-                        Some(s) if s.token == *token => t.remove(key),
-                        _ => None,
-                    }
-                };
-                let Some(slot) = slot else { continue };
+            let mut names = Vec::new();
+            for (key, lock_id, token, why) in &ended {
                 close_record(
                     conn,
-                    LockRef::of(key, slot.lock_id),
+                    LockRef::of(key, *lock_id),
                     *token,
                     EventKind::Expired,
                     now,
                     Some("reaper"),
                     Some(why),
                 )?;
-                drop(slot);
-                ended.push(key.to_string());
+                names.push(key.to_string());
             }
-            Ok(ended)
+            Ok(names)
         })
     }
 

@@ -463,7 +463,9 @@ impl Orchestrator {
         }
         let v = json(&body);
         v["locks"].as_array()?.iter().find_map(|l| {
-            (l["field"] == "messages" && l["kind"] == "lease" && l["state"] != "free")
+            // Held means the kernel lock is still taken for that lease: a lease whose
+            // handle the reaper closed shows as stale until its record is written.
+            (l["field"] == "messages" && l["kind"] == "lease" && l["state"] == "held")
                 .then(|| l["token"].as_i64())
                 .flatten()
         })
