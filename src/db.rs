@@ -252,21 +252,8 @@ impl Writer {
                 Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
                 Err(std::sync::TryLockError::WouldBlock) => None,
             };
-            if let Some(mut committer) = free {
-                // Commit until the queue is empty, then let go; a job pushed after our
-                // last look is seen by the check below (ours or its pusher's).
-                loop {
-                    let batch: Vec<Job> = {
-                        let mut queue = lock(&self.inner.queue);
-                        let n = queue.len().min(MAX_BATCH);
-                        queue.drain(..n).collect()
-                    };
-                    if batch.is_empty() {
-                        break;
-                    }
-                    committer.commit_batch(batch);
-                }
-                drop(committer);
+            if let Some(committer) = free {
+                self.commit_until_empty(committer);
                 continue;
             }
             // Someone else is committing, and will take our job with its next batch.
@@ -277,6 +264,37 @@ impl Writer {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+        }
+    }
+}
+
+impl Writer {
+    /// Commits queued jobs until the queue is empty. After letting go of the connection
+    /// it looks once more: a job pushed between the last drain and the unlock saw the
+    /// connection taken, and its caller is waiting for someone to commit it.
+    fn commit_until_empty<'a>(&'a self, mut committer: std::sync::MutexGuard<'a, Committer>) {
+        loop {
+            loop {
+                let batch: Vec<Job> = {
+                    let mut queue = lock(&self.inner.queue);
+                    let n = queue.len().min(MAX_BATCH);
+                    queue.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                committer.commit_batch(batch);
+            }
+            drop(committer);
+            if lock(&self.inner.queue).is_empty() {
+                return;
+            }
+            committer = match self.inner.conn.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // Whoever holds it now drains the queue.
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
         }
     }
 }
