@@ -16,10 +16,15 @@
 //! this tree, the in-process numbers use the public `Registry` API, and the large database
 //! is filled with rusqlite after a `Registry::open` has migrated it.
 
+// Shared with the chaos run, which uses all of it.
+#[allow(dead_code)]
+#[path = "common/rng.rs"]
+mod rng;
 use clap::Parser;
 use lockledger::config::CONVERSATION_FIELDS;
 use lockledger::records::HistoryQuery;
 use lockledger::{AcquireOptions, Config, LockKey, Registry};
+use rng::Rng;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -135,23 +140,6 @@ struct Settings {
     samples: usize,
     repeat: usize,
     series_cap: Duration,
-}
-
-/// xorshift64*: deterministic per seed, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 // ------------------------------------------------------------------ small helpers

@@ -24,8 +24,12 @@
 //! cannot be protected from a revoked lease holder, by design).
 
 use clap::Parser;
+
+#[path = "common/rng.rs"]
+mod rng;
 use lockledger::fence::{monotonic_ns, FenceError, FencedFile};
 use lockledger::{AcquireOptions, Config, Registry, RegistryError};
+use rng::Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -57,26 +61,6 @@ struct Args {
     worker: Option<String>,
     #[arg(long, hide = true)]
     port: Option<u16>,
-}
-
-/// xorshift64*: deterministic per seed, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 fn data_file(dir: &Path, owner: &str, field: &str) -> FencedFile {

@@ -541,6 +541,20 @@ async fn metrics(app: &Arc<App>) -> Result<Response, ApiError> {
     ))
 }
 
+/// The lock a route names: owner and field from the path or body, namespace from the
+/// query (`?namespace=`), validated.
+fn lock_key(
+    app: &App,
+    req: &Request,
+    owner: &str,
+    field: &str,
+) -> Result<crate::ids::LockKey, ApiError> {
+    let q = Query::parse(&req.query, &["namespace"])?;
+    app.registry
+        .key(q.get("namespace"), owner, field)
+        .map_err(registry_error)
+}
+
 fn namespace_param(q: &Query) -> Option<String> {
     q.get("namespace").map(str::to_string)
 }
@@ -776,13 +790,8 @@ async fn acquire(
     owner: String,
     field: String,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(&req.query, &["namespace"])?;
-    let ns = namespace_param(&q);
     let b: AcquireBody = required_json(req)?;
-    let key = app
-        .registry
-        .key(ns.as_deref(), &owner, &field)
-        .map_err(registry_error)?;
+    let key = lock_key(app, req, &owner, &field)?;
     let wait_ms = b.wait_ms.unwrap_or(0);
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::bad_request(format!(
@@ -923,13 +932,8 @@ async fn force_clear(
     owner: String,
     role: Role,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(&req.query, &["namespace"])?;
-    let ns = namespace_param(&q);
     let b: ForceBody = required_json(req)?;
-    let key = app
-        .registry
-        .key(ns.as_deref(), &owner, &b.field)
-        .map_err(registry_error)?;
+    let key = lock_key(app, req, &owner, &b.field)?;
     let reg = app.registry.clone();
     let who = actor(role, req);
     let done = blocking(move || reg.force_clear(&key, b.token, &b.reason, &who)).await?;
