@@ -10,7 +10,8 @@
 //! - Group commit by flat combining: whichever caller holds the connection takes every job
 //!   waiting in the queue, runs each in its own savepoint inside one transaction, commits
 //!   once, and only then answers each caller. A caller never hears "ok" for a write that
-//!   is not committed, and one failing job rolls back only its own savepoint.
+//!   is not committed, and one failing job rolls back only its own savepoint. A job must
+//!   never call `Writer::write` itself (it would wait for a commit that cannot start).
 //! - Checkpoints are off the write path: the writer's connection never auto-checkpoints
 //!   (a checkpoint fsyncs the database, which would stall every caller in that batch);
 //!   a checkpointer thread with its own connection runs passive checkpoints every second
