@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs what lockledger's build and tests need on a fresh machine (idempotent).
+# Installs what lockledger needs on a fresh machine (idempotent).
+#   ./scripts/setup.sh          what building and running the service needs
+#   ./scripts/setup.sh --tests  also what the tests need (Python filelock, Chromium,
+#                               playwright-core)
 # The Rust toolchain comes with the machine; everything else is installed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_python_pkgs=()
-python3 -c 'import filelock' 2>/dev/null || need_python_pkgs+=("filelock>=3.12")
-if [ "${#need_python_pkgs[@]}" -gt 0 ]; then
-  echo "setup: installing Python packages: ${need_python_pkgs[*]}"
-  python3 -m pip install --quiet --disable-pip-version-check "${need_python_pkgs[@]}"
+if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
+  rustup component add clippy rustfmt
+fi
+[ "${1:-}" = "--tests" ] || exit 0
+
+if ! python3 -c 'import filelock' 2>/dev/null; then
+  echo "setup: installing the Python package filelock"
+  python3 -m pip install --quiet --disable-pip-version-check "filelock>=3.12"
 fi
 
 # Browser tests drive Debian's Chromium with playwright-core (no browser download).
@@ -21,8 +27,4 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "setup: installing playwright-core for the browser tests"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-fi
-
-if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
-  rustup component add clippy rustfmt
 fi
