@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::event_names;
+
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 /// Upper bound for one short CLI command (status, clear, sql, ...).
 const CMD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -421,13 +424,6 @@ fn events_of_token(history: &[Value], field: &str, token: i64) -> Vec<Value> {
         .iter()
         .filter(|e| e["field"] == field && e["token"].as_i64() == Some(token))
         .cloned()
-        .collect()
-}
-
-fn event_names(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("?").to_string())
         .collect()
 }
 

@@ -11,6 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::flock_is_free;
+
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 
 fn lockledger(storage: &Path, args: &[&str], fault: bool) -> Output {
@@ -65,13 +68,6 @@ fn assert_every_grant_closed_once(storage: &Path) {
            GROUP BY lock_id, token) WHERE a != 1 OR c != 1",
     );
     assert_eq!(bad, 0, "some grant is not closed exactly once");
-}
-
-fn flock_is_free(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: valid fd for the call; a taken lock is released when `f` closes.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {

@@ -16,6 +16,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{event_names, flock_is_free};
+
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 /// Upper bound for the server to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -647,13 +650,6 @@ fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
         );
         thread::sleep(POLL);
     }
-}
-
-fn event_names(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("?").to_string())
-        .collect()
 }
 
 /// Every file below `root`, relative, except the database's own files.
@@ -1346,14 +1342,6 @@ fn force_clear_fences_out_the_old_token() {
 }
 
 // ------------------------------------------------------------------ 7. shutdown
-
-fn flock_is_free(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-    // SAFETY: flock(2) on a descriptor we own for the duration of the call.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    rc == 0
-}
 
 #[test]
 fn sigterm_releases_leases_and_exits_cleanly() {
