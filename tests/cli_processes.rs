@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::event_names;
+use support::{event_names, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 /// Upper bound for one short CLI command (status, clear, sql, ...).
@@ -179,20 +179,6 @@ fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Polls `child` until it exits or `timeout` passes.
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn read_all_in_thread(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     thread::spawn(move || {
         let mut buf = Vec::new();
@@ -211,7 +197,7 @@ fn run_command(mut cmd: Command, timeout: Duration) -> Out {
         .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
     let out = read_all_in_thread(child.stdout.take().expect("stdout"));
     let err = read_all_in_thread(child.stderr.take().expect("stderr"));
-    let Some(status) = wait_with_deadline(&mut child, timeout) else {
+    let Some(status) = wait_exit(&mut child, timeout) else {
         let _ = child.kill();
         let _ = child.wait();
         panic!("{cmd:?} did not finish within {timeout:?}");
@@ -338,7 +324,7 @@ impl Proc {
     /// Waits (bounded) for the process to exit; returns its exit code (128+signal).
     fn wait_exit(&mut self, timeout: Duration) -> i32 {
         if self.exited.is_none() {
-            self.exited = wait_with_deadline(&mut self.child, timeout);
+            self.exited = wait_exit(&mut self.child, timeout);
         }
         match self.exited {
             Some(s) => exit_code(s),
@@ -984,8 +970,8 @@ fn many_processes_start_at_once_on_fresh_storage() {
             store.spawn_hold("h2", "main", &["--renew-ms", "0"]),
         ];
         for (owner, child) in &mut statuses {
-            let status = wait_with_deadline(child, CMD_TIMEOUT)
-                .unwrap_or_else(|| panic!("status {owner} hung"));
+            let status =
+                wait_exit(child, CMD_TIMEOUT).unwrap_or_else(|| panic!("status {owner} hung"));
             let mut stdout = String::new();
             let mut stderr = String::new();
             child

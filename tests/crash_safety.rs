@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::flock_is_free;
+use support::{flock_is_free, lock_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 
@@ -45,13 +45,7 @@ fn lock_state(storage: &Path, owner: &str, field: &str) -> (String, Option<Strin
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let lock = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["field"] == field)
-        .unwrap()
-        .clone();
+    let lock = lock_in(&v, field);
     (
         lock["state"].as_str().unwrap().to_string(),
         lock["stale_reason"].as_str().map(str::to_string),
@@ -268,13 +262,7 @@ fn a_service_killed_between_closing_a_lease_and_committing_recovers_on_restart()
     // Restart: start-up reconciliation repairs the record.
     let svc = Service::start(&storage, false);
     let (_, v) = svc.request("GET", "/api/v1/locks/c2", "").unwrap();
-    let lock = v["locks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["field"] == "messages")
-        .unwrap()
-        .clone();
+    let lock = lock_in(&v, "messages");
     assert_eq!(lock["state"], "free", "{lock}");
     let (_, h) = svc
         .request("GET", "/api/v1/history?owner=c2&field=messages", "")

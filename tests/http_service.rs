@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{event_names, flock_is_free};
+use support::{event_names, flock_is_free, lock_in, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 /// Upper bound for the server to print its listening line.
@@ -326,20 +326,6 @@ fn lockledger(storage: &Path, args: &[&str], env: &[(String, String)]) -> Comman
     cmd
 }
 
-/// Polls `child` until it exits or `timeout` passes.
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(POLL);
-    }
-}
-
 /// A running `lockledger serve`; killed (SIGKILL) on drop.
 struct Server {
     child: Option<Child>,
@@ -524,13 +510,7 @@ impl Server {
         assert_eq!(r.status, 200, "status of {owner}: {}", r.text());
         let v = r.json();
         let want = if field == "main" { "" } else { field };
-        v["locks"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no locks array: {v}"))
-            .iter()
-            .find(|l| l["field"] == want)
-            .unwrap_or_else(|| panic!("no lock {field:?} in {v}"))
-            .clone()
+        lock_in(&v, want)
     }
 
     /// History of one owner, oldest first.
@@ -819,13 +799,7 @@ fn legacy_routes_keep_their_exact_keys() {
         v["can_cleanup"], false,
         "a live lease is not clearable: {v}"
     );
-    let held = v["locks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["field"] == "messages")
-        .unwrap()
-        .clone();
+    let held = lock_in(&v, "messages");
     assert_eq!(held["state"], "held", "{held}");
     assert_eq!(held["stale_reason"], Value::Null, "{held}");
     assert_eq!(held["kind"], "lease", "{held}");
