@@ -256,7 +256,7 @@ impl Config {
             if !names.insert(ns.name.as_str()) {
                 return bad(format!("namespace {:?} is defined twice", ns.name));
             }
-            if !crate::ids::is_word(&ns.name) {
+            if !is_word(&ns.name) {
                 return bad(format!("namespace name {:?} is not a plain word", ns.name));
             }
             let owners = ns.pattern.matches("{owner}").count();
@@ -278,7 +278,7 @@ impl Config {
                         ns.name
                     ));
                 }
-                if !f.is_empty() && !crate::ids::is_word(f) {
+                if !f.is_empty() && !is_word(f) {
                     return bad(format!(
                         "namespace {:?}: field {f:?} has characters outside [a-z0-9_]",
                         ns.name
@@ -313,6 +313,15 @@ impl Config {
         // validate() guarantees at least one namespace; `defaults()` has two.
         &self.namespaces[0]
     }
+}
+
+/// A plain word: `[a-z0-9_]{1,64}` (used for fields and namespace names).
+pub fn is_word(word: &str) -> bool {
+    !word.is_empty()
+        && word.len() <= 64
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub enum FenceError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Lock(#[from] crate::flock::FlockError),
+    Lock(#[from] crate::kernel::flock::FlockError),
 }
 
 #[derive(Debug, Clone)]
@@ -81,8 +81,8 @@ impl FencedFile {
         parse(&bytes).ok_or_else(|| FenceError::Corrupt { name: self.name() })
     }
 
-    fn serialised(&self) -> Result<crate::flock::HeldFlock, FenceError> {
-        Ok(crate::flock::acquire_until(
+    fn serialised(&self) -> Result<crate::kernel::flock::HeldFlock, FenceError> {
+        Ok(crate::kernel::flock::acquire_until(
             &self.guard,
             Instant::now() + Duration::from_secs(30),
             &|| false,

@@ -6,6 +6,7 @@
 //! `.`, and fields are plain words, every file name made from a key is a single path
 //! component inside the locks directory: nothing here can name a path outside it.
 
+pub use crate::config::is_word;
 use crate::config::{Config, Namespace};
 use std::fmt;
 
@@ -48,15 +49,6 @@ pub fn check_owner(owner: &str) -> Result<(), IdError> {
         return Err(IdError::OwnerCharacters(printable(owner)));
     }
     Ok(())
-}
-
-/// A plain word: `[a-z0-9_]{1,64}` (used for fields and namespace names).
-pub fn is_word(word: &str) -> bool {
-    !word.is_empty()
-        && word.len() <= 64
-        && word
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Shortens and escapes untrusted text for error messages.

@@ -4,32 +4,29 @@
 //! Python's `filelock.FileLock`); every acquisition also writes a holder row and a history
 //! event to SQLite, so held and stale locks can be seen, explained and cleared safely.
 //!
-//! Module map (each module's header states what it owns):
-//! - [`config`]: settings and their validation; [`ids`]: lock identity and file names.
-//! - [`flock`]: the only module that takes kernel locks.
-//! - [`proc_locks`], [`process`]: what the kernel says about holders.
-//! - [`stale`]: the only place staleness is decided (pure).
-//! - [`db`], [`records`]: the SQLite store and its rows.
-//! - [`registry`]: acquisition, status, clearing, reconciliation.
-//! - [`sql_console`]: read-only admin SQL.
+//! Layout (each module's header states what it owns and its invariants):
+//! - [`config`]: settings and their validation; [`ids`]: lock identity and file names;
+//!   [`clock`]: the injectable clock and how times are shown.
+//! - [`kernel`]: the only code that talks to the kernel about locks and processes.
+//! - [`policy`]: pure decisions (staleness, clear plans, expiry).
+//! - [`store`]: the only code with SQL (connections, the writer, rows, admin console).
+//! - [`registry`]: orchestration of the three above: grants, leases, status, clears.
+//! - [`fence`]: a data file guarded by fencing tokens (the store side of fencing).
+//! - [`http`]: the service; [`cli`]: the command line; [`export`]: CSV and tables.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod db;
-pub mod flock;
+pub mod export;
+pub mod fence;
 pub mod http;
 pub mod ids;
-pub mod proc_locks;
-pub mod process;
-pub mod records;
+pub mod kernel;
+pub mod policy;
+pub mod random;
 pub mod registry;
-pub mod stale;
-pub mod waitq;
+pub mod store;
 
 pub use config::Config;
 pub use ids::LockKey;
 pub use registry::{AcquireOptions, LockGuard, LockReport, OwnerStatus, Registry, RegistryError};
-pub mod cli;
-pub mod export;
-pub mod fence;
-pub mod sql_console;

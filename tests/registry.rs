@@ -8,9 +8,9 @@
 //! it is still held, only `force_cleared` while a revoked library holder still holds it).
 
 use lockledger::clock::ManualClock;
-use lockledger::records::{EventRow, HistoryQuery};
+use lockledger::policy::stale::{HolderKind, LockState, StaleReason};
 use lockledger::registry::{LeaseGrant, LeaseRequest, LockReport};
-use lockledger::stale::{HolderKind, LockState, StaleReason};
+use lockledger::store::records::{EventRow, HistoryQuery};
 use lockledger::{AcquireOptions, Config, LockKey, Registry, RegistryError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -113,7 +113,7 @@ fn report(reg: &Registry, key: &LockKey) -> LockReport {
 }
 
 fn sql(reg: &Registry, query: &str) -> Vec<Vec<serde_json::Value>> {
-    lockledger::sql_console::run(&reg.db_path(), query, Default::default())
+    lockledger::store::console::run(&reg.db_path(), query, Default::default())
         .unwrap_or_else(|e| panic!("{query}: {e}"))
         .rows
 }

@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lockledger::proc_locks::{flock_holders, parse, ProcLock, ProcLockKind};
+use lockledger::kernel::proc_locks::{flock_holders, parse, ProcLock, ProcLockKind};
 
 fn check_holders(locks: &[ProcLock], inode: u64, dev: Option<(u32, u32)>) {
     let pids = flock_holders(locks, inode, dev);

@@ -646,8 +646,12 @@ fn analyse(dir: &Path) -> Result<Verdict, String> {
 fn database_checks(dir: &Path) -> Result<(u64, String, u64), String> {
     let db = dir.join("storage").join("registry.db");
     let run = |sql: &str| -> Result<serde_json::Value, String> {
-        let r = lockledger::sql_console::run(&db, sql, lockledger::sql_console::Limits::default())
-            .map_err(|e| e.to_string())?;
+        let r = lockledger::store::console::run(
+            &db,
+            sql,
+            lockledger::store::console::Limits::default(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(r.rows
             .first()
             .and_then(|row| row.first())
@@ -665,8 +669,8 @@ fn database_checks(dir: &Path) -> Result<(u64, String, u64), String> {
     let holders = run("SELECT count(*) FROM holders")?
         .as_u64()
         .unwrap_or(u64::MAX);
-    let conn =
-        lockledger::db::open_read_only(&db, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let conn = lockledger::store::db::open_read_only(&db, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;

@@ -6,10 +6,10 @@ use super::security::{Denied, Role};
 use super::{json_response, text_response, ApiError, App, Request, Response};
 use crate::clock;
 use crate::ids;
-use crate::records::{EventKind, HistoryQuery};
+use crate::policy::stale::LockState;
 use crate::registry::{LeaseRequest, LockReport, RegistryError};
-use crate::sql_console;
-use crate::stale::LockState;
+use crate::store::console as sql_console;
+use crate::store::records::{EventKind, HistoryQuery};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -249,7 +249,7 @@ fn denied(d: Denied) -> ApiError {
 
 /// The one mapping from registry errors to HTTP.
 pub fn registry_error(e: RegistryError) -> ApiError {
-    use crate::db::StoreError;
+    use crate::store::StoreError;
     let msg = e.to_string();
     match e {
         RegistryError::InvalidId(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", msg),

@@ -163,11 +163,8 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 }
 
 /// 256 random bits as hex, for generated admin tokens.
-pub fn random_token() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+pub fn random_token() -> Result<String, getrandom::Error> {
+    crate::random::hex(32)
 }
 
 #[cfg(test)]

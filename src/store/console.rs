@@ -9,7 +9,7 @@
 //! - results are capped in rows and the statement in time (a progress handler interrupts
 //!   it at the deadline).
 
-use crate::db;
+use super::db;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::ValueRef;
 use serde::Serialize;

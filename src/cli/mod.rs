@@ -9,10 +9,10 @@ use crate::clock;
 use crate::config::Config;
 use crate::export;
 use crate::ids::LockKey;
-use crate::records::{EventKind, HistoryQuery};
+use crate::policy::stale::LockState;
 use crate::registry::{display_field, AcquireOptions, LockReport, Registry, RegistryError};
-use crate::sql_console;
-use crate::stale::LockState;
+use crate::store::console as sql_console;
+use crate::store::records::{EventKind, HistoryQuery};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -192,7 +192,7 @@ fn actor() -> String {
             // SAFETY: getuid has no preconditions and cannot fail.
             format!("uid{}", unsafe { libc::getuid() })
         });
-    format!("cli:{user}@{}", crate::process::hostname())
+    format!("cli:{user}@{}", crate::kernel::process::hostname())
 }
 
 fn color_enabled() -> bool {
@@ -725,14 +725,17 @@ fn hold_external(
         .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
     let key = LockKey::in_config(&config, ns, owner, field)?;
     let namespace = crate::ids::namespace_of(&config, ns)?;
-    let dir = crate::flock::ensure_dir(&config.locks_dir()).map_err(crate::db::StoreError::Io)?;
+    let dir = crate::kernel::flock::ensure_dir(&config.locks_dir())
+        .map_err(crate::store::StoreError::Io)?;
     let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
     let held =
-        crate::flock::acquire_until(&dir.join(key.file_name(namespace)), deadline, &|| false)
-            .map_err(|e| RegistryError::Busy {
-                message: e.to_string(),
-                holder: None,
-            })?;
+        crate::kernel::flock::acquire_until(&dir.join(key.file_name(namespace)), deadline, &|| {
+            false
+        })
+        .map_err(|e| RegistryError::Busy {
+            message: e.to_string(),
+            holder: None,
+        })?;
     println!(
         "{}",
         serde_json::json!({"event": "held", "owner": key.owner(), "field": key.field(), "pid": std::process::id(), "external": true})

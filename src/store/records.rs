@@ -5,7 +5,7 @@
 //! opens, commits or sleeps. Policy (who may clear what, staleness) lives elsewhere.
 
 use crate::ids::LockKey;
-use crate::stale::HolderKind;
+use crate::policy::stale::HolderKind;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
@@ -575,7 +575,7 @@ mod tests {
     #[test]
     fn hot_statements_use_indexes() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open_and_migrate(&Config::defaults(dir.path())).unwrap();
+        let conn = crate::store::db::open_and_migrate(&Config::defaults(dir.path())).unwrap();
         let by_owner = plan(
             &conn,
             "SELECT event_id FROM lock_events WHERE 1 AND owner = 'x' ORDER BY event_id DESC LIMIT 50",

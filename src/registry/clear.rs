@@ -1,0 +1,323 @@
+//! Safe and forced clearing of one owner's locks.
+//!
+//! Invariants: every clear re-checks each lock inside one IMMEDIATE transaction, does the
+//! filesystem step (closing a lease's handle) there, writes the events, and commits; what
+//! may be cleared is decided by `policy::stale::plan`, never here. Nothing here deletes a
+//! lock file.
+
+use super::report::holder_name;
+use super::report::{external_holder_pid, without_paths};
+use super::{check_label, close_record, LockRef, Registry, RegistryError};
+use crate::clock;
+use crate::ids::{self, LockKey};
+use crate::kernel::process;
+use crate::policy::stale::{ForcePlan, Plan, Skip, StaleReason};
+use crate::store::records::{self, EventKind, HolderRow, NewEvent};
+use rusqlite::Connection;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClearedLock {
+    pub field: String,
+    pub file: String,
+    pub reason: StaleReason,
+    pub token: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkippedLock {
+    pub field: String,
+    pub file: String,
+    pub reason: String,
+    pub holder: Option<String>,
+    pub pid: Option<i32>,
+    pub operation: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClearOutcome {
+    pub cleared: Vec<ClearedLock>,
+    pub skipped: Vec<SkippedLock>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForceCleared {
+    pub field: String,
+    pub file: String,
+    pub token: i64,
+    pub new_token: i64,
+    /// True when the holder was a live library holder that was asked to let go (it still
+    /// holds the flock until it does).
+    pub revocation_pending: bool,
+}
+
+impl Registry {
+    /// Safe clear of one owner: only what cannot break exclusion. `tokens` maps a field
+    /// (`""` or `main` for the main lock) to the token the caller was shown; a lock whose
+    /// token changed since is skipped.
+    pub fn clear(
+        &self,
+        namespace: Option<&str>,
+        owner: &str,
+        tokens: Option<BTreeMap<String, i64>>,
+        actor: &str,
+    ) -> Result<ClearOutcome, RegistryError> {
+        let ns = ids::namespace_of(&self.inner.config, namespace)?.clone();
+        ids::check_owner(owner)?;
+        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+        for (field, token) in tokens.unwrap_or_default() {
+            let key = LockKey::new(&ns, owner, &field)?;
+            expected.insert(key.field().to_string(), token);
+        }
+        let keys: Vec<LockKey> = ns
+            .fields
+            .iter()
+            .map(|f| LockKey::new(&ns, owner, f))
+            .collect::<Result<_, _>>()?;
+        let actor = actor.to_string();
+        let outcome = self.write(move |reg, conn| {
+            let mut out = ClearOutcome::default();
+            for key in &keys {
+                let file = reg.file_of(key)?;
+                reg.clear_one(
+                    conn,
+                    key,
+                    &file,
+                    expected.get(key.field()).copied(),
+                    &actor,
+                    &mut out,
+                )?;
+            }
+            Ok(out)
+        })?;
+        Ok(outcome)
+    }
+
+    fn clear_one(
+        &self,
+        conn: &Connection,
+        key: &LockKey,
+        file: &str,
+        expected_token: Option<i64>,
+        actor: &str,
+        out: &mut ClearOutcome,
+    ) -> Result<(), RegistryError> {
+        let now = self.now_ms();
+        let row = records::find_lock(conn, key)?;
+        let holder = row.as_ref().and_then(|r| r.holder.as_ref());
+        if let Some(expected) = expected_token {
+            if holder.map(|h| h.token) != Some(expected) {
+                out.skipped.push(SkippedLock {
+                    field: key.field().to_string(),
+                    file: file.to_string(),
+                    reason: format!(
+                        "changed since you looked: token {expected} is no longer the holder's (now {})",
+                        holder.map(|h| h.token.to_string()).unwrap_or_else(|| "free".into())
+                    ),
+                    holder: holder.map(|h| h.holder.clone()),
+                    pid: holder.and_then(|h| h.pid),
+                    operation: holder.map(|h| h.operation.clone()),
+                });
+                return Ok(());
+            }
+        }
+        let seen = self.observe(row.as_ref(), file, now)?;
+        match seen.plan() {
+            Plan::Nothing => {}
+            Plan::Skip(skip) => {
+                let reason = skip_reason(skip, holder);
+                let external = holder.is_none();
+                let mut skipped = SkippedLock {
+                    field: key.field().to_string(),
+                    file: file.to_string(),
+                    reason,
+                    holder: holder.map(|h| h.holder.clone()),
+                    pid: holder.and_then(|h| h.pid),
+                    operation: holder.map(|h| h.operation.clone()),
+                };
+                if external {
+                    let pid = external_holder_pid(&self.path_of_file(file));
+                    skipped.pid = pid;
+                    if let Some(pid) = pid {
+                        let cmd = process::cmdline(pid)
+                            .map(|c| without_paths(&c))
+                            .unwrap_or_default();
+                        skipped.reason = format!("held by pid {pid} ({cmd}), a process lockledger does not manage; it cannot be cleared here — stop that process");
+                    }
+                    let lock_id = records::ensure_lock(conn, key, file, now)?;
+                    records::insert_event(
+                        conn,
+                        &NewEvent {
+                            at: now,
+                            lock_id,
+                            namespace: key.namespace(),
+                            owner: key.owner(),
+                            field: key.field(),
+                            event: Some(EventKind::ObservedExternal),
+                            pid,
+                            host: Some(process::hostname()),
+                            actor: Some(actor),
+                            reason: Some("a clear found it held without a record"),
+                            ..NewEvent::default()
+                        },
+                    )?;
+                }
+                out.skipped.push(skipped);
+            }
+            Plan::Clear {
+                reason,
+                release_handle,
+            } => {
+                let row = row.as_ref().ok_or_else(|| RegistryError::NotHeld {
+                    lock: key.to_string(),
+                })?;
+                let token = row.holder.as_ref().map(|h| h.token).unwrap_or(0);
+                if release_handle {
+                    self.release_handle(key, token);
+                }
+                fault_point("clear_after_fs_step");
+                close_record(
+                    conn,
+                    LockRef::row(row),
+                    token,
+                    EventKind::Cleared,
+                    now,
+                    Some(actor),
+                    Some(reason.as_str()),
+                )?;
+                out.cleared.push(ClearedLock {
+                    field: key.field().to_string(),
+                    file: file.to_string(),
+                    reason,
+                    token,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Force clear (admin): revokes exactly the grant with `token`, live or not, and bumps
+    /// the fencing token so the revoked holder's writes are refused.
+    pub fn force_clear(
+        &self,
+        key: &LockKey,
+        token: i64,
+        reason: &str,
+        actor: &str,
+    ) -> Result<ForceCleared, RegistryError> {
+        if reason.trim().is_empty() {
+            return Err(RegistryError::BadRequest(
+                "a force clear needs a reason".into(),
+            ));
+        }
+        check_label("reason", reason)?;
+        let file = self.file_of(key)?;
+        let (key, reason, actor) = (key.clone(), reason.to_string(), actor.to_string());
+        self.write(move |reg, conn| {
+            let now = reg.now_ms();
+            let row = records::find_lock(conn, &key)?;
+            let seen = reg.observe(row.as_ref(), &file, now)?;
+            let verdict = seen.verdict;
+            let Some((row, h)) = row.as_ref().and_then(|r| r.holder.as_ref().map(|h| (r, h))) else {
+                return Err(match seen.force_plan() {
+                    ForcePlan::NotHeld { external: true } => RegistryError::NotClearable {
+                        lock: key.to_string(),
+                        reason: "it is held by a process lockledger does not manage (external); stop that process".into(),
+                    },
+                    _ => RegistryError::NotHeld { lock: key.to_string() },
+                });
+            };
+            if h.token != token {
+                return Err(RegistryError::TokenMismatch {
+                    lock: key.to_string(),
+                    given: token,
+                    current: h.token,
+                });
+            }
+            if h.revoked_at.is_some() {
+                return Err(RegistryError::NotClearable {
+                    lock: key.to_string(),
+                    reason: "it was already force-cleared; its holder has been asked to let go".into(),
+                });
+            }
+            let why = format!("{reason} (state was {})", verdict.stale_reason.map(|r| r.as_str()).unwrap_or(verdict.state.as_str()));
+            let plan = seen.force_plan();
+            let mut event = NewEvent::about(row, EventKind::ForceCleared, now);
+            event.actor = Some(&actor);
+            event.reason = Some(&why);
+            let revocation_pending = match plan {
+                ForcePlan::Clear { release_handle } => {
+                    if release_handle {
+                        reg.release_handle(&key, token);
+                    }
+                    fault_point("clear_after_fs_step");
+                    records::delete_holder(conn, row.lock_id, token)?;
+                    false
+                }
+                ForcePlan::Revoke => {
+                    // A live library holder keeps the flock until it lets go; the mark
+                    // makes its guard fail on its next renewal.
+                    records::mark_revoked(conn, row.lock_id, token, now, &actor)?;
+                    true
+                }
+                ForcePlan::Refuse(skip) => {
+                    return Err(RegistryError::NotClearable {
+                        lock: key.to_string(),
+                        reason: skip_reason(skip, Some(h)),
+                    })
+                }
+                ForcePlan::NotHeld { .. } => return Err(RegistryError::NotHeld { lock: key.to_string() }),
+            };
+            records::insert_event(conn, &event)?;
+            let new_token = records::next_token(conn, row.lock_id)?;
+            Ok(ForceCleared {
+                field: key.field().to_string(),
+                file: row.file.clone(),
+                token,
+                new_token,
+                revocation_pending,
+            })
+        })
+    }
+}
+
+/// Crash-test hook: with `LOCKLEDGER_FAULT=<name>` in the environment, the process kills
+/// itself with SIGKILL when it reaches the fault point of that name. The one point,
+/// `clear_after_fs_step`, sits between a clear's filesystem step and its commit, so tests
+/// can show that reconciliation repairs a clear interrupted there.
+fn fault_point(name: &str) {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = FAULT.get_or_init(|| std::env::var("LOCKLEDGER_FAULT").ok());
+    if armed.as_deref() == Some(name) {
+        log::error!("fault point {name} reached: killing this process (LOCKLEDGER_FAULT)");
+        // SAFETY: getpid and kill have no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Why a clear left a lock alone, in words.
+fn skip_reason(skip: Skip, h: Option<&HolderRow>) -> String {
+    let Some(h) = h else {
+        return "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into();
+    };
+    match skip {
+        Skip::External => "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into(),
+        Skip::LeasedElsewhere => format!(
+            "leased through the lockledger service (pid {}), which holds the lock file; clear it through that service",
+            h.locker_pid
+        ),
+        Skip::HeldTooLong => format!(
+            "held_too_long: {} is alive but has not renewed for longer than max_hold; a safe clear never touches a live holder (an admin may force-clear it)",
+            holder_name(h)
+        ),
+        Skip::Live => format!(
+            "held by a live holder ({}, {}) since {}; a safe clear never touches a live holder",
+            holder_name(h),
+            h.operation,
+            clock::hms(h.acquired_at)
+        ),
+    }
+}

@@ -1,0 +1,292 @@
+//! The lock registry: orchestration only. It ties kernel locks (`kernel`), holder
+//! records and history (`store`) and the rules (`policy`) together; each submodule owns
+//! one part of it:
+//!
+//! - [`report`]: status and listing (reads only);
+//! - [`grant`]: library holders in this process and their guards;
+//! - [`lease`]: service leases, whose kernel lock the service holds;
+//! - [`clear`]: safe and forced clearing;
+//! - [`upkeep`]: reconciliation and history retention;
+//! - [`waitq`]: arrival-order queues of waiting acquirers.
+//!
+//! Invariants:
+//! - Exclusion comes from the kernel only. A holder row is written after its flock is
+//!   taken and deleted before the flock is released, so a row without a flock means the
+//!   holder let go without saying so (it died): that is what `holder_dead` detects.
+//! - Every grant gets a fencing token strictly greater than all earlier grants of that
+//!   lock (persisted in `locks.last_token`); a force clear bumps it too, so a revoked
+//!   holder's token is never current again.
+//! - Every `acquired` event is closed by exactly one of released / expired / cleared /
+//!   force_cleared / reconciled. A force-cleared holder that later lets go writes no
+//!   second closing event.
+//! - Clearing re-checks each lock inside one IMMEDIATE transaction, performs the
+//!   filesystem step (closing a lease's handle) there, and commits; a live holder is never
+//!   touched by a safe clear, and nothing here ever deletes a lock file.
+//! - A status read changes nothing: no file is created, no row is written.
+
+pub mod clear;
+pub mod error;
+pub mod grant;
+pub mod lease;
+pub mod report;
+pub mod upkeep;
+pub mod waitq;
+
+pub use clear::{ClearOutcome, ClearedLock, ForceCleared, SkippedLock};
+pub use error::RegistryError;
+pub use grant::{AcquireOptions, LockGuard};
+pub use lease::{LeaseGrant, LeaseRequest};
+pub use report::{describe_holder, display_field, without_paths, LockReport, OwnerStatus};
+pub use upkeep::ReconcileReport;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Namespace};
+use crate::ids::{self, LockKey};
+use crate::kernel::{flock, process};
+use crate::policy::stale::Policy;
+use crate::store::records::{self, EventKind, HistoryQuery, LockRow, NewEvent};
+use crate::store::{db, ReadPool, StoreError, Writer};
+use lease::{lease_table_for, LeaseTable};
+use rusqlite::Connection;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use waitq::WaitQueues;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FenceCheck {
+    pub current: bool,
+    pub newest_token: i64,
+}
+
+/// Longest holder label / operation name kept (longer ones are refused).
+pub const MAX_LABEL_LEN: usize = 200;
+
+fn check_label(what: &str, value: &str) -> Result<(), RegistryError> {
+    if value.len() > MAX_LABEL_LEN || value.chars().any(|c| c.is_control()) {
+        return Err(RegistryError::BadRequest(format!(
+            "{what} must be at most {MAX_LABEL_LEN} bytes of printable text"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    locks_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    writer: Writer,
+    readers: ReadPool,
+    leases: Arc<Mutex<LeaseTable>>,
+    waiters: Arc<WaitQueues>,
+    me: (i32, Option<u64>),
+}
+
+/// The registry. Cheap to clone; all clones share one writer, pool and lease table.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Registry {
+    /// Opens the registry on the real clock, migrating the database if needed.
+    pub fn open(config: Config) -> Result<Registry, RegistryError> {
+        Registry::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Registry, RegistryError> {
+        config
+            .validate()
+            .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+        let locks_dir = flock::ensure_dir(&config.locks_dir()).map_err(StoreError::Io)?;
+        let conn = db::open_and_migrate(&config)?;
+        let writer = Writer::start(conn)?;
+        let readers = db::read_pool(&config, 8)?;
+        let leases = lease_table_for(&config.storage_dir);
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                config,
+                locks_dir,
+                clock,
+                writer,
+                readers,
+                leases,
+                waiters: Arc::new(WaitQueues::default()),
+                me: process::current(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            max_hold_ms: self.inner.config.max_hold.as_millis() as i64,
+        }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, LeaseTable> {
+        // A panic while holding this lock cannot leave the table half-updated (every
+        // mutation is a single insert/remove pair), so a poisoned lock is still usable.
+        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn namespace(&self, name: &str) -> Result<&Namespace, RegistryError> {
+        Ok(ids::namespace_of(&self.inner.config, Some(name))?)
+    }
+
+    pub fn key(
+        &self,
+        namespace: Option<&str>,
+        owner: &str,
+        field: &str,
+    ) -> Result<LockKey, RegistryError> {
+        Ok(LockKey::in_config(
+            &self.inner.config,
+            namespace,
+            owner,
+            field,
+        )?)
+    }
+
+    fn file_of(&self, key: &LockKey) -> Result<String, RegistryError> {
+        Ok(key.file_name(self.namespace(key.namespace())?))
+    }
+
+    fn path_of_file(&self, file: &str) -> PathBuf {
+        self.inner.locks_dir.join(file)
+    }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, RegistryError>,
+    ) -> Result<R, RegistryError> {
+        let conn = self.inner.readers.get()?;
+        f(&conn)
+    }
+
+    /// Runs a job in the writer's transaction and returns once it is committed.
+    fn write<R, F>(&self, f: F) -> Result<R, RegistryError>
+    where
+        F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let me = self.clone();
+        self.inner.writer.write(move |conn| f(&me, conn))
+    }
+
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<records::EventRow>, RegistryError> {
+        let mut q = q.clone();
+        q.limit = q.limit.clamp(1, 10_000);
+        self.read(|c| Ok(records::history(c, &q)?))
+    }
+
+    pub fn fence_check(&self, key: &LockKey, token: i64) -> Result<FenceCheck, RegistryError> {
+        let row = self.read(|c| Ok(records::find_lock(c, key)?))?;
+        let Some(row) = row else {
+            return Ok(FenceCheck {
+                current: false,
+                newest_token: 0,
+            });
+        };
+        let current = token == row.last_token
+            && row
+                .holder
+                .as_ref()
+                .is_some_and(|h| h.token == token && h.revoked_at.is_none());
+        Ok(FenceCheck {
+            current,
+            newest_token: row.last_token,
+        })
+    }
+
+    /// A fresh read connection from the pool (admin SQL uses its own read-only one).
+    pub fn db_path(&self) -> PathBuf {
+        self.inner.config.db_path()
+    }
+}
+
+/// Which lock an event is about.
+#[derive(Debug, Clone, Copy)]
+struct LockRef<'a> {
+    lock_id: i64,
+    namespace: &'a str,
+    owner: &'a str,
+    field: &'a str,
+}
+
+impl<'a> LockRef<'a> {
+    fn of(key: &'a LockKey, lock_id: i64) -> LockRef<'a> {
+        LockRef {
+            lock_id,
+            namespace: key.namespace(),
+            owner: key.owner(),
+            field: key.field(),
+        }
+    }
+    fn row(row: &'a LockRow) -> LockRef<'a> {
+        LockRef {
+            lock_id: row.lock_id,
+            namespace: &row.namespace,
+            owner: &row.owner,
+            field: &row.field,
+        }
+    }
+}
+
+/// Deletes the holder row with `token` and writes its closing event — unless a force
+/// clear already closed this grant, in which case only the row goes. Returns how long
+/// it was held, or None if there was no such row.
+fn close_record(
+    conn: &Connection,
+    lock: LockRef<'_>,
+    token: i64,
+    event: EventKind,
+    now: i64,
+    actor: Option<&str>,
+    reason: Option<&str>,
+) -> Result<Option<i64>, RegistryError> {
+    let Some(taken) = records::take_holder(conn, lock.lock_id, token)? else {
+        return Ok(None);
+    };
+    let held_ms = (now - taken.acquired_at).max(0);
+    if !taken.revoked {
+        records::insert_event(
+            conn,
+            &NewEvent {
+                at: now,
+                lock_id: lock.lock_id,
+                namespace: lock.namespace,
+                owner: lock.owner,
+                field: lock.field,
+                event: Some(event),
+                token: Some(token),
+                pid: taken.pid,
+                host: Some(&taken.host),
+                holder: Some(&taken.holder),
+                operation: Some(&taken.operation),
+                actor,
+                reason,
+                held_ms: Some(held_ms),
+            },
+        )?;
+    }
+    Ok(Some(held_ms))
+}
+
+/// One `renewed` event per holder per minute keeps history readable.
+fn renewal_is_sampled(row: &LockRow, now: i64) -> bool {
+    row.holder
+        .as_ref()
+        .is_some_and(|h| h.renewed_at / 60_000 != now / 60_000)
+}
