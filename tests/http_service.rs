@@ -2264,17 +2264,16 @@ fn metrics_health_and_openapi() {
 
     let r = srv.get("/metrics");
     assert_eq!(r.status, 200, "{}", r.text());
+    // OpenMetrics text (prometheus-client), which Prometheus scrapes natively.
     assert!(
         r.header("content-type")
-            .is_some_and(|c| c.starts_with("text/plain")),
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
         "{:?}",
         r.header("content-type")
     );
     let text = r.text();
-    assert!(
-        text.contains("# TYPE lockledger_grants_total counter"),
-        "{text}"
-    );
+    assert!(text.contains("# TYPE lockledger_grants counter"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(
         text.contains("lockledger_acquire_wait_seconds_bucket"),
         "{text}"

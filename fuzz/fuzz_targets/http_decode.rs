@@ -1,4 +1,4 @@
-//! The router's request decoding (`src/http/api.rs`).
+//! The router's request decoding (`src/http/decode.rs`, `src/http/routes.rs`).
 //!
 //! Input: `path 0xFF query 0xFF body`. 0xFF never occurs in UTF-8, so it splits the
 //! input without restricting the path or query; the body stays raw bytes.
@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lockledger::http::api::{fuzz_decode, percent_decode};
+use lockledger::http::decode::{fuzz_decode, percent_decode};
 use std::fmt::Write;
 
 fn encode_all(s: &str) -> String {

@@ -8,15 +8,19 @@
 //! - Simulated holders are real processes (this binary's `hold`), so what the Lock Status
 //!   modal shows is what the kernel and the registry say, not a mock.
 
-use super::api::{registry_error, MAX_WAIT_MS};
-use super::{json_response, ApiError, App, Request, Response};
+use super::decode::{optional_body, query, required_json, NoQuery, MAX_WAIT_MS};
+use super::error::{json_response, registry_error, ApiError, Response};
+use super::handlers::Ctx;
+use super::offload::off_thread;
+use super::App;
 use crate::registry::{LeaseRequest, Registry};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::Reply;
 
@@ -79,10 +83,30 @@ impl Drop for Leases {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChatBody {
-    message: Option<String>,
+pub struct ChatBody {
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DemoStatus {
+    pub demo: bool,
+}
+
+/// The demo routes answer 404 when the service runs without `--demo`.
+fn demo_on(cx: &Ctx<'_>) -> Result<(), ApiError> {
+    if cx.app.demo.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("demo mode is off (serve --demo)"))
+    }
+}
+
+pub fn status(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    demo_on(cx)?;
+    query::<NoQuery>(&cx.req.query)?;
+    Ok(json_response(StatusCode::OK, &DemoStatus { demo: true }))
 }
 
 /// The words of a canned reply, streamed one by one.
@@ -105,16 +129,19 @@ fn reply_words(message: &str) -> Vec<String> {
     words
 }
 
-pub async fn chat(app: &Arc<App>, req: &Request, owner: String) -> Result<Response, ApiError> {
-    let body: ChatBody = super::api::optional_body(req)?;
+pub async fn chat(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    demo_on(cx)?;
+    query::<NoQuery>(&cx.req.query)?;
+    let (app, owner) = (cx.app, cx.arg(0));
+    let body: ChatBody = optional_body(cx.req)?;
     let message = body.message.unwrap_or_default();
     let keys = STREAM_FIELDS
         .iter()
-        .map(|f| app.registry.key(None, &owner, f))
+        .map(|f| app.registry.key(None, owner, f))
         .collect::<Result<Vec<_>, _>>()
         .map_err(registry_error)?;
     let reg = app.registry.clone();
-    let ids = super::api::off_thread(move || -> Result<Vec<String>, crate::RegistryError> {
+    let ids = off_thread(move || -> Result<Vec<String>, crate::RegistryError> {
         let mut leases = Leases {
             registry: reg.clone(),
             ids: Vec::new(),
@@ -153,7 +180,7 @@ pub async fn chat(app: &Arc<App>, req: &Request, owner: String) -> Result<Respon
             if i > 0 && i % 80 == 0 {
                 let reg = leases.registry.clone();
                 let ids = leases.ids.clone();
-                let _ = super::api::off_thread(move || {
+                let _ = off_thread(move || {
                     for id in ids {
                         let _ = reg.renew_lease(&id);
                     }
@@ -178,11 +205,23 @@ pub async fn chat(app: &Arc<App>, req: &Request, owner: String) -> Result<Respon
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SimulateBody {
-    conversation_id: String,
-    kind: String,
+pub struct SimulateBody {
+    pub conversation_id: String,
+    /// crashed, hung, external, or end (ends this conversation's simulated holders).
+    pub kind: String,
+}
+
+/// What a simulation did: the holder it started, or how many it ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Simulated {
+    pub kind: String,
+    pub conversation_id: String,
+    /// The simulated holder's process, while it runs.
+    pub pid: Option<u32>,
+    /// `end`: how many simulated holders were ended.
+    pub ended: Option<usize>,
 }
 
 /// Starts `lockledger hold` on this storage; returns the child once it holds the lock.
@@ -216,55 +255,53 @@ fn spawn_holder(app: &App, owner: &str, field: &str, extra: &[&str]) -> Result<C
     Ok(child)
 }
 
-pub async fn simulate(app: &Arc<App>, req: &Request) -> Result<Response, ApiError> {
-    let body: SimulateBody = super::api::required_json(req)?;
+pub async fn simulate(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    demo_on(cx)?;
+    query::<NoQuery>(&cx.req.query)?;
+    let app = cx.app;
+    let body: SimulateBody = required_json(cx.req)?;
     crate::ids::check_owner(&body.conversation_id).map_err(|e| registry_error(e.into()))?;
     let Some(demo) = app.demo.as_ref() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "demo mode is off",
-        ));
+        return Err(ApiError::not_found("demo mode is off (serve --demo)"));
     };
     let app2 = Arc::clone(app);
     let owner = body.conversation_id.clone();
     let kind = body.kind.clone();
-    let started: Result<Option<(String, String, Child)>, ApiError> =
-        super::api::off_thread(move || {
-            match kind.as_str() {
-                "crashed" => {
-                    let mut child =
-                        spawn_holder(&app2, &owner, "memory", &["--operation", "save_memory"])?;
-                    let _ = child.kill(); // SIGKILL: the record stays, the holder is gone
-                    let _ = child.wait();
-                    Ok(None)
-                }
-                "hung" => {
-                    let child = spawn_holder(
-                        &app2,
-                        &owner,
-                        "all",
-                        &["--operation", "summarise", "--renew-ms", "0"],
-                    )?;
-                    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-                    unsafe {
-                        libc::kill(child.id() as i32, libc::SIGSTOP);
-                    }
-                    Ok(Some((owner, kind, child)))
-                }
-                "external" => {
-                    let child =
-                        spawn_holder(&app2, &owner, "uploaded_documents_list", &["--external"])?;
-                    Ok(Some((owner, kind, child)))
-                }
-                "end" => Ok(None),
-                other => Err(ApiError::bad_request(format!(
-                    "kind must be crashed, hung, external or end, not {:?}",
-                    other.chars().take(20).collect::<String>()
-                ))),
+    let started: Result<Option<(String, String, Child)>, ApiError> = off_thread(move || {
+        match kind.as_str() {
+            "crashed" => {
+                let mut child =
+                    spawn_holder(&app2, &owner, "memory", &["--operation", "save_memory"])?;
+                let _ = child.kill(); // SIGKILL: the record stays, the holder is gone
+                let _ = child.wait();
+                Ok(None)
             }
-        })
-        .await?;
+            "hung" => {
+                let child = spawn_holder(
+                    &app2,
+                    &owner,
+                    "all",
+                    &["--operation", "summarise", "--renew-ms", "0"],
+                )?;
+                // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGSTOP);
+                }
+                Ok(Some((owner, kind, child)))
+            }
+            "external" => {
+                let child =
+                    spawn_holder(&app2, &owner, "uploaded_documents_list", &["--external"])?;
+                Ok(Some((owner, kind, child)))
+            }
+            "end" => Ok(None),
+            other => Err(ApiError::bad_request(format!(
+                "kind must be crashed, hung, external or end, not {:?}",
+                other.chars().take(20).collect::<String>()
+            ))),
+        }
+    })
+    .await?;
     let started = started?;
     let mut holders = demo.holders.lock().unwrap_or_else(|p| p.into_inner());
     if body.kind == "end" {
@@ -281,7 +318,12 @@ pub async fn simulate(app: &Arc<App>, req: &Request) -> Result<Response, ApiErro
         *holders = keep;
         return Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({"ended": ended}),
+            &Simulated {
+                kind: body.kind,
+                conversation_id: body.conversation_id,
+                pid: None,
+                ended: Some(ended),
+            },
         ));
     }
     let pid = started.as_ref().map(|(_, _, c)| c.id());
@@ -290,6 +332,11 @@ pub async fn simulate(app: &Arc<App>, req: &Request) -> Result<Response, ApiErro
     }
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::json!({"kind": body.kind, "conversation_id": body.conversation_id, "pid": pid}),
+        &Simulated {
+            kind: body.kind,
+            conversation_id: body.conversation_id,
+            pid,
+            ended: None,
+        },
     ))
 }

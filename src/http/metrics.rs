@@ -1,70 +1,28 @@
-//! Service counters and histograms, rendered as Prometheus text.
+//! Service metrics, kept and rendered by `prometheus-client` (OpenMetrics text).
 //!
-//! Owns only numbers the service itself produces (grants, expiries, clears, waits,
-//! hold times, HTTP responses). Gauges that describe the registry (held, stale,
-//! waiting) are computed at scrape time by the caller and passed to [`Metrics::render`].
+//! Owns the numbers the service itself produces (grants, busy answers, releases,
+//! expiries, clears, responses by status class, wait and hold times). Gauges that describe
+//! the registry (held, stale, waiting, leases) are set by the caller at scrape time from
+//! what the registry reports, just before rendering.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds in seconds, shared by both histograms.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
 
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusClass {
+    class: &'static str,
 }
 
-impl Histogram {
-    pub fn observe_ms(&self, ms: f64) {
-        let secs = ms / 1000.0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((ms * 1000.0).max(0.0) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                self.counts[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub grants: AtomicU64,
-    pub busy: AtomicU64,
-    pub releases: AtomicU64,
-    pub expiries: AtomicU64,
-    pub clears: AtomicU64,
-    pub force_clears: AtomicU64,
-    pub reconciled: AtomicU64,
-    pub responses_2xx: AtomicU64,
-    pub responses_4xx: AtomicU64,
-    pub responses_5xx: AtomicU64,
-    pub acquire_wait: Histogram,
-    pub hold_time: Histogram,
-}
-
-/// Gauges read from the registry at scrape time.
+/// Registry gauges, read at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gauges {
     pub held: u64,
@@ -73,140 +31,186 @@ pub struct Gauges {
     pub leases: u64,
 }
 
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub grants: Counter,
+    pub busy: Counter,
+    pub releases: Counter,
+    pub expiries: Counter,
+    pub clears: Counter,
+    pub force_clears: Counter,
+    pub reconciled: Counter,
+    responses: Family<StatusClass, Counter>,
+    acquire_wait: Histogram,
+    hold_time: Histogram,
+    held: Gauge,
+    stale: Gauge,
+    waiting: Gauge,
+    leases: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let histogram = || Histogram::new(BUCKETS);
+        let mut m = Metrics {
+            registry: Registry::with_prefix("lockledger"),
+            grants: Counter::default(),
+            busy: Counter::default(),
+            releases: Counter::default(),
+            expiries: Counter::default(),
+            clears: Counter::default(),
+            force_clears: Counter::default(),
+            reconciled: Counter::default(),
+            responses: Family::default(),
+            acquire_wait: histogram(),
+            hold_time: histogram(),
+            held: Gauge::default(),
+            stale: Gauge::default(),
+            waiting: Gauge::default(),
+            leases: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "locks_held",
+            "Locks with a live recorded holder",
+            m.held.clone(),
+        );
+        r.register(
+            "locks_stale",
+            "Locks whose recorded holder is stale",
+            m.stale.clone(),
+        );
+        r.register(
+            "waiting_acquirers",
+            "Acquirers waiting in this service",
+            m.waiting.clone(),
+        );
+        r.register("leases", "Leases this service holds", m.leases.clone());
+        r.register("grants", "Leases granted", m.grants.clone());
+        r.register(
+            "acquire_busy",
+            "Acquires that gave up waiting",
+            m.busy.clone(),
+        );
+        r.register(
+            "releases",
+            "Leases released by their client",
+            m.releases.clone(),
+        );
+        r.register("expiries", "Leases ended by the reaper", m.expiries.clone());
+        r.register("clears", "Locks cleared by safe clears", m.clears.clone());
+        r.register(
+            "force_clears",
+            "Locks force-cleared",
+            m.force_clears.clone(),
+        );
+        r.register(
+            "reconciled",
+            "Records repaired by reconciliation",
+            m.reconciled.clone(),
+        );
+        r.register(
+            "http_responses",
+            "HTTP responses by status class",
+            m.responses.clone(),
+        );
+        r.register(
+            "acquire_wait_seconds",
+            "Time acquirers waited for a lease",
+            m.acquire_wait.clone(),
+        );
+        r.register(
+            "hold_seconds",
+            "How long released leases were held",
+            m.hold_time.clone(),
+        );
+        m
+    }
+}
+
 impl Metrics {
-    pub fn inc(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
-    }
-
     pub fn count_response(&self, status: u16) {
-        let c = match status {
-            200..=399 => &self.responses_2xx,
-            400..=499 => &self.responses_4xx,
-            _ => &self.responses_5xx,
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
         };
-        Metrics::inc(c, 1);
+        self.responses.get_or_create(&StatusClass { class }).inc();
     }
 
+    pub fn observe_wait_ms(&self, ms: f64) {
+        self.acquire_wait.observe(ms / 1000.0);
+    }
+
+    pub fn observe_hold_ms(&self, ms: f64) {
+        self.hold_time.observe(ms / 1000.0);
+    }
+
+    /// OpenMetrics text with the registry gauges set to `g`.
     pub fn render(&self, g: Gauges) -> String {
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.held.set(as_gauge(g.held));
+        self.stale.set(as_gauge(g.stale));
+        self.waiting.set(as_gauge(g.waiting));
+        self.leases.set(as_gauge(g.leases));
         let mut out = String::with_capacity(4096);
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "lockledger_locks_held",
-            "Locks with a live recorded holder.",
-            g.held,
-        );
-        gauge(
-            &mut out,
-            "lockledger_locks_stale",
-            "Locks whose recorded holder is stale.",
-            g.stale,
-        );
-        gauge(
-            &mut out,
-            "lockledger_waiting_acquirers",
-            "Acquirers waiting in this service.",
-            g.waiting,
-        );
-        gauge(
-            &mut out,
-            "lockledger_leases",
-            "Leases this service holds.",
-            g.leases,
-        );
-        let counter = |out: &mut String, name: &str, help: &str, c: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.load(Ordering::Relaxed)
-            );
-        };
-        counter(
-            &mut out,
-            "lockledger_grants_total",
-            "Leases granted.",
-            &self.grants,
-        );
-        counter(
-            &mut out,
-            "lockledger_acquire_busy_total",
-            "Acquires that gave up waiting.",
-            &self.busy,
-        );
-        counter(
-            &mut out,
-            "lockledger_releases_total",
-            "Leases released by their client.",
-            &self.releases,
-        );
-        counter(
-            &mut out,
-            "lockledger_expiries_total",
-            "Leases ended by the reaper.",
-            &self.expiries,
-        );
-        counter(
-            &mut out,
-            "lockledger_clears_total",
-            "Locks cleared by safe clears.",
-            &self.clears,
-        );
-        counter(
-            &mut out,
-            "lockledger_force_clears_total",
-            "Locks force-cleared.",
-            &self.force_clears,
-        );
-        counter(
-            &mut out,
-            "lockledger_reconciled_total",
-            "Records repaired by reconciliation.",
-            &self.reconciled,
-        );
-        let _ = writeln!(out, "# HELP lockledger_http_responses_total HTTP responses by status class.\n# TYPE lockledger_http_responses_total counter");
-        for (class, c) in [
-            ("2xx", &self.responses_2xx),
-            ("4xx", &self.responses_4xx),
-            ("5xx", &self.responses_5xx),
-        ] {
-            let _ = writeln!(
-                out,
-                "lockledger_http_responses_total{{class=\"{class}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            log::error!("metrics: cannot encode: {e}");
         }
-        self.acquire_wait.render(
-            "lockledger_acquire_wait_seconds",
-            "Time acquirers waited for a lease.",
-            &mut out,
-        );
-        self.hold_time.render(
-            "lockledger_hold_seconds",
-            "How long released leases were held.",
-            &mut out,
-        );
         out
     }
 }
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.observe_ms(0.2);
-        h.observe_ms(20.0);
-        h.observe_ms(2_000_000.0);
-        let mut out = String::new();
-        h.render("x", "help", &mut out);
-        assert!(out.contains("x_bucket{le=\"0.0005\"} 1"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.05\"} 2"), "{out}");
-        assert!(out.contains("x_bucket{le=\"600\"} 2"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3"), "{out}");
-        assert!(out.contains("x_count 3"), "{out}");
+    fn counters_histograms_and_status_classes_render() {
+        let m = Metrics::default();
+        m.grants.inc();
+        m.observe_wait_ms(0.2);
+        m.observe_wait_ms(20.0);
+        m.observe_wait_ms(2_000_000.0);
+        for status in [200, 204, 302, 404, 503] {
+            m.count_response(status);
+        }
+        let out = m.render(Gauges {
+            held: 3,
+            ..Gauges::default()
+        });
+        assert!(out.contains("lockledger_grants_total 1"), "{out}");
+        assert!(out.contains("lockledger_locks_held 3"), "{out}");
+        assert!(
+            out.contains("lockledger_acquire_wait_seconds_bucket{le=\"0.0005\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_acquire_wait_seconds_bucket{le=\"0.05\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_acquire_wait_seconds_bucket{le=\"+Inf\"} 3"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_acquire_wait_seconds_count 3"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_http_responses_total{class=\"2xx\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_http_responses_total{class=\"3xx\"} 1"),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

@@ -6,7 +6,7 @@
 //! keeps the list and `web/` in step. Pages are sent with a Content-Security-Policy that
 //! allows only this origin's scripts, so injected markup could not run code.
 
-use super::{text_response, Response};
+use super::error::{text_response, Response};
 use warp::http::{HeaderValue, StatusCode};
 
 /// (URL path, file under web/, content type, content)

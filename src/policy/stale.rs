@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// dead, or its pid reused), as `kernel::process` finds it.
 pub use crate::kernel::process::Liveness;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LockState {
     Free,
@@ -21,7 +21,7 @@ pub enum LockState {
     Stale,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StaleReason {
     HolderDead,
@@ -31,7 +31,7 @@ pub enum StaleReason {
 
 /// Who holds a lock: a service lease, an in-process library guard, or a process the
 /// registry has no record of (the chat app's own `FileLock`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HolderKind {
     Lease,

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ClearedLock {
     pub field: String,
     pub file: String,
@@ -25,7 +25,7 @@ pub struct ClearedLock {
     pub token: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SkippedLock {
     pub field: String,
     pub file: String,
@@ -41,7 +41,7 @@ pub struct ClearOutcome {
     pub skipped: Vec<SkippedLock>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ForceCleared {
     pub field: String,
     pub file: String,

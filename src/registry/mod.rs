@@ -53,7 +53,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use waitq::WaitQueues;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FenceCheck {
     pub current: bool,
     pub newest_token: i64,
@@ -159,7 +159,7 @@ impl Registry {
         )?)
     }
 
-    fn file_of(&self, key: &LockKey) -> Result<String, RegistryError> {
+    pub fn file_of(&self, key: &LockKey) -> Result<String, RegistryError> {
         Ok(key.file_name(self.namespace(key.namespace())?))
     }
 

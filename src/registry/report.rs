@@ -17,7 +17,7 @@ use crate::store::records::{self, HolderRow, LockRow};
 use serde::Serialize;
 
 /// One lock as every surface shows it (CLI `status --json`, the JSON API, the UI).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LockReport {
     pub namespace: String,
     pub owner: String,
@@ -49,7 +49,7 @@ pub struct LockReport {
     pub note: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct OwnerStatus {
     pub namespace: String,
     pub owner: String,

@@ -9,7 +9,7 @@ use crate::policy::stale::{self, Orphan};
 use crate::store::records::{self, EventKind};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReconcileReport {
     pub checked: usize,
     pub reconciled: Vec<String>,

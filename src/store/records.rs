@@ -419,10 +419,11 @@ pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<i64
 }
 
 /// A history row as read back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EventRow {
     pub event_id: i64,
     #[serde(serialize_with = "ser_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     pub namespace: String,
     pub owner: String,

@@ -1,0 +1,52 @@
+//! `lockledger serve`: the HTTP service on a tokio runtime.
+
+use super::{GlobalOpts, EXIT_ERROR, EXIT_OK};
+use crate::registry::{Registry, RegistryError};
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, env = "LOCKLEDGER_BIND", default_value = "127.0.0.1:8787")]
+    pub bind: std::net::SocketAddr,
+    /// User token (required for a non-loopback bind)
+    #[arg(long, env = "LOCKLEDGER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Admin token (default: generated into STORAGE/admin-token)
+    #[arg(long, env = "LOCKLEDGER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Extra Host names this service answers to (repeatable), e.g. chat.internal:8787
+    #[arg(long)]
+    pub allow_host: Vec<String>,
+    /// Demo mode: streamed chat replies hold leases; simulated stuck holders
+    #[arg(long)]
+    pub demo: bool,
+}
+
+pub fn serve(g: &GlobalOpts, a: ServeArgs) -> Result<i32, RegistryError> {
+    let mut config = g.config()?;
+    if a.demo {
+        // A hung holder should turn stale while someone is watching.
+        config.max_hold = Duration::from_secs(15);
+    }
+    let reg = Registry::open(config)?;
+    let opts = crate::http::ServeOptions {
+        bind: a.bind,
+        user_token: a.token,
+        admin_token: a.admin_token,
+        allowed_hosts: a.allow_host,
+        demo: a.demo,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RegistryError::BadRequest(format!("cannot start the async runtime: {e}")))?;
+    match runtime.block_on(crate::http::serve(reg, opts)) {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e) => {
+            eprintln!("lockledger: {e}");
+            Ok(EXIT_ERROR)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `GET /api/v1/history`: the audit trail, newest first, as JSON pages or CSV.
+
+use super::Ctx;
+use crate::clock;
+use crate::http::decode::{empty_as_none, query};
+use crate::http::error::{json_response, registry_error, text_response, ApiError, Response};
+use crate::http::offload::blocking;
+use crate::ids::{self, IdError};
+use crate::registry::RegistryError;
+use crate::store::records::{EventKind, EventRow, HistoryQuery};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use warp::http::{HeaderValue, StatusCode};
+
+/// History filters; every one optional, an empty value means "any".
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub namespace: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub owner: Option<String>,
+    /// A configured field; `main` for the main lock.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub field: Option<String>,
+    /// acquired, released, renewed, expired, cleared, force_cleared, reconciled,
+    /// wait_timeout or observed_external.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub event: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub holder: Option<String>,
+    /// RFC 3339 or epoch milliseconds (inclusive).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub since: Option<String>,
+    /// RFC 3339 or epoch milliseconds (exclusive).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub until: Option<String>,
+    /// 1..1000 (JSON) or 1..100000 (CSV); default 50.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub cursor: Option<i64>,
+    /// `json` (default) or `csv`.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub events: Vec<EventRow>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+pub async fn history(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let q: HistoryParams = query(&cx.req.query)?;
+    let config = cx.app.registry.config();
+    let id_error = |e: IdError| registry_error(RegistryError::InvalidId(e));
+    let ns = ids::namespace_of(config, q.namespace.as_deref())
+        .map_err(id_error)?
+        .clone();
+    if let Some(owner) = &q.owner {
+        ids::check_owner(owner).map_err(id_error)?;
+    }
+    let field = match q.field.as_deref() {
+        None => None,
+        Some(f) => {
+            let f = if f == ids::MAIN_FIELD_ALIAS { "" } else { f };
+            if !ns.fields.iter().any(|x| x == f) {
+                return Err(id_error(IdError::UnknownField {
+                    namespace: ns.name.clone(),
+                    field: f.chars().take(64).collect(),
+                    known: ns.fields.join(", "),
+                }));
+            }
+            Some(f.to_string())
+        }
+    };
+    let event = q
+        .event
+        .as_deref()
+        .map(|e| {
+            EventKind::parse(e).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown event {:?}",
+                    e.chars().take(40).collect::<String>()
+                ))
+            })
+        })
+        .transpose()?;
+    let time = |k: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|v| {
+                clock::parse_time(v).ok_or_else(|| {
+                    ApiError::bad_request(format!("{k} must be RFC 3339 or epoch milliseconds"))
+                })
+            })
+            .transpose()
+    };
+    let limit = q.limit.unwrap_or(50);
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::bad_request("format must be json or csv")),
+    };
+    let max = if csv { 100_000 } else { 1000 };
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {max}"
+        )));
+    }
+    if q.holder.as_ref().is_some_and(|h| h.len() > 200) {
+        return Err(ApiError::bad_request("holder is too long"));
+    }
+    let hq = HistoryQuery {
+        namespace: q.namespace.as_ref().map(|_| ns.name.clone()),
+        owner: q.owner,
+        field,
+        event,
+        holder: q.holder,
+        since_ms: time("since", &q.since)?,
+        until_ms: time("until", &q.until)?,
+        before_event_id: q.cursor,
+        limit,
+    };
+    let reg = cx.app.registry.clone();
+    let rows = blocking(move || reg.history(&hq)).await?;
+    if csv {
+        let mut resp = text_response(
+            StatusCode::OK,
+            "text/csv; charset=utf-8",
+            crate::export::history_csv(&rows),
+        );
+        resp.headers_mut().insert(
+            "content-disposition",
+            HeaderValue::from_static("attachment; filename=\"lock-history.csv\""),
+        );
+        return Ok(resp);
+    }
+    let next_cursor = if rows.len() == limit {
+        rows.last().map(|r| r.event_id)
+    } else {
+        None
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &HistoryPage {
+            events: rows,
+            next_cursor,
+        },
+    ))
+}

@@ -1,0 +1,236 @@
+//! The chat app's own routes, with the exact keys its front end reads:
+//! `/get_lock_status`, `/ensure_locks_cleared`, `/force_clear_locks`, `/clear_locks`.
+
+use super::locks::ClearBody;
+use super::Ctx;
+use crate::http::decode::{optional_body, query, NoQuery};
+use crate::http::error::{json_response, ApiError, Response};
+use crate::http::offload::blocking;
+use crate::policy::stale::LockState;
+use crate::registry::{ForceCleared, LockReport, RegistryError, SkippedLock};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use utoipa::ToSchema;
+use warp::http::StatusCode;
+
+/// The chat app's status shape: legacy booleans plus the per-lock detail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LegacyStatus {
+    pub conversation_id: String,
+    /// One boolean per lock key (`""` is the main lock): true when held or stale.
+    pub locks_status: BTreeMap<String, bool>,
+    pub any_locked: bool,
+    /// File names of stale locks.
+    pub stale_locks: Vec<String>,
+    pub can_cleanup: bool,
+    pub locks: Vec<LockReport>,
+}
+
+pub async fn status(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    query::<NoQuery>(&cx.req.query)?;
+    let owner = cx.arg(0).to_string();
+    let reg = cx.app.registry.clone();
+    let o = owner.clone();
+    let status = blocking(move || reg.status(None, &o)).await?;
+    let body = LegacyStatus {
+        conversation_id: owner,
+        locks_status: status
+            .locks
+            .iter()
+            .map(|l| (l.field.clone(), l.state != LockState::Free))
+            .collect(),
+        any_locked: status.locks.iter().any(|l| l.state != LockState::Free),
+        stale_locks: status
+            .locks
+            .iter()
+            .filter(|l| l.state == LockState::Stale)
+            .map(|l| l.file.clone())
+            .collect(),
+        can_cleanup: status.locks.iter().any(|l| l.clearable),
+        locks: status.locks,
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// A lock a legacy clear left alone.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LegacySkipped {
+    pub field: String,
+    pub file: String,
+    pub reason: String,
+    pub pid: Option<i32>,
+    pub holder: Option<String>,
+}
+
+/// `POST /ensure_locks_cleared` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LegacyCleared {
+    pub success: bool,
+    /// File names cleared.
+    pub cleared: Vec<String>,
+    pub skipped: Vec<LegacySkipped>,
+    pub message: String,
+}
+
+pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    query::<NoQuery>(&cx.req.query)?;
+    let b: ClearBody = optional_body(cx.req)?;
+    let owner = cx.arg(0).to_string();
+    let reg = cx.app.registry.clone();
+    let who = cx.actor();
+    let o = owner.clone();
+    let out = blocking(move || reg.clear(None, &o, b.tokens, &who)).await?;
+    cx.app.metrics.clears.inc_by(out.cleared.len() as u64);
+    let message = match (out.cleared.len(), out.skipped.len()) {
+        (0, 0) => format!("no stuck locks on {owner}"),
+        (n, 0) => format!("cleared {n} stuck lock(s) on {owner}"),
+        (n, s) => format!("cleared {n} stuck lock(s) on {owner}; {s} lock(s) are held by live holders and were left alone"),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &LegacyCleared {
+            success: true,
+            cleared: out.cleared.into_iter().map(|c| c.file).collect(),
+            skipped: out
+                .skipped
+                .into_iter()
+                .map(|s| LegacySkipped {
+                    field: s.field,
+                    file: s.file,
+                    reason: s.reason,
+                    pid: s.pid,
+                    holder: s.holder,
+                })
+                .collect(),
+            message,
+        },
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyForceBody {
+    /// The token shown for each lock to force-clear, by field (`main` or `""` for the
+    /// main lock).
+    pub tokens: Option<BTreeMap<String, i64>>,
+    pub reason: Option<String>,
+}
+
+/// A lock a force clear could not take.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForceFailed {
+    pub field: String,
+    pub reason: String,
+}
+
+/// `POST /force_clear_locks` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LegacyForceCleared {
+    pub success: bool,
+    pub cleared: Vec<String>,
+    pub failed: Vec<ForceFailed>,
+    pub details: Vec<ForceCleared>,
+    pub warning: String,
+}
+
+pub async fn force_clear(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    query::<NoQuery>(&cx.req.query)?;
+    let b: LegacyForceBody = optional_body(cx.req)?;
+    let Some(tokens) = b.tokens.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "a force clear needs the tokens you were shown: {\"tokens\": {\"messages\": 7}, \"reason\": \"...\"}",
+        ));
+    };
+    let reason = b
+        .reason
+        .unwrap_or_else(|| "force clear from the Lock Status modal".into());
+    let owner = cx.arg(0).to_string();
+    let reg = cx.app.registry.clone();
+    let who = cx.actor();
+    let (cleared, failed) = blocking(move || {
+        let mut cleared = Vec::new();
+        let mut failed = Vec::new();
+        for (field, token) in tokens {
+            let key = reg.key(None, &owner, &field)?;
+            match reg.force_clear(&key, token, &reason, &who) {
+                Ok(done) => cleared.push(done),
+                Err(
+                    e @ (RegistryError::InvalidId(_)
+                    | RegistryError::Store(_)
+                    | RegistryError::Flock(_)),
+                ) => return Err(e),
+                Err(e) => failed.push(ForceFailed {
+                    field,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok((cleared, failed))
+    })
+    .await?;
+    cx.app.metrics.force_clears.inc_by(cleared.len() as u64);
+    Ok(json_response(
+        StatusCode::OK,
+        &LegacyForceCleared {
+            success: failed.is_empty(),
+            cleared: cleared.iter().map(|c| c.file.clone()).collect(),
+            failed,
+            details: cleared,
+            warning: "force-cleared locks may have been in use: their holders were revoked, and their writes are refused by fencing tokens from now on".into(),
+        },
+    ))
+}
+
+/// `POST /clear_locks` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClearedAll {
+    pub success: bool,
+    /// How many owners had stale locks.
+    pub owners: usize,
+    pub cleared: Vec<String>,
+    pub skipped: Vec<SkippedLock>,
+    pub message: String,
+}
+
+pub async fn clear_all(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    query::<NoQuery>(&cx.req.query)?;
+    let _: ClearBody = optional_body(cx.req)?;
+    let reg = cx.app.registry.clone();
+    let who = cx.actor();
+    let (cleared, skipped, owners) = blocking(move || {
+        let mut owners: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut cursor = 0;
+        loop {
+            let (page, next) = reg.list(Some(LockState::Stale), None, cursor, 1000)?;
+            owners.extend(page.into_iter().map(|l| (l.namespace, l.owner)));
+            match next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        let mut cleared = Vec::new();
+        let mut skipped = Vec::new();
+        for (ns, owner) in &owners {
+            let out = reg.clear(Some(ns), owner, None, &who)?;
+            cleared.extend(out.cleared.into_iter().map(|c| c.file));
+            skipped.extend(out.skipped);
+        }
+        Ok((cleared, skipped, owners.len()))
+    })
+    .await?;
+    cx.app.metrics.clears.inc_by(cleared.len() as u64);
+    let message = format!(
+        "cleared {} stuck lock(s) across {owners} owner(s)",
+        cleared.len()
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &ClearedAll {
+            success: true,
+            owners,
+            cleared,
+            skipped,
+            message,
+        },
+    ))
+}
