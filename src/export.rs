@@ -4,7 +4,7 @@
 //! as a formula (`=`, `+`, `-`, `@` first) is prefixed with `'`, because history holds
 //! client-supplied labels.
 
-use crate::store::records::EventRow;
+use crate::store::history::EventRow;
 
 pub const HISTORY_CSV_HEADER: &str =
     "event_id,at,namespace,owner,field,event,token,pid,host,holder,operation,actor,reason,held_ms";

@@ -9,7 +9,7 @@ use lockledger::export::{csv_cell, history_csv, HISTORY_CSV_HEADER};
 use lockledger::http::decode::{fuzz_decode, percent_decode};
 use lockledger::ids::{parse_file_name, LockKey, MAIN_FIELD_ALIAS, MAX_OWNER_LEN};
 use lockledger::kernel::proc_locks::{flock_holders, parse, ProcLock, ProcLockKind};
-use lockledger::store::records::EventRow;
+use lockledger::store::history::EventRow;
 use lockledger::Config;
 use std::path::{Component, Path};
 

@@ -10,7 +10,7 @@
 use lockledger::clock::ManualClock;
 use lockledger::policy::stale::{HolderKind, LockState, StaleReason};
 use lockledger::registry::{LeaseGrant, LeaseRequest, LockReport};
-use lockledger::store::records::{EventRow, HistoryQuery};
+use lockledger::store::history::{EventRow, HistoryQuery};
 use lockledger::{AcquireOptions, Config, LockKey, Registry, RegistryError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;

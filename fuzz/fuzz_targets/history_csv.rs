@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use lockledger::export::{csv_cell, history_csv, HISTORY_CSV_HEADER};
-use lockledger::store::records::EventRow;
+use lockledger::store::history::EventRow;
 
 const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 

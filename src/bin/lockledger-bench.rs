@@ -22,7 +22,7 @@
 mod rng;
 use clap::Parser;
 use lockledger::config::CONVERSATION_FIELDS;
-use lockledger::store::records::HistoryQuery;
+use lockledger::store::history::HistoryQuery;
 use lockledger::{AcquireOptions, Config, LockKey, Registry};
 use rng::Rng;
 use std::fs::File;

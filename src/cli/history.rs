@@ -5,7 +5,7 @@ use crate::clock;
 use crate::export;
 use crate::ids::{LockKey, MAIN_FIELD_ALIAS};
 use crate::registry::{display_field, RegistryError};
-use crate::store::records::{EventKind, EventRow, HistoryQuery};
+use crate::store::history::{EventKind, EventRow, HistoryQuery};
 use clap::Args;
 
 #[derive(Debug, Args)]

@@ -11,8 +11,10 @@ use super::{check_label, close_record, LockRef, Registry, RegistryError};
 use crate::clock;
 use crate::ids::{self, LockKey};
 use crate::kernel::process;
-use crate::policy::stale::{ForcePlan, Plan, Skip, StaleReason};
-use crate::store::records::{self, EventKind, HolderRow, NewEvent};
+use crate::policy::clear::{ForcePlan, Plan, Skip};
+use crate::policy::stale::StaleReason;
+use crate::store::history::{self, EventKind, NewEvent};
+use crate::store::records::{self, HolderRow};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -146,7 +148,7 @@ impl Registry {
                         skipped.reason = format!("held by pid {pid} ({cmd}), a process lockledger does not manage; it cannot be cleared here — stop that process");
                     }
                     let lock_id = records::ensure_lock(conn, key, file, now)?;
-                    records::insert_event(
+                    history::insert_event(
                         conn,
                         &NewEvent {
                             at: now,
@@ -269,7 +271,7 @@ impl Registry {
                 }
                 ForcePlan::NotHeld { .. } => return Err(RegistryError::NotHeld { lock: key.to_string() }),
             };
-            records::insert_event(conn, &event)?;
+            history::insert_event(conn, &event)?;
             let new_token = records::next_token(conn, row.lock_id)?;
             Ok(ForceCleared {
                 field: key.field().to_string(),

@@ -12,7 +12,8 @@ use crate::kernel::process;
 use crate::policy::stale::{HolderKind, LockState};
 use crate::registry::report::describe_holder;
 use crate::registry::waitq::WaiterInfo;
-use crate::store::records::{self, EventKind, NewEvent, NewHolder};
+use crate::store::history::{self, EventKind, NewEvent};
+use crate::store::records::{self, NewHolder};
 use rusqlite::Connection;
 use std::time::{Duration, Instant};
 
@@ -99,7 +100,7 @@ impl Registry {
             operation: Some(&spec.operation),
             ..NewEvent::default()
         };
-        let event_id = records::insert_event(conn, &event)?;
+        let event_id = history::insert_event(conn, &event)?;
         records::insert_holder(
             conn,
             &NewHolder {
@@ -162,7 +163,7 @@ impl Registry {
             } else {
                 format!("waited {} ms", waited.as_millis())
             };
-            records::insert_event(
+            history::insert_event(
                 conn,
                 &NewEvent {
                     at: now,
@@ -315,7 +316,7 @@ impl LockGuard {
                 Some(_) => {
                     records::renew_holder(conn, lock_id, token, now, None)?;
                     if let Some(row) = row.as_ref().filter(|r| renewal_is_sampled(r, now)) {
-                        records::insert_event(
+                        history::insert_event(
                             conn,
                             &NewEvent::about(row, EventKind::Renewed, now),
                         )?;

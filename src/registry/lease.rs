@@ -12,8 +12,10 @@ use crate::clock;
 use crate::ids::LockKey;
 use crate::kernel::flock::HeldFlock;
 use crate::kernel::process;
-use crate::policy::stale::HolderKind;
-use crate::store::records::{self, EventKind, NewEvent};
+use crate::policy::clear;
+use crate::policy::stale::{HolderKind, StaleReason};
+use crate::store::history::{self, EventKind, NewEvent};
+use crate::store::records;
 use crate::store::StoreError;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -228,7 +230,7 @@ impl Registry {
                 });
             }
             if let Some(prev) = prev.as_ref().filter(|p| renewal_is_sampled(p, now)) {
-                records::insert_event(conn, &NewEvent::about(prev, EventKind::Renewed, now))?;
+                history::insert_event(conn, &NewEvent::about(prev, EventKind::Renewed, now))?;
             }
             slot.expires_at = expires_at;
             Ok(LeaseGrant {
@@ -291,16 +293,12 @@ impl Registry {
             t.by_key
                 .iter()
                 .filter_map(|(k, s)| {
-                    let client_gone = s.client_pid.is_some_and(|p| {
-                        process::liveness(p, s.client_start) != process::Liveness::Alive
-                    });
-                    if client_gone {
-                        Some((k.clone(), s.token, "holder_dead: the client process exited"))
-                    } else if auto && now >= s.expires_at {
-                        Some((k.clone(), s.token, "lease_expired: not renewed in time"))
-                    } else {
-                        None
-                    }
+                    let client = s.client_pid.map(|p| process::liveness(p, s.client_start));
+                    let why = match clear::lease_end(client, now, s.expires_at, auto)? {
+                        StaleReason::HolderDead => "holder_dead: the client process exited",
+                        _ => "lease_expired: not renewed in time",
+                    };
+                    Some((k.clone(), s.token, why))
                 })
                 .collect()
         };

@@ -44,7 +44,8 @@ use crate::config::{Config, Namespace};
 use crate::ids::{self, LockKey};
 use crate::kernel::{flock, process};
 use crate::policy::stale::Policy;
-use crate::store::records::{self, EventKind, HistoryQuery, LockRow, NewEvent};
+use crate::store::history::{self, EventKind, HistoryQuery, NewEvent};
+use crate::store::records::{self, LockRow};
 use crate::store::{db, ReadPool, StoreError, Writer};
 use lease::{lease_table_for, LeaseTable};
 use rusqlite::Connection;
@@ -185,10 +186,10 @@ impl Registry {
         self.inner.writer.write(move |conn| f(&me, conn))
     }
 
-    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<records::EventRow>, RegistryError> {
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<history::EventRow>, RegistryError> {
         let mut q = q.clone();
         q.limit = q.limit.clamp(1, 10_000);
-        self.read(|c| Ok(records::history(c, &q)?))
+        self.read(|c| Ok(history::history(c, &q)?))
     }
 
     pub fn fence_check(&self, key: &LockKey, token: i64) -> Result<FenceCheck, RegistryError> {
@@ -261,7 +262,7 @@ fn close_record(
     };
     let held_ms = (now - taken.acquired_at).max(0);
     if !taken.revoked {
-        records::insert_event(
+        history::insert_event(
             conn,
             &NewEvent {
                 at: now,

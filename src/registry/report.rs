@@ -9,9 +9,9 @@ use crate::clock;
 use crate::config::Namespace;
 use crate::ids::{self, LockKey};
 use crate::kernel::{flock, proc_locks, process};
+use crate::policy::clear::{self, ForcePlan, HolderFacts, Plan};
 use crate::policy::stale::{
-    self, ForcePlan, HolderFacts, HolderKind, Liveness, LockState, Observation, Plan, RecordFacts,
-    StaleReason, Verdict,
+    self, HolderKind, Liveness, LockState, Observation, RecordFacts, StaleReason, Verdict,
 };
 use crate::store::records::{self, HolderRow, LockRow};
 use serde::Serialize;
@@ -68,11 +68,11 @@ pub(super) struct Observed {
 impl Observed {
     /// What a safe clear would do with this lock.
     pub fn plan(&self) -> Plan {
-        stale::plan(self.flock_held, self.holder, &self.verdict)
+        clear::plan(self.flock_held, self.holder, &self.verdict)
     }
     /// What a force clear would do with this lock.
     pub fn force_plan(&self) -> ForcePlan {
-        stale::force_plan(self.flock_held, self.holder)
+        clear::force_plan(self.flock_held, self.holder)
     }
 }
 

@@ -5,8 +5,9 @@
 
 use super::report::display_field;
 use super::{close_record, LockRef, Registry, RegistryError};
-use crate::policy::stale::{self, Orphan};
-use crate::store::records::{self, EventKind};
+use crate::policy::clear::{self, Orphan};
+use crate::store::history::{self, EventKind};
+use crate::store::records;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
@@ -35,7 +36,7 @@ impl Registry {
                 let Some(facts) = seen.holder else {
                     continue;
                 };
-                if let Some(orphan) = stale::orphan(seen.flock_held, facts) {
+                if let Some(orphan) = clear::orphan(seen.flock_held, facts) {
                     let why = match orphan {
                         Orphan::LockerGone => format!("holder_dead: pid {} is gone", h.locker_pid),
                         Orphan::HandleLost => {
@@ -77,7 +78,7 @@ impl Registry {
         let mut total = 0;
         loop {
             let n =
-                self.write(move |_, conn| Ok(records::prune_events(conn, cutoff, max, 5000)?))?;
+                self.write(move |_, conn| Ok(history::prune_events(conn, cutoff, max, 5000)?))?;
             total += n;
             if n < 5000 {
                 return Ok(total);

@@ -11,6 +11,7 @@
 
 pub mod console;
 pub mod db;
+pub mod history;
 pub mod records;
 pub mod writer;
 

@@ -7,7 +7,7 @@ use crate::http::error::{json_response, registry_error, text_response, ApiError,
 use crate::http::offload::blocking;
 use crate::ids::{self, IdError};
 use crate::registry::RegistryError;
-use crate::store::records::{EventKind, EventRow, HistoryQuery};
+use crate::store::history::{EventKind, EventRow, HistoryQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warp::http::{HeaderValue, StatusCode};

@@ -5,7 +5,7 @@ use crate::http::decode::{query, NoQuery};
 use crate::http::error::{json_response, text_response, ApiError, Response};
 use crate::http::metrics::{self, Gauges};
 use crate::http::offload::blocking;
-use crate::store::records::HistoryQuery;
+use crate::store::history::HistoryQuery;
 use serde::Serialize;
 use utoipa::ToSchema;
 use warp::http::StatusCode;
