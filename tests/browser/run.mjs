@@ -336,7 +336,7 @@ function smallTargetsIn({ rootSel, min }) {
  * same for a control's border against the background around it; `sweepSel` measures every
  * visible text under it and returns those below AA (4.5, or 3 for large text).
  */
-function contrastIn({ named = {}, borders = {}, sweepSel = null }) {
+function contrastIn({ named = {}, borders = {}, placeholders = {}, sweepSel = null }) {
   function parse(c) {
     let m = c.match(/^rgba?\(([^)]+)\)$/);
     if (m) {
@@ -368,10 +368,10 @@ function contrastIn({ named = {}, borders = {}, sweepSel = null }) {
     const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
     return Math.round(((x + 0.05) / (y + 0.05)) * 100) / 100;
   };
-  function text(el) {
+  function text(el, pseudo) {
     // SVG shapes paint no background: the chart's box is what SVG text is drawn on.
     const bg = background(el instanceof SVGElement ? el.closest("svg").parentElement : el);
-    const cs = getComputedStyle(el);
+    const cs = getComputedStyle(el, pseudo);
     const size = parseFloat(cs.fontSize);
     const large = size >= 24 || (Number(cs.fontWeight) >= 700 && size >= 18.66);
     const fg = el instanceof SVGElement ? cs.fill : cs.color; // SVG text is painted with fill
@@ -381,6 +381,10 @@ function contrastIn({ named = {}, borders = {}, sweepSel = null }) {
   for (const [name, sel] of Object.entries(named)) {
     const el = document.querySelector(sel);
     out.named[name] = el ? text(el).ratio : `missing: ${sel}`;
+  }
+  for (const [name, sel] of Object.entries(placeholders)) {
+    const el = document.querySelector(sel);
+    out.named[name] = el ? text(el, "::placeholder").ratio : `missing: ${sel}`;
   }
   for (const [name, sel] of Object.entries(borders)) {
     const el = document.querySelector(sel);
@@ -1101,6 +1105,9 @@ describe("history timeline, narrow screens and dark-mode contrast", () => {
     await page.hover('#timeline-chart .tl-hold[data-ending="expired"] .tl-bar');
     await page.waitForFunction(() => /exp-holder/.test(document.querySelector("#timeline-tip:not([hidden])")?.textContent || ""));
     assert.match(await tip.textContent(), /Expired.*diagonal stripes/);
+    // Leaving hides it (after a short grace, so the pointer can move onto the tooltip).
+    await page.mouse.move(0, 0);
+    await tip.waitFor({ state: "hidden" });
     await page.hover('#timeline-chart .tl-mark[data-kind="wait_timeout"]');
     await page.waitForFunction(() => /busy-asker/.test(document.querySelector("#timeline-tip:not([hidden])")?.textContent || ""));
 
@@ -1270,6 +1277,7 @@ describe("history timeline, narrow screens and dark-mode contrast", () => {
       await measure("chat page", {
         named: { "Send (primary button)": "#send-button", "body text": "#conversation-title", link: ".topnav a", "muted text": ".sidebar-title", "Settings button": "#settings-open-button" },
         borders: { "the message box": "#composer-input", "the Settings button": "#settings-open-button" },
+        placeholders: { "message box placeholder": "#composer-input" },
         sweepSel: "body",
       });
       await openLockStatus(page);
