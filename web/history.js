@@ -1,5 +1,7 @@
 /* lockledger lock-history audit page: filtered, paginated events (GET /api/v1/history),
- * CSV export of the current filters, and an admin SQL console (POST /api/v1/sql).
+ * a timeline of the holds matching the filters (drawn by timeline.js; clicking a hold
+ * filters the table to it), CSV export of the current filters, and an admin SQL console
+ * (POST /api/v1/sql).
  * Filters are read from and written to the page URL (?owner=&field=&event=&holder=&since=
  * &until=&limit=), so links such as /ui/history?owner=conv42 work. Every value from the
  * service is untrusted and set with textContent only. */
@@ -155,7 +157,8 @@
   }
 
   // ------------------------------------------------------------------ events
-  var page = { cursors: [null], index: 0, next: null, seq: 0 };
+  var page = { cursors: [null], index: 0, next: null, seq: 0, highlight: null };
+  var COLUMNS = ["#", "When", "Event", "Lock", "Holder", "Operation", "Token", "Actor", "Reason", "Held"];
 
   /** The current filters as API query parameters (empty ones left out). */
   function filterParams() {
@@ -221,6 +224,7 @@
 
   function cell(row, text, className) {
     var td = el("td", className);
+    td.setAttribute("data-label", COLUMNS[row.children.length] || "");
     if (text === null || text === undefined || text === "") {
       td.appendChild(el("span", "null", "\u2014"));
     } else if (typeof text === "object" && text.nodeType) {
@@ -230,6 +234,14 @@
     }
     row.appendChild(td);
     return td;
+  }
+
+  /** Is this event part of the hold or mark picked on the timeline? */
+  function isHighlighted(e) {
+    var h = page.highlight;
+    if (!h) return false;
+    if (h.eventId !== undefined) return e.event_id === h.eventId;
+    return e.namespace === h.namespace && e.owner === h.owner && e.field === h.field && e.token === h.token;
   }
 
   function renderEvents(events) {
@@ -256,6 +268,7 @@
       cell(tr, when, "nowrap");
       cell(tr, el("span", "event event--" + String(e.event).replace(/[^a-z_]/g, ""), e.event));
       var lock = el("td", "lock-cell");
+      lock.setAttribute("data-label", COLUMNS[3]);
       var ownerLink = el("a", "owner", e.owner);
       ownerLink.href = "?owner=" + encodeURIComponent(e.owner);
       ownerLink.title = "Show only " + e.owner;
@@ -263,6 +276,7 @@
       lock.appendChild(el("span", "field", e.field === "" ? "(main)" : e.field));
       tr.appendChild(lock);
       var holder = el("td", "holder-cell");
+      holder.setAttribute("data-label", COLUMNS[4]);
       holder.appendChild(e.holder ? el("span", "holder", e.holder) : el("span", "null", "\u2014"));
       var where = [e.pid !== null && e.pid !== undefined ? "pid " + e.pid : "", e.host ? "@ " + e.host : ""].filter(Boolean).join(" ");
       if (where) holder.appendChild(el("span", "where", where));
@@ -272,6 +286,10 @@
       cell(tr, e.actor);
       cell(tr, e.reason);
       cell(tr, formatHeld(e.held_ms), "num");
+      if (isHighlighted(e)) {
+        tr.className = "is-highlight";
+        tr.setAttribute("aria-current", "true");
+      }
       body.appendChild(tr);
     });
   }
@@ -298,7 +316,12 @@
         var n = events.length;
         var summary = n ? n + " event" + (n === 1 ? "" : "s") + " on page " + first : "No events";
         if (n) summary += ", from #" + events[0].event_id + " to #" + events[n - 1].event_id;
-        $("events-status").textContent = summary + ".";
+        summary += ".";
+        if (page.highlight) {
+          var marked = events.filter(isHighlighted).length;
+          summary += " " + marked + " of them belong" + (marked === 1 ? "s" : "") + " to the " + (page.highlight.eventId !== undefined ? "mark" : "hold") + " picked on the timeline (highlighted).";
+        }
+        $("events-status").textContent = summary;
       })
       .catch(function (err) {
         if (my !== page.seq) return;
@@ -316,12 +339,96 @@
       });
   }
 
-  function applyFilters() {
+  /** keepHighlight: the filters were set from a timeline item, whose rows stay marked. */
+  function applyFilters(keepHighlight) {
     page.cursors = [null];
     page.index = 0;
+    if (keepHighlight !== true) page.highlight = null;
     writeUrl();
     updateCsvLink();
+    loadTimeline();
     return loadEvents();
+  }
+
+  // ------------------------------------------------------------------ timeline
+  var timeline = null;
+  var tl = { seq: 0, focusKey: null };
+
+  /** Time filter values as epoch ms (null when not set). */
+  function filterTime(id) {
+    var v = fromLocalInput($(id).value);
+    return v ? Date.parse(v) : null;
+  }
+
+  /** Up to 1000 newest events matching the filters (any kind), and the locks held now. */
+  function loadTimeline() {
+    if (!timeline) return Promise.resolve();
+    var my = ++tl.seq;
+    var p = filterParams();
+    var eventFilter = p.get("event");
+    p.delete("event");
+    p.set("limit", "1000");
+    var owner = $("f-owner").value.trim();
+    var liveQuery = function (state) {
+      var q = new URLSearchParams({ state: state, limit: "1000" });
+      if (owner) q.set("owner_prefix", owner);
+      return request("GET", "/api/v1/locks?" + q.toString()).then(function (data) {
+        return ((data && data.locks) || []).filter(function (l) {
+          return !owner || l.owner === owner;
+        });
+      });
+    };
+    var liveError = null;
+    var live = Promise.all([liveQuery("held"), liveQuery("stale")])
+      .then(function (lists) {
+        return lists[0].concat(lists[1]);
+      })
+      .catch(function (err) {
+        liveError = describe(err);
+        return [];
+      });
+    timeline.loading();
+    return Promise.all([request("GET", "/api/v1/history?" + p.toString()), live])
+      .then(function (res) {
+        if (my !== tl.seq) return;
+        var events = (res[0] && res[0].events) || [];
+        timeline.show(events, res[1], {
+          perField: !!owner,
+          since: filterTime("f-since"),
+          until: filterTime("f-until"),
+          now: Date.now(),
+          truncated: res[0] && res[0].next_cursor !== null && res[0].next_cursor !== undefined,
+          eventFilter: eventFilter,
+          liveError: liveError
+        });
+        if (tl.focusKey) {
+          timeline.focusItem(tl.focusKey);
+          tl.focusKey = null;
+        }
+      })
+      .catch(function (err) {
+        if (my !== tl.seq) return;
+        timeline.error(describe(err));
+      });
+  }
+
+  /** A hold or mark picked on the timeline: filter the table to its lock and time. */
+  function selectItem(item) {
+    var from = item.type === "hold" ? item.start : item.at;
+    var to = item.type === "hold" ? (item.ending === "held" || item.ending === "open" ? null : item.end) : item.at;
+    // The inputs hold whole seconds and `until` is exclusive: round outwards.
+    var since = Math.floor(from / 1000) * 1000;
+    $("f-owner").value = item.owner;
+    ensureOption($("f-field"), item.field === "" ? "main" : item.field);
+    $("f-event").value = "";
+    $("f-since").value = toLocalInput(String(since));
+    $("f-until").value = to === null ? "" : toLocalInput(String(Math.floor(to / 1000) * 1000 + 1000));
+    page.highlight =
+      item.type === "hold"
+        ? { namespace: item.namespace, owner: item.owner, field: item.field, token: item.token }
+        : { eventId: item.eventId };
+    tl.focusKey = item.key;
+    applyFilters(true);
   }
 
   function setupEvents() {
@@ -355,6 +462,7 @@
         if ($("page-newer").disabled) $("page-older").focus();
       });
     });
+    loadTimeline();
     loadEvents();
   }
 
@@ -478,6 +586,19 @@
   }
 
   function init() {
+    if (window.LockTimeline) {
+      timeline = window.LockTimeline.create(
+        {
+          section: $("timeline"),
+          chart: $("timeline-chart"),
+          legend: $("timeline-legend"),
+          status: $("timeline-status"),
+          notes: $("timeline-notes"),
+          tables: $("timeline-tables")
+        },
+        { onSelect: selectItem }
+      );
+    }
     setupSql();
     setupTabs();
     setupEvents();

@@ -42,6 +42,12 @@ pub const ASSETS: &[(&str, &str, &str, &str)] = &[
         include_str!("../../web/history.js"),
     ),
     (
+        "/ui/timeline.js",
+        "timeline.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/timeline.js"),
+    ),
+    (
         "/ui/widget/lockledger.js",
         "widget/lockledger.js",
         "text/javascript; charset=utf-8",

@@ -7,13 +7,15 @@
 //   LOCKLEDGER_BIN      the lockledger binary (default: ../../target/debug/lockledger relative
 //                       to this file)
 //   CHROMIUM            the browser (default /usr/bin/chromium; Debian: apt-get install chromium)
-//   LL_SCREENSHOT_DIR   where the screenshot of the open Lock Status modal goes (default /tmp)
+//   LL_SCREENSHOT_DIR   where the screenshots go (default os.tmpdir()): the open Lock Status modal
+//                       (lockledger-lock-status-modal.png) and the history timeline in light and
+//                       dark mode (timeline-light.png, timeline-dark.png)
 //
 // Each run starts `lockledger serve --bind 127.0.0.1:0` on a temporary storage directory (and a
 // second one with `--demo` for the demo tests; those are skipped, saying so, when the binary has
 // no demo mode, i.e. GET /demo/status is 404). Locks are held by real child processes
 // (`lockledger hold`), killed with real signals, or by leases taken over the HTTP API. Uses only
-// node's built-in test runner and playwright-core driving the system Chromium; about 20 s.
+// node's built-in test runner and playwright-core driving the system Chromium; about 45 s.
 //
 // Services run with LOCKLEDGER_RECONCILE_PERIOD_MS=0 so that a holder_dead lock stays STALE until
 // the test clears it (the default service repairs dead holders' records every 5 s by itself).
@@ -29,7 +31,15 @@
 // history page reads its filters from the URL, pages with Older/Newer, filters by event, field,
 // holder and time, exports CSV; the SQL tab runs a query with the admin token, refuses DELETE and
 // shows the error and truncation; dark mode; keyboard use (Tab, Enter, Escape, focus return); the
-// chat page without --demo; and in demo mode: a streamed reply holds messages and
+// chat page without --demo. The history timeline: one bar per hold on its lock's lane, with its
+// ending (released, expired, force_cleared, cleared, reconciled, still held) as class, data
+// attribute and colour, the busy answer as a mark, the tooltip on keyboard focus and on hover,
+// Enter or a click filtering the table to the hold (URL updated, its rows highlighted), the same
+// holds as a table, lanes per owner capped at 12 on the global view. At 360x740: no sideways
+// scroll on the chat page, with Settings or Lock Status open, on the history page (its table a
+// stack of cards), and tap targets of 44 px. WCAG AA contrast in dark (and light) mode, from
+// computed colours: named controls, badges, links and muted text >= 4.5:1, control edges >= 3:1,
+// and every visible text swept. In demo mode: a streamed reply holds messages and
 // message_operations, Stop or closing the tab releases them, simulated holders show correctly.
 
 import { test, before, after, describe } from "node:test";
@@ -219,6 +229,191 @@ async function eventually(fn, what, timeoutMs = 5000, everyMs = 50) {
   }
 }
 
+/**
+ * One hold of each ending on `conv`, each on its own lock, made through the API and real
+ * processes: released, expired (ttl_ms 300), force_cleared (admin), cleared (a `lockledger
+ * hold` killed with SIGKILL, then a safe clear), reconciled (another one killed, then
+ * POST /api/v1/reconcile) and held (a lease still held), plus a busy answer (wait_ms 0 on
+ * the held lock), which records a wait_timeout. Returns the tokens by ending.
+ */
+async function makeHolds(svc, conv) {
+  const acquire = async (field, body) => {
+    const r = await api(svc, "POST", `/api/v1/locks/${conv}/${field}/acquire`, { body });
+    assert.equal(r.status, 200, JSON.stringify(r.data));
+    return r.data;
+  };
+  const tokens = {};
+  const rel = await acquire("messages", { holder: "rel-holder", operation: "op-release" });
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal((await api(svc, "DELETE", `/api/v1/leases/${rel.lease_id}`, { body: {} })).status, 200);
+  tokens.released = rel.token;
+
+  tokens.expired = (await acquire("memory", { holder: "exp-holder", operation: "op-expire", ttl_ms: 300 })).token;
+  await eventually(
+    async () => (await api(svc, "GET", `/api/v1/history?owner=${conv}&event=expired`)).data.events.length === 1,
+    "the short lease to expire",
+    5000,
+    100
+  );
+
+  const forced = await acquire("all", { holder: "force-holder", operation: "op-force", ttl_ms: 600000 });
+  const fc = await api(svc, "POST", `/api/v1/locks/${conv}/force-clear`, {
+    body: { field: "all", token: forced.token, reason: "timeline test" },
+    admin: true,
+  });
+  assert.equal(fc.status, 200, JSON.stringify(fc.data));
+  tokens.force_cleared = forced.token;
+
+  const dead = await hold(svc, conv, "uploaded_documents_list", ["--operation", "op-crash", "--holder", "crash-holder"]);
+  await kill9(dead);
+  const cl = await api(svc, "POST", `/api/v1/locks/${conv}/clear`, { body: {} });
+  assert.equal(cl.status, 200, JSON.stringify(cl.data));
+  assert.equal(cl.data.cleared.length, 1, JSON.stringify(cl.data));
+  tokens.cleared = dead.token;
+
+  const gone = await hold(svc, conv, "main", ["--operation", "op-gone", "--holder", "gone-holder"]);
+  await kill9(gone);
+  const rc = await api(svc, "POST", "/api/v1/reconcile", { body: {}, admin: true });
+  assert.equal(rc.status, 200, JSON.stringify(rc.data));
+  tokens.reconciled = gone.token;
+
+  tokens.held = (await acquire("message_operations", { holder: "live-holder", operation: "op-live", ttl_ms: 600000 })).token;
+  const busy = await api(svc, "POST", `/api/v1/locks/${conv}/message_operations/acquire`, {
+    body: { holder: "busy-asker", operation: "op-busy", wait_ms: 0 },
+  });
+  assert.equal(busy.status, 409, JSON.stringify(busy.data));
+  const ev = (await api(svc, "GET", `/api/v1/history?owner=${conv}&limit=100`)).data.events;
+  assert.equal(ev.filter((e) => e.event === "wait_timeout").length, 1, "the busy answer is recorded");
+  for (const e of ["reconciled", "cleared", "force_cleared", "released"]) {
+    assert.equal(ev.filter((x) => x.event === e).length, 1, `one ${e} event: ${JSON.stringify(ev)}`);
+  }
+  return tokens;
+}
+
+/** Waits until the history page's timeline has drawn (or said there is nothing to draw). */
+async function timelineReady(page) {
+  await page.waitForFunction(() => {
+    const c = document.querySelector("#timeline-chart");
+    return c && c.getAttribute("aria-busy") === "false" && (c.querySelector(".tl-svg") || c.dataset.empty === "true");
+  });
+}
+
+/** In the page: horizontal overflow of the document, and of an open dialog if given. */
+function overflowIn(dialogSel) {
+  const s = document.scrollingElement;
+  const out = { scrollWidth: s.scrollWidth, clientWidth: s.clientWidth };
+  if (dialogSel) {
+    const d = document.querySelector(dialogSel);
+    const r = d.getBoundingClientRect();
+    Object.assign(out, { dialogScroll: d.scrollWidth, dialogClient: d.clientWidth, dialogLeft: r.left, dialogRight: r.right, viewport: window.innerWidth });
+  }
+  return out;
+}
+
+function assertNoOverflow(o, what) {
+  assert.ok(o.scrollWidth <= o.clientWidth, `${what}: page is ${o.scrollWidth} px wide in ${o.clientWidth} px`);
+  if (o.dialogScroll !== undefined) {
+    assert.ok(o.dialogScroll <= o.dialogClient, `${what}: the dialog scrolls sideways (${o.dialogScroll} > ${o.dialogClient})`);
+    assert.ok(o.dialogLeft >= 0 && o.dialogRight <= o.viewport, `${what}: the dialog is inside the viewport ${JSON.stringify(o)}`);
+  }
+}
+
+/** In the page: visible controls under rootSel shorter than min px (buttons, links, inputs, tabs, timeline items). */
+function smallTargetsIn({ rootSel, min }) {
+  const root = document.querySelector(rootSel);
+  const sel = 'button, a[href], input:not([type="hidden"]), select, textarea, summary, [role="tab"], .tl-item';
+  return [...root.querySelectorAll(sel)]
+    .filter((e) => !e.classList.contains("skip-link") && e.checkVisibility({ visibilityProperty: true }))
+    .map((e) => ({ e, r: e.getBoundingClientRect() }))
+    .filter(({ r }) => r.width > 0 && r.height + 0.5 < min)
+    .map(({ e, r }) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${String(e.getAttribute("class") || "").replace(/ /g, ".")} "${(e.textContent || e.getAttribute("aria-label") || "").trim().slice(0, 30)}" ${Math.round(r.height)} px`);
+}
+
+/**
+ * In the page: WCAG 2 contrast ratios from computed colours. `named` maps a name to a
+ * selector whose text colour is measured against the background it is drawn on (rgba
+ * backgrounds composited over what lies under them, down to an opaque one); `borders` the
+ * same for a control's border against the background around it; `sweepSel` measures every
+ * visible text under it and returns those below AA (4.5, or 3 for large text).
+ */
+function contrastIn({ named = {}, borders = {}, placeholders = {}, sweepSel = null }) {
+  function parse(c) {
+    let m = c.match(/^rgba?\(([^)]+)\)$/);
+    if (m) {
+      const p = m[1].split(/[\s,/]+/).filter(Boolean).map(Number);
+      return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+    }
+    m = c.match(/^color\(srgb ([^)]+)\)$/);
+    if (m) {
+      const p = m[1].split(/[\s/]+/).filter(Boolean).map(Number);
+      return [p[0] * 255, p[1] * 255, p[2] * 255, p.length > 3 ? p[3] : 1];
+    }
+    throw new Error(`cannot read the colour ${c}`);
+  }
+  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+  function background(el) {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) layers.push(c);
+      if (c[3] >= 1) break;
+    }
+    let base = [255, 255, 255, 1]; // the canvas under an unpainted page
+    for (let i = layers.length - 1; i >= 0; i--) base = over(layers[i], base);
+    return base;
+  }
+  const lin = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4));
+  const lum = (c) => 0.2126 * lin(c[0]) + 0.7152 * lin(c[1]) + 0.0722 * lin(c[2]);
+  const ratio = (a, b) => {
+    const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+    return Math.round(((x + 0.05) / (y + 0.05)) * 100) / 100;
+  };
+  function text(el, pseudo) {
+    // SVG shapes paint no background: the chart's box is what SVG text is drawn on.
+    const bg = background(el instanceof SVGElement ? el.closest("svg").parentElement : el);
+    const cs = getComputedStyle(el, pseudo);
+    const size = parseFloat(cs.fontSize);
+    const large = size >= 24 || (Number(cs.fontWeight) >= 700 && size >= 18.66);
+    const fg = el instanceof SVGElement ? cs.fill : cs.color; // SVG text is painted with fill
+    return { ratio: ratio(over(parse(fg), bg), bg), need: large ? 3 : 4.5 };
+  }
+  const out = { named: {}, borders: {}, failures: [], checked: 0, lowest: null };
+  for (const [name, sel] of Object.entries(named)) {
+    const el = document.querySelector(sel);
+    out.named[name] = el ? text(el).ratio : `missing: ${sel}`;
+  }
+  for (const [name, sel] of Object.entries(placeholders)) {
+    const el = document.querySelector(sel);
+    out.named[name] = el ? text(el, "::placeholder").ratio : `missing: ${sel}`;
+  }
+  for (const [name, sel] of Object.entries(borders)) {
+    const el = document.querySelector(sel);
+    if (!el) {
+      out.borders[name] = `missing: ${sel}`;
+      continue;
+    }
+    const bg = background(el.parentElement);
+    out.borders[name] = ratio(over(parse(getComputedStyle(el).borderTopColor), bg), bg);
+  }
+  if (sweepSel) {
+    const walker = document.createTreeWalker(document.querySelector(sweepSel), NodeFilter.SHOW_TEXT);
+    const seen = new Set();
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const el = n.parentElement;
+      if (!n.textContent.trim() || seen.has(el)) continue;
+      seen.add(el);
+      const r = el.getBoundingClientRect();
+      if (!r.width || !r.height || !el.checkVisibility({ visibilityProperty: true, opacityProperty: true })) continue;
+      if (el.closest(":disabled, .skip-link")) continue; // disabled controls are exempt
+      out.checked += 1;
+      const t = text(el);
+      if (!out.lowest || t.ratio < out.lowest.ratio) out.lowest = { ratio: t.ratio, text: n.textContent.trim().slice(0, 24) };
+      if (t.ratio < t.need) out.failures.push(`${el.tagName.toLowerCase()}.${el.className} "${n.textContent.trim().slice(0, 30)}" ${t.ratio} < ${t.need}`);
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- browser
 
 let browser;
@@ -307,6 +502,7 @@ describe("Lock Status modal and history page (service without --demo)", () => {
       ["/ui/app.css", "text/css"],
       ["/ui/app.js", "text/javascript"],
       ["/ui/history.js", "text/javascript"],
+      ["/ui/timeline.js", "text/javascript"],
       ["/ui/widget/lockledger.js", "text/javascript"],
       ["/ui/widget/lockledger.css", "text/css"],
     ]) {
@@ -562,6 +758,14 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     await page.locator("#events-body tr[data-event-id]").first().waitFor();
     assert.ok((await page.locator("#events-body").textContent()).includes(XSS));
     assert.equal(await page.locator("img").count(), 0);
+    // The timeline's bars, tooltip and table too.
+    await page.locator('#timeline-chart .tl-hold[data-field="messages"]').waitFor();
+    assert.ok((await page.getAttribute('#timeline-chart .tl-hold[data-field="messages"]', "aria-label")).includes(XSS));
+    await page.focus('#timeline-chart .tl-hold[data-field="messages"]');
+    assert.ok((await page.textContent("#timeline-tip")).includes(XSS));
+    assert.ok((await page.textContent("#timeline-tables")).includes("<script>alert(2)</script>"));
+    assert.equal(await page.locator("img").count(), 0);
+    assert.equal(await page.locator("#timeline script").count(), 0);
     await page.evaluate((t) => sessionStorage.setItem("lockledger.adminToken", t), svc.adminToken);
     await page.goto(`${svc.url}/ui/history#sql`);
     await page.fill("#sql-input", `SELECT holder FROM current_locks WHERE owner = '${conv}'`);
@@ -806,6 +1010,325 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     live.child.kill("SIGTERM");
     await exited(live.child);
     await page.done();
+  }));
+});
+
+describe("history timeline, narrow screens and dark-mode contrast", () => {
+  const ENDS = {
+    released: ["messages", "rel-holder", "op-release"],
+    expired: ["memory", "exp-holder", "op-expire"],
+    force_cleared: ["all", "force-holder", "op-force"],
+    cleared: ["uploaded_documents_list", "crash-holder", "op-crash"],
+    reconciled: ["", "gone-holder", "op-gone"],
+    held: ["message_operations", "live-holder", "op-live"],
+  };
+
+  test("timeline: one bar per hold coloured by how it ended, busy answers as marks, tooltip on focus and hover, a bar filters the table", () => withService({}, async (svc) => {
+    const conv = "t-timeline";
+    const tokens = await makeHolds(svc, conv);
+    const page = await newPage();
+    await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+    await timelineReady(page);
+
+    // One lane per lock, the busiest (the held lock with its busy answer) first.
+    const lanes = await page.$$eval("#timeline-chart .tl-lane", (gs) => gs.map((g) => g.dataset.field));
+    assert.equal(lanes.length, 6, JSON.stringify(lanes));
+    assert.equal(lanes[0], "message_operations");
+    assert.deepEqual([...lanes].sort(), Object.values(ENDS).map((e) => e[0]).sort());
+
+    // One bar per hold, on its lock's lane, with its token, ending and colour.
+    const bars = await page.$$eval("#timeline-chart .tl-hold", (gs) =>
+      gs.map((g) => {
+        const bar = g.querySelector(".tl-bar").getBoundingClientRect();
+        return {
+          ending: g.dataset.ending,
+          field: g.dataset.field,
+          lane: g.closest(".tl-lane").dataset.field,
+          token: Number(g.dataset.token),
+          cls: g.getAttribute("class"),
+          role: g.getAttribute("role"),
+          tabindex: g.getAttribute("tabindex"),
+          name: g.getAttribute("aria-label"),
+          fill: getComputedStyle(g.querySelector(".tl-bar")).fill,
+          stroke: getComputedStyle(g.querySelector(".tl-bar")).stroke,
+          right: bar.right,
+        };
+      })
+    );
+    assert.equal(bars.length, 6, JSON.stringify(bars));
+    for (const [ending, [field, holder, operation]] of Object.entries(ENDS)) {
+      const b = bars.find((x) => x.ending === ending);
+      assert.ok(b, `a bar that ended ${ending}: ${JSON.stringify(bars)}`);
+      assert.equal(b.field, field, ending);
+      assert.equal(b.lane, field, `${ending} is on its lock's lane`);
+      assert.equal(b.token, tokens[ending], `${ending} is matched by token`);
+      assert.match(b.cls, new RegExp(`\\btl-end--${ending}\\b`));
+      assert.equal(b.role, "button");
+      assert.equal(b.tabindex, "0");
+      assert.ok(b.name.includes(holder) && b.name.includes(operation), b.name);
+    }
+    assert.equal(new Set(bars.map((b) => b.fill)).size, 6, `six fills (colour and pattern): ${bars.map((b) => b.fill)}`);
+    assert.equal(new Set(bars.map((b) => b.stroke)).size, 6, `six colours: ${bars.map((b) => b.stroke)}`);
+    const held = bars.find((b) => b.ending === "held");
+    assert.ok(bars.every((b) => b.right <= held.right), "the still-held bar reaches furthest: to now");
+
+    // The busy answer is a mark on the held lock's lane.
+    const marks = await page.$$eval("#timeline-chart .tl-mark", (gs) => gs.map((g) => ({ kind: g.dataset.kind, lane: g.closest(".tl-lane").dataset.field, name: g.getAttribute("aria-label"), tabindex: g.getAttribute("tabindex") })));
+    assert.deepEqual(marks.map((m) => [m.kind, m.lane, m.tabindex]), [["wait_timeout", "message_operations", "0"]]);
+    assert.match(marks[0].name, /busy-asker/);
+
+    // The legend names every ending and its pattern in words.
+    const legend = await page.textContent("#timeline-legend");
+    for (const words of ["Released", "Expired", "Cleared", "Force cleared", "Reconciled", "Still held", "diagonal stripes", "cross-hatched", "Busy answer"]) {
+      assert.ok(legend.includes(words), `legend says ${words}: ${legend}`);
+    }
+    assert.match(await page.textContent("#timeline-status"), /6 holds and 1 mark on 6 locks/);
+
+    // Keyboard: Tab reaches the bars; focus shows the tooltip with holder, operation, token.
+    await page.focus("#f-reset");
+    let ending = null;
+    for (let i = 0; i < 20 && ending !== "released"; i++) {
+      await page.keyboard.press("Tab");
+      ending = await page.evaluate(() => document.activeElement.dataset?.ending ?? null);
+    }
+    assert.equal(ending, "released", "Tab reaches the released bar");
+    const tip = page.locator("#timeline-tip");
+    await tip.waitFor({ state: "visible" });
+    const tipText = await tip.textContent();
+    for (const want of ["rel-holder", "op-release", `Token${tokens.released}`, "Released", "Held for"]) {
+      assert.ok(tipText.includes(want), `tooltip has ${want}: ${tipText}`);
+    }
+    await page.keyboard.press("Escape");
+    await tip.waitFor({ state: "hidden" });
+
+    // Hover shows it too.
+    await page.hover('#timeline-chart .tl-hold[data-ending="expired"] .tl-bar');
+    await page.waitForFunction(() => /exp-holder/.test(document.querySelector("#timeline-tip:not([hidden])")?.textContent || ""));
+    assert.match(await tip.textContent(), /Expired.*diagonal stripes/);
+    // Leaving hides it (after a short grace, so the pointer can move onto the tooltip).
+    await page.mouse.move(0, 0);
+    await tip.waitFor({ state: "hidden" });
+    await page.hover('#timeline-chart .tl-mark[data-kind="wait_timeout"]');
+    await page.waitForFunction(() => /busy-asker/.test(document.querySelector("#timeline-tip:not([hidden])")?.textContent || ""));
+
+    // Screenshots of the timeline, light and dark, as test artefacts.
+    await page.mouse.move(0, 0);
+    await page.evaluate(() => document.activeElement.blur());
+    await tip.waitFor({ state: "hidden" });
+    for (const scheme of ["light", "dark"]) {
+      await page.emulateMedia({ colorScheme: scheme });
+      const file = path.join(SHOT_DIR, `timeline-${scheme}.png`);
+      await page.locator("#timeline").screenshot({ path: file });
+      console.log(`# screenshot: ${file}`);
+    }
+    await page.emulateMedia({ colorScheme: "light" });
+
+    // Enter on a bar filters the table to that hold: owner, lock and a window around it.
+    const rowsNow = () =>
+      page.$$eval("#events-body tr[data-event-id]", (trs) =>
+        trs.map((t) => ({ event: t.children[2].textContent, lock: t.children[3].textContent, token: t.children[6].textContent, marked: t.classList.contains("is-highlight") }))
+      );
+    const tableReady = () => page.waitForFunction(() => document.querySelector("#events-table").getAttribute("aria-busy") === "false");
+    await page.focus('#timeline-chart .tl-hold[data-ending="released"]');
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => /field=messages/.test(location.search) && /since=/.test(location.search) && /until=/.test(location.search));
+    await tableReady();
+    await timelineReady(page);
+    assert.equal(await page.inputValue("#f-owner"), conv);
+    assert.equal(await page.inputValue("#f-field"), "messages");
+    let rows = await rowsNow();
+    assert.deepEqual(rows.filter((r) => r.marked).map((r) => r.event), ["released", "acquired"], JSON.stringify(rows));
+    assert.ok(rows.every((r) => r.lock === `${conv}messages`), JSON.stringify(rows));
+    assert.ok(rows.filter((r) => r.marked).every((r) => r.token === String(tokens.released)));
+    assert.match(await page.textContent("#events-status"), /2 of them belong to the hold picked on the timeline/);
+    assert.equal(await page.evaluate(() => document.activeElement.dataset?.ending), "released", "focus stays on the bar");
+    assert.equal(await page.locator("#timeline-chart .tl-hold").count(), 1, "the timeline follows the filters");
+
+    // A click does the same; the still-held bar has no end, so the window stays open.
+    await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+    await timelineReady(page);
+    await page.click('#timeline-chart .tl-hold[data-ending="force_cleared"] .tl-bar');
+    await page.waitForFunction(() => /field=all/.test(location.search));
+    await tableReady();
+    rows = await rowsNow();
+    assert.deepEqual(rows.filter((r) => r.marked).map((r) => r.event), ["force_cleared", "acquired"], JSON.stringify(rows));
+    await page.click("#f-reset");
+    await page.fill("#f-owner", conv);
+    await page.click("#f-apply");
+    await timelineReady(page);
+    await page.waitForFunction(() => document.querySelectorAll("#timeline-chart .tl-hold").length === 6);
+    await page.click('#timeline-chart .tl-hold[data-ending="held"] .tl-bar');
+    await page.waitForFunction(() => /field=message_operations/.test(location.search) && /since=/.test(location.search));
+    assert.doesNotMatch(page.url(), /until=/);
+    await tableReady();
+    rows = await rowsNow();
+    assert.deepEqual(rows.filter((r) => r.marked).map((r) => r.event), ["acquired"]);
+    assert.ok(rows.some((r) => r.event === "wait_timeout"), "the busy answer during the hold is in the window");
+
+    // The same holds as a table, for screen readers.
+    await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+    await timelineReady(page);
+    await page.click("#timeline-details summary");
+    const holdRows = await page.$$eval("#timeline-tables .tl-holds-table tbody tr", (trs) => trs.map((t) => t.textContent));
+    assert.equal(holdRows.length, 6);
+    for (const words of ["Released", "Expired", "Force cleared", "Cleared", "Reconciled", "Still held"]) {
+      assert.ok(holdRows.some((r) => r.includes(words)), `table row ${words}`);
+    }
+    assert.equal(await page.locator("#timeline-tables .tl-marks-table tbody tr").count(), 1);
+    await page.click('#timeline-tables .tl-holds-table tbody tr:has-text("crash-holder") button');
+    await page.waitForFunction(() => /field=uploaded_documents_list/.test(location.search));
+    await tableReady();
+    rows = await rowsNow();
+    assert.deepEqual(rows.filter((r) => r.marked).map((r) => r.event), ["cleared", "acquired"]);
+
+    // The global view: one lane per owner, the busiest first, at most 12, saying how many are left out.
+    for (let i = 0; i < 14; i++) {
+      const g = await api(svc, "POST", `/api/v1/locks/t-quiet-${i}/messages/acquire`, { body: { holder: "q", operation: "op" } });
+      assert.equal((await api(svc, "DELETE", `/api/v1/leases/${g.data.lease_id}`, { body: {} })).status, 200);
+    }
+    await page.goto(`${svc.url}/ui/history`);
+    await timelineReady(page);
+    const owners = await page.$$eval("#timeline-chart .tl-lane", (gs) => gs.map((g) => g.dataset.owner));
+    assert.equal(owners.length, 12);
+    assert.equal(owners[0], conv);
+    assert.match(await page.textContent("#timeline-notes"), /12 busiest owners are shown; 3 quieter owners are left out/);
+    await page.done();
+  }));
+
+  test("360 px wide: no horizontal scroll on the chat page, its modals and the history page; tap targets of 44 px", () => withService({}, async (svc) => {
+    const conv = "t-narrow";
+    await makeHolds(svc, conv);
+    const dead = await hold(svc, conv, "messages", ["--operation", "send_message"]);
+    await kill9(dead);
+    const page = await newPage({ viewport: { width: 360, height: 740 } });
+    const check = async (what, dialog, root) => {
+      const o = await page.evaluate(overflowIn, dialog);
+      assertNoOverflow(o, what);
+      const small = await page.evaluate(smallTargetsIn, { rootSel: root, min: 44 });
+      assert.deepEqual(small, [], `${what}: tap targets under 44 px`);
+      console.log(`# 360 px ${what}: ${o.scrollWidth} px in ${o.clientWidth} px`);
+    };
+    await openChat(page, svc, conv);
+    await check("chat page", null, "body");
+    const stop = await page.locator("#stop-button").boundingBox();
+    assert.ok(stop.x + stop.width <= 360, `Stop is inside the screen: ${JSON.stringify(stop)}`);
+    await page.click("#settings-open-button");
+    await page.waitForSelector("#settings-modal[open]");
+    await check("Settings modal", "#settings-modal", "#settings-modal");
+    await page.click(OPEN_BUTTON);
+    await page.waitForSelector(`${MODAL}[open]`);
+    await page.waitForFunction((m) => document.querySelector(m).getAttribute("aria-busy") === "false", MODAL);
+    assert.equal(await badge(page, "messages"), "STALE");
+    await page.click(`${MODAL} .ll-admin summary`);
+    await check("Lock Status modal", MODAL, MODAL);
+
+    await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+    await timelineReady(page);
+    await page.waitForFunction(() => document.querySelector("#events-table").getAttribute("aria-busy") === "false");
+    await check("history page", null, "body");
+    // The timeline fits the width; each bar's hit area is a full 44 px row.
+    const svgBox = await page.locator("#timeline-chart svg.tl-svg").boundingBox();
+    assert.ok(svgBox.x >= 0 && svgBox.x + svgBox.width <= 360, JSON.stringify(svgBox));
+    assert.equal(await page.locator("#timeline-chart .tl-hold").count(), 7, "6 holds and the dead messages holder");
+    // The events table is a stack of cards: every cell visible, with its label.
+    const card = await page.$eval("#events-body tr[data-event-id]", (tr) => ({
+      display: getComputedStyle(tr).display,
+      width: tr.getBoundingClientRect().width,
+      cells: [...tr.children]
+        .filter((td) => td.checkVisibility())
+        .map((td) => [getComputedStyle(td, "::before").content.replace(/"/g, ""), td.getBoundingClientRect().right]),
+    }));
+    assert.equal(card.display, "block", "a row is a card");
+    assert.ok(card.cells.length >= 6, JSON.stringify(card));
+    assert.ok(card.cells.every(([label, right]) => label && right <= 360), JSON.stringify(card));
+    assert.deepEqual(card.cells.slice(0, 4).map((c) => c[0]), ["#", "When", "Event", "Lock"]);
+    await page.click("#timeline-details summary");
+    await check("history page with the timeline table open", null, "body");
+    await page.click("#tab-sql");
+    await check("history page, SQL tab", null, "body");
+    await page.done();
+  }));
+
+  test("dark mode meets WCAG AA: primary buttons, text, links, muted text, badges and control edges", () => withService({}, async (svc) => {
+    const conv = "t-contrast";
+    await makeHolds(svc, conv);
+    const dead = await hold(svc, conv, "messages", ["--operation", "send_message"]);
+    await kill9(dead);
+    const results = {};
+    for (const scheme of ["dark", "light"]) {
+      const page = await newPage();
+      await page.emulateMedia({ colorScheme: scheme });
+      const measure = async (where, args) => {
+        const r = await page.evaluate(contrastIn, args);
+        results[`${scheme} ${where}`] = r;
+        for (const [name, v] of Object.entries(r.named)) {
+          assert.equal(typeof v, "number", `${scheme} ${where} ${name}: ${v}`);
+          assert.ok(v >= 4.5, `${scheme} ${where}: ${name} is ${v}:1, under 4.5:1`);
+        }
+        for (const [name, v] of Object.entries(r.borders)) {
+          assert.equal(typeof v, "number", `${scheme} ${where} ${name}: ${v}`);
+          assert.ok(v >= 3, `${scheme} ${where}: the edge of ${name} is ${v}:1, under 3:1`);
+        }
+        assert.deepEqual(r.failures, [], `${scheme} ${where}: text under AA`);
+        assert.ok(r.checked > 5 || !args.sweepSel, `${scheme} ${where}: measured ${r.checked} texts`);
+      };
+      await openChat(page, svc, conv);
+      assert.equal(await page.evaluate(() => matchMedia("(prefers-color-scheme: dark)").matches), scheme === "dark");
+      await measure("chat page", {
+        named: { "Send (primary button)": "#send-button", "body text": "#conversation-title", link: ".topnav a", "muted text": ".sidebar-title", "Settings button": "#settings-open-button" },
+        borders: { "the message box": "#composer-input", "the Settings button": "#settings-open-button" },
+        placeholders: { "message box placeholder": "#composer-input" },
+        sweepSel: "body",
+      });
+      await openLockStatus(page);
+      await measure("Lock Status modal", {
+        named: {
+          "HELD badge": `${MODAL} .ll-badge--held`,
+          "STALE badge": `${MODAL} .ll-badge--stale`,
+          "CLEAR badge": `${MODAL} .ll-badge--free`,
+          "Clear stuck locks (danger button)": `${MODAL} .ll-clear`,
+          "Refresh (secondary button)": `${MODAL} .ll-refresh`,
+          "history link": `${MODAL} .ll-history-link`,
+          "muted text": `${MODAL} .ll-sub`,
+        },
+        borders: { "Refresh": `${MODAL} .ll-refresh`, "Close": `${MODAL} .ll-close-x` },
+        sweepSel: MODAL,
+      });
+      await page.keyboard.press("Escape");
+      await measure("Settings modal", { named: { "Lock Status (warning button)": OPEN_BUTTON }, sweepSel: "#settings-modal" });
+
+      await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+      await timelineReady(page);
+      await page.waitForFunction(() => document.querySelector("#events-table").getAttribute("aria-busy") === "false");
+      await page.click("#timeline-details summary");
+      await measure("history page", {
+        named: {
+          "Apply filters (primary button)": "#f-apply",
+          "body text": "#timeline-title",
+          "owner link": "#events-body a.owner",
+          "muted text": "#events-status",
+          "acquired badge": "#events-body .event--acquired",
+          "released badge": "#events-body .event--released",
+          "force_cleared badge": "#events-body .event--force_cleared",
+          "wait_timeout badge": "#events-body .event--wait_timeout",
+          "timeline lane label": "#timeline-chart .tl-lane-label",
+          "timeline axis label": "#timeline-chart .tl-axis-label",
+        },
+        borders: { "the owner filter": "#f-owner", "the lock filter": "#f-field", "Reset": "#f-reset" },
+        sweepSel: "body",
+      });
+      // A bar's tooltip, and the table rows of a hold picked on the timeline.
+      await page.focus('#timeline-chart .tl-hold[data-ending="released"]');
+      await page.locator("#timeline-tip").waitFor({ state: "visible" });
+      await measure("timeline tooltip", { named: { "tooltip text": "#timeline-tip dd", "tooltip label": "#timeline-tip dt" }, sweepSel: "#timeline-tip" });
+      await page.keyboard.press("Enter");
+      await page.locator("#events-body tr.is-highlight").first().waitFor();
+      await measure("highlighted rows", { named: { "highlighted row": "#events-body tr.is-highlight td.num" }, sweepSel: "#events-table" });
+      await page.done();
+    }
+    for (const [where, r] of Object.entries(results)) {
+      console.log(`# contrast ${where}: ${Object.entries(r.named).map(([k, v]) => `${k} ${v}`).join(", ")}; edges ${Object.entries(r.borders).map(([k, v]) => `${k} ${v}`).join(", ") || "-"}; ${r.checked} texts swept, lowest ${r.lowest ? `${r.lowest.ratio} ("${r.lowest.text}")` : "-"}`);
+    }
   }));
 });
 
