@@ -1,16 +1,22 @@
 //! Time: the injectable clock and the one way times are shown.
 //!
-//! Invariant: times are stored as UTC milliseconds since the Unix epoch (`i64`) and sent
-//! as RFC 3339. Everything that judges time (staleness, expiry) takes `now_ms` from a
-//! [`Clock`], so tests can move time instead of sleeping.
+//! Invariants: times are stored as UTC milliseconds since the Unix epoch (`i64`) and sent
+//! as RFC 3339. Durations that decide something (lease expiry, waiting, renew intervals)
+//! run on the monotonic clock, which a wall-clock step does not move; wall time is for
+//! records and display. Both come from a [`Clock`], so tests move time (or step the wall
+//! clock alone) instead of sleeping.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Wall-clock time, UTC milliseconds since the epoch: for records and display.
     fn now_ms(&self) -> i64;
+    /// Monotonic time: for deadlines and intervals.
+    fn monotonic(&self) -> Instant;
 }
 
 #[derive(Debug, Default)]
@@ -20,24 +26,47 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
     }
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
 }
 
-/// A clock tests move by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
+/// A clock tests move by hand: [`ManualClock::advance_ms`] moves both clocks, as time
+/// passing does; [`ManualClock::step_wall_ms`] moves the wall clock alone, as an
+/// administrator or NTP stepping it does.
+#[derive(Debug)]
+pub struct ManualClock {
+    wall_ms: AtomicI64,
+    mono_ms: AtomicU64,
+    base: Instant,
+}
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> Arc<ManualClock> {
-        Arc::new(ManualClock(AtomicI64::new(start_ms)))
+        Arc::new(ManualClock {
+            wall_ms: AtomicI64::new(start_ms),
+            mono_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        })
     }
+    /// Time passes: both clocks move forward by `ms` (≥ 0).
     pub fn advance_ms(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        let ms = ms.max(0);
+        self.wall_ms.fetch_add(ms, Ordering::SeqCst);
+        self.mono_ms.fetch_add(ms as u64, Ordering::SeqCst);
+    }
+    /// The wall clock is stepped by `ms` (either way); monotonic time does not move.
+    pub fn step_wall_ms(&self, ms: i64) {
+        self.wall_ms.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
+        self.wall_ms.load(Ordering::SeqCst)
+    }
+    fn monotonic(&self) -> Instant {
+        self.base + Duration::from_millis(self.mono_ms.load(Ordering::SeqCst))
     }
 }
 

@@ -81,7 +81,17 @@ pub struct Config {
     pub pool_timeout: Duration,
     /// SQLite busy timeout for every connection.
     pub busy_timeout: Duration,
+    /// Mode of a locks directory lockledger creates (an existing one keeps its own).
+    pub locks_dir_mode: u32,
+    /// Mode of a lock file lockledger creates (before the umask).
+    pub lock_file_mode: u32,
 }
+
+/// Modes for a storage directory shared with a chat app running as another user of the
+/// same group (`shared_group = true`): the locks directory group-writable with setgid,
+/// so lock files keep the group, and lock files group-readable and writable (Python's
+/// `filelock` opens them read-write).
+pub const SHARED_GROUP_MODES: (u32, u32) = (0o2770, 0o660);
 
 /// The file form of [`Config`]; every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +107,9 @@ struct ConfigFile {
     retention_max_events: Option<u64>,
     pool_timeout_ms: Option<u64>,
     busy_timeout_ms: Option<u64>,
+    /// Let a chat app running as another user of the service's group use the locks
+    /// directory (see [`SHARED_GROUP_MODES`]).
+    shared_group: Option<bool>,
     namespaces: Option<Vec<Namespace>>,
 }
 
@@ -127,6 +140,8 @@ impl Config {
             retention_max_events: Some(10_000_000),
             pool_timeout: Duration::from_millis(500),
             busy_timeout: Duration::from_secs(5),
+            locks_dir_mode: 0o700,
+            lock_file_mode: 0o600,
         }
     }
 
@@ -190,6 +205,9 @@ impl Config {
         if let Some(v) = file.busy_timeout_ms {
             self.busy_timeout = ms(v);
         }
+        if file.shared_group == Some(true) {
+            (self.locks_dir_mode, self.lock_file_mode) = SHARED_GROUP_MODES;
+        }
         if let Some(v) = file.namespaces {
             self.namespaces = v;
         }
@@ -224,16 +242,13 @@ impl Config {
         if let Some(v) = num("LOCKLEDGER_RETENTION_MAX_EVENTS")? {
             self.retention_max_events = (v > 0).then_some(v);
         }
+        if let Some(v) = get("LOCKLEDGER_SHARED_GROUP") {
+            if parse_bool("LOCKLEDGER_SHARED_GROUP", &v)? {
+                (self.locks_dir_mode, self.lock_file_mode) = SHARED_GROUP_MODES;
+            }
+        }
         if let Some(v) = get("LOCKLEDGER_AUTO_EXPIRE") {
-            self.auto_expire = match v.trim() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                other => {
-                    return Err(ConfigError::Invalid(format!(
-                        "LOCKLEDGER_AUTO_EXPIRE={other:?} is not a boolean"
-                    )))
-                }
-            };
+            self.auto_expire = parse_bool("LOCKLEDGER_AUTO_EXPIRE", &v)?;
         }
         Ok(())
     }
@@ -303,6 +318,11 @@ impl Config {
         self.storage_dir.join("registry.db")
     }
 
+    /// Where the token ceiling is kept beside the database (see `store::ceiling`).
+    pub fn ceiling_path(&self) -> PathBuf {
+        self.storage_dir.join("token-ceiling")
+    }
+
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.iter().find(|n| n.name == name)
     }
@@ -312,6 +332,16 @@ impl Config {
     pub fn default_namespace(&self) -> &Namespace {
         // validate() guarantees at least one namespace; `defaults()` has two.
         &self.namespaces[0]
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(ConfigError::Invalid(format!(
+            "{key}={other:?} is not a boolean"
+        ))),
     }
 }
 

@@ -84,6 +84,7 @@ impl FencedFile {
     fn serialised(&self) -> Result<crate::kernel::flock::HeldFlock, FenceError> {
         Ok(crate::kernel::flock::acquire_until(
             &self.guard,
+            0o600,
             Instant::now() + Duration::from_secs(30),
             &|| false,
         )?)

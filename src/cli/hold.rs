@@ -120,13 +120,19 @@ fn hold_external(g: &GlobalOpts, a: HoldArgs) -> Result<i32, RegistryError> {
     let config = g.config()?;
     let key = LockKey::in_config(&config, g.namespace(), &a.owner, &a.field)?;
     let namespace = ids::namespace_of(&config, g.namespace())?;
-    let dir = flock::ensure_dir(&config.locks_dir()).map_err(StoreError::Io)?;
+    let dir =
+        flock::ensure_dir(&config.locks_dir(), config.locks_dir_mode).map_err(StoreError::Io)?;
     let deadline = Instant::now() + Duration::from_millis(a.wait_ms);
-    let held = flock::acquire_until(&dir.join(key.file_name(namespace)), deadline, &|| false)
-        .map_err(|e| RegistryError::Busy {
-            message: e.to_string(),
-            holder: None,
-        })?;
+    let held = flock::acquire_until(
+        &dir.join(key.file_name(namespace)),
+        config.lock_file_mode,
+        deadline,
+        &|| false,
+    )
+    .map_err(|e| RegistryError::Busy {
+        message: e.to_string(),
+        holder: None,
+    })?;
     announce(
         serde_json::json!({"event": "held", "owner": key.owner(), "field": key.field(), "pid": std::process::id(), "external": true}),
     );

@@ -27,6 +27,10 @@ pub struct StatusClass {
 pub struct Gauges {
     pub held: u64,
     pub stale: u64,
+    /// Holders whose lock file was deleted or replaced at its path.
+    pub file_replaced: u64,
+    /// Locks where a process holds the new file at the path of a live holder's lock.
+    pub conflicts: u64,
     pub waiting: u64,
     pub leases: u64,
 }
@@ -46,6 +50,8 @@ pub struct Metrics {
     hold_time: Histogram,
     held: Gauge,
     stale: Gauge,
+    file_replaced: Gauge,
+    conflicts: Gauge,
     waiting: Gauge,
     leases: Gauge,
 }
@@ -67,6 +73,8 @@ impl Default for Metrics {
             hold_time: histogram(),
             held: Gauge::default(),
             stale: Gauge::default(),
+            file_replaced: Gauge::default(),
+            conflicts: Gauge::default(),
             waiting: Gauge::default(),
             leases: Gauge::default(),
         };
@@ -154,6 +162,8 @@ impl Metrics {
         let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.held.set(as_gauge(g.held));
         self.stale.set(as_gauge(g.stale));
+        self.file_replaced.set(as_gauge(g.file_replaced));
+        self.conflicts.set(as_gauge(g.conflicts));
         self.waiting.set(as_gauge(g.waiting));
         self.leases.set(as_gauge(g.leases));
         let mut out = String::with_capacity(4096);

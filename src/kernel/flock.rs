@@ -1,22 +1,53 @@
-//! Kernel file locks on lock files: the only module that touches `fslock` (and `flock`).
+//! Kernel file locks on lock files: the only module that opens lock files and calls
+//! `flock(2)`.
+//!
+//! Why not the `fslock` crate: it opens by path with `O_CREAT` (following symlinks, so a
+//! symlink planted in the locks directory makes the service create or open a file
+//! wherever it points) and truncates the file on every unlock (emptying that target).
+//! Lock files here are opened with `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC`, checked to be
+//! regular files, and never written, truncated or deleted.
 //!
 //! Invariants:
 //! - Exclusion is a `flock(LOCK_EX)` on the lock file, per open file description: two
 //!   handles in one process exclude each other, and Python's `filelock.FileLock` and
 //!   this module exclude each other both ways.
-//! - A [`HeldFlock`] is the only way to hold a lock, and it is locked exactly once and
-//!   unlocked exactly once (on drop, on every path), so `fslock`'s panics on a double
-//!   lock or unlock cannot happen.
-//! - Lock files are created when first acquired and never deleted or written: deleting
-//!   a held lock file lets a second holder in, and `fslock`'s unlock truncates the file.
-//! - [`probe`] never creates a file and never blocks; it answers "is it held" from the
-//!   kernel, not from the file's presence or age.
+//! - A symlink, FIFO, socket, device or directory at a lock path is refused with an error
+//!   naming the file and what it is; nothing is opened through a symlink, and a FIFO or
+//!   device is never opened at all (`lstat` first, `fstat` after opening to close the
+//!   race). Nothing here ever blocks in `open` or `flock`.
+//! - A [`HeldFlock`] is the only way to hold a lock; it remembers the identity (device,
+//!   inode) of the file it locked, and dropping it closes the descriptor, which releases
+//!   the lock (the descriptor is never duplicated, so nothing else keeps it).
+//! - Every non-blocking attempt in this process (acquiring or probing) on one file passes
+//!   one gate for its few microseconds, so a status probe never makes a try-acquire of
+//!   this process fail. Probes of other processes can still meet ours; that is why a
+//!   probe is the last resort (see `registry::report`).
+//! - Responses never carry server paths: errors name the bare file.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// A file's identity: its device and inode. A lock is a lock on one inode; a path can
+/// come to name another one (deleted and recreated, replaced, renamed over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlockError {
@@ -25,6 +56,8 @@ pub enum FlockError {
         name: String,
         source: std::io::Error,
     },
+    #[error("lock file {name} is {what}, not a regular file; refusing to use it (remove it so a regular lock file can be created)")]
+    NotRegular { name: String, what: &'static str },
     #[error("cannot lock {name}: {source}")]
     Lock {
         name: String,
@@ -35,45 +68,176 @@ pub enum FlockError {
 }
 
 /// Bare file name for messages: responses must never carry absolute server paths.
-fn display_name(path: &Path) -> String {
+pub fn display_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "lock file".into())
 }
 
-/// A held kernel lock. Dropping it releases the lock and closes the handle.
+/// What a file type is, in words, for refusals.
+fn kind_of(ft: std::fs::FileType) -> Option<&'static str> {
+    if ft.is_file() {
+        None
+    } else if ft.is_symlink() {
+        Some("a symbolic link")
+    } else if ft.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_block_device() {
+        Some("a block device")
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// A held kernel lock. Dropping it closes the descriptor, which releases the lock.
 #[derive(Debug)]
 pub struct HeldFlock {
-    // Kept only for its Drop: fslock::LockFile unlocks when it owns the lock, then
-    // closes the fd.
+    // Kept for its Drop: closing the only descriptor of this open file description
+    // releases the flock. Never written.
     #[allow(dead_code)]
-    file: fslock::LockFile,
+    file: File,
+    id: FileId,
 }
 
-fn open(path: &Path) -> Result<fslock::LockFile, FlockError> {
-    fslock::LockFile::open(path).map_err(|source| FlockError::Open {
-        name: display_name(path),
+impl HeldFlock {
+    /// The identity of the file this lock is on.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+}
+
+/// The identity of the regular file at `path`, without opening anything: `Ok(None)` when
+/// nothing is there, an error when something other than a regular file is.
+pub fn file_id(path: &Path) -> Result<Option<FileId>, FlockError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => match kind_of(meta.file_type()) {
+            None => Ok(Some(FileId::of(&meta))),
+            Some(what) => Err(FlockError::NotRegular {
+                name: display_name(path),
+                what,
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FlockError::Open {
+            name: display_name(path),
+            source,
+        }),
+    }
+}
+
+/// Opens the lock file safely: never through a symlink, never a FIFO or device, never
+/// blocking. `create` makes a missing file (mode `file_mode`, before the umask).
+/// `Ok(None)`: missing and not created.
+fn open_lock_file(
+    path: &Path,
+    create: bool,
+    file_mode: u32,
+) -> Result<Option<(File, FileId)>, FlockError> {
+    let name = || display_name(path);
+    // Refuse what is not a regular file before opening it: opening a FIFO or a device
+    // can have effects of its own.
+    if file_id(path)?.is_none() && !create {
+        return Ok(None);
+    }
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| FlockError::Open {
+            name: name(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"),
+        })?;
+    let mut flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if create {
+        flags |= libc::O_CREAT;
+    }
+    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call; the
+    // mode argument is read only with O_CREAT.
+    let fd = unsafe { libc::open(c_path.as_ptr(), flags, file_mode as libc::c_uint) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENOENT) if !create => Ok(None),
+            // O_NOFOLLOW on a symlink planted between our lstat and open.
+            Some(libc::ELOOP) => Err(FlockError::NotRegular {
+                name: name(),
+                what: "a symbolic link",
+            }),
+            _ => Err(FlockError::Open {
+                name: name(),
+                source: err,
+            }),
+        };
+    }
+    // SAFETY: fd was just returned by open(2) and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file.metadata().map_err(|source| FlockError::Open {
+        name: name(),
         source,
-    })
+    })?;
+    if let Some(what) = kind_of(meta.file_type()) {
+        return Err(FlockError::NotRegular { name: name(), what });
+    }
+    Ok(Some((file, FileId::of(&meta))))
 }
 
-/// One non-blocking attempt. `Ok(None)` means someone else holds it.
-pub fn try_acquire(path: &Path) -> Result<Option<HeldFlock>, FlockError> {
-    lock_opened_in_place(&mut Some(open(path)?), path)
+/// Gates of the non-blocking attempts of this process, striped by path.
+static GATES: [Mutex<()>; 64] = [const { Mutex::new(()) }; 64];
+
+fn gate(path: &Path) -> MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    let stripe = &GATES[(h.finish() % GATES.len() as u64) as usize];
+    // Nothing is mutated under a gate, so a poisoned one is still usable.
+    stripe.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on an open file: true if taken, false if someone holds it.
+fn lock_nb(file: &File, path: &Path) -> Result<bool, FlockError> {
+    // SAFETY: the descriptor is owned by `file` for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(FlockError::Lock {
+            name: display_name(path),
+            source: err,
+        })
+    }
+}
+
+/// One non-blocking attempt (creating the file if needed). `Ok(None)`: someone else
+/// holds it.
+pub fn try_acquire(path: &Path, file_mode: u32) -> Result<Option<HeldFlock>, FlockError> {
+    let Some((file, id)) = open_lock_file(path, true, file_mode)? else {
+        return Ok(None);
+    };
+    let _gate = gate(path);
+    Ok(lock_nb(&file, path)?.then_some(HeldFlock { file, id }))
 }
 
 /// Polls [`try_acquire`] with exponential backoff (0.5 ms doubling to 25 ms) until
 /// `deadline`. `cancelled` is checked between attempts so a waiter can give up early.
+/// For callers that may block a thread (the CLI, library holders); the service waits
+/// asynchronously instead.
 pub fn acquire_until(
     path: &Path,
+    file_mode: u32,
     deadline: Instant,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<HeldFlock, FlockError> {
     let started = Instant::now();
-    let mut file = Some(open(path)?);
     let mut pause = Duration::from_micros(500);
     loop {
-        if let Some(held) = lock_opened_in_place(&mut file, path)? {
+        if let Some(held) = try_acquire(path, file_mode)? {
             return Ok(held);
         }
         let now = Instant::now();
@@ -88,125 +252,64 @@ pub fn acquire_until(
     }
 }
 
-/// One attempt on an opened handle; on success the handle moves into the [`HeldFlock`].
-fn lock_opened_in_place(
-    file: &mut Option<fslock::LockFile>,
-    path: &Path,
-) -> Result<Option<HeldFlock>, FlockError> {
-    let Some(handle) = file.as_mut() else {
-        return Ok(None);
-    };
-    // The handle is only ever kept while unlocked, so try_lock cannot hit fslock's
-    // double-lock panic.
-    match handle.try_lock() {
-        Ok(true) => {}
-        Ok(false) => return Ok(None),
-        Err(source) => {
-            return Err(FlockError::Lock {
-                name: display_name(path),
-                source,
-            })
-        }
-    }
-    Ok(file.take().map(|file| HeldFlock { file }))
+/// What a probe saw at a lock path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// The file now at the path (None: nothing there).
+    pub id: Option<FileId>,
+    /// Someone holds that file's flock.
+    pub held: bool,
 }
 
-/// Serialises probes inside this process: a probe holds the lock for microseconds, and
-/// two concurrent probes of one file would each see the other as a holder.
-static PROBE_GATE: Mutex<()> = Mutex::new(());
-
-/// Is the lock file held by anyone (this process included, through another handle)?
-/// A missing file is free. Takes and drops the lock for microseconds if it is free, so
-/// a concurrent acquirer may need one more poll; a holder is never disturbed.
-pub fn probe(path: &Path) -> Result<bool, FlockError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(FlockError::Open {
-                name: display_name(path),
-                source,
-            })
-        }
+/// Is the lock file at `path` held by anyone (this process included, through another
+/// handle)? A missing file is free and is not created. If it is free, the lock is taken
+/// and dropped within the gate (microseconds); a holder is never disturbed. The last
+/// resort: callers ask what they know and `/proc/locks` first.
+pub fn probe(path: &Path) -> Result<Probed, FlockError> {
+    let Some((file, id)) = open_lock_file(path, false, 0)? else {
+        return Ok(Probed {
+            id: None,
+            held: false,
+        });
     };
-    let _gate = PROBE_GATE.lock().unwrap_or_else(|p| p.into_inner());
-    let fd = file.as_raw_fd();
-    // SAFETY: fd is a valid descriptor owned by `file` for the duration of these calls.
-    let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        // SAFETY: as above; LOCK_UN on a lock we just took. Closing `file` would release
-        // it too, but unlocking first makes the release independent of drop order.
-        unsafe { libc::flock(fd, libc::LOCK_UN) };
-        return Ok(false);
+    let _gate = gate(path);
+    let taken = lock_nb(&file, path)?;
+    if taken {
+        // SAFETY: as in lock_nb; LOCK_UN on the lock just taken, released before the
+        // gate opens, independent of drop order.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
     }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(true)
-    } else {
-        Err(FlockError::Lock {
-            name: display_name(path),
-            source: err,
-        })
-    }
+    Ok(Probed {
+        id: Some(id),
+        held: !taken,
+    })
 }
 
-/// Creates the locks directory if needed (files inside are created on first acquire).
-pub fn ensure_dir(dir: &Path) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+/// Creates a directory (and its parents) with `mode` if it does not exist; an existing
+/// directory keeps its mode (it may be the chat app's own). Refuses a symlink or a
+/// non-directory there.
+pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(dir.to_path_buf()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a directory", display_name(dir)),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    // The umask may have taken bits away; the mode asked for is what is wanted.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn two_handles_in_one_process_exclude_each_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a_.lock");
-        let first = try_acquire(&path).unwrap().expect("free lock");
-        assert!(try_acquire(&path).unwrap().is_none());
-        assert!(probe(&path).unwrap());
-        drop(first);
-        assert!(!probe(&path).unwrap());
-        assert!(try_acquire(&path).unwrap().is_some());
-        assert!(path.exists(), "lock files are never deleted");
-    }
-
-    #[test]
-    fn probe_of_a_missing_file_is_free_and_creates_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing_.lock");
-        assert!(!probe(&path).unwrap());
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn acquire_until_times_out_then_succeeds_after_release() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b_.lock");
-        let held = try_acquire(&path).unwrap().unwrap();
-        let t = Instant::now();
-        let err = acquire_until(&path, t + Duration::from_millis(60), &|| false).unwrap_err();
-        assert!(matches!(err, FlockError::Timeout { .. }), "{err}");
-        assert!(t.elapsed() >= Duration::from_millis(60));
-        assert!(!err.to_string().contains(dir.path().to_str().unwrap()));
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
-            drop(held);
-        });
-        acquire_until(&path, Instant::now() + Duration::from_secs(5), &|| false).unwrap();
-        releaser.join().unwrap();
-    }
-
-    #[test]
-    fn a_probe_never_disturbs_the_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c_.lock");
-        let _held = try_acquire(&path).unwrap().unwrap();
-        for _ in 0..100 {
-            assert!(probe(&path).unwrap());
-        }
-        assert!(try_acquire(&path).unwrap().is_none());
-    }
-}
+mod tests;

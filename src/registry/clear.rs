@@ -5,16 +5,15 @@
 //! may be cleared is decided by `policy::stale::plan`, never here. Nothing here deletes a
 //! lock file.
 
-use super::report::holder_name;
-use super::report::{external_holder_pid, without_paths};
+use super::words::{skip_reason, without_paths};
 use super::{check_label, close_record, LockRef, Registry, RegistryError};
-use crate::clock;
 use crate::ids::{self, LockKey};
 use crate::kernel::process;
-use crate::policy::clear::{ForcePlan, Plan, Skip};
+use crate::kernel::view::KernelView;
+use crate::policy::clear::{ForcePlan, Plan};
 use crate::policy::stale::StaleReason;
 use crate::store::history::{self, EventKind, NewEvent};
-use crate::store::records::{self, HolderRow};
+use crate::store::records;
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -124,7 +123,8 @@ impl Registry {
                 return Ok(());
             }
         }
-        let seen = self.observe(row.as_ref(), file, now)?;
+        let view = KernelView::take();
+        let seen = self.observe(row.as_ref(), file, now, &view)?;
         match seen.plan() {
             Plan::Nothing => {}
             Plan::Skip(skip) => {
@@ -139,7 +139,9 @@ impl Registry {
                     operation: holder.map(|h| h.operation.clone()),
                 };
                 if external {
-                    let pid = external_holder_pid(&self.path_of_file(file));
+                    let pid = seen
+                        .path_file
+                        .and_then(|id| self.flock_holder_pid(&view, id));
                     skipped.pid = pid;
                     if let Some(pid) = pid {
                         let cmd = process::cmdline(pid)
@@ -219,7 +221,7 @@ impl Registry {
         self.write(move |reg, conn| {
             let now = reg.now_ms();
             let row = records::find_lock(conn, &key)?;
-            let seen = reg.observe(row.as_ref(), &file, now)?;
+            let seen = reg.observe(row.as_ref(), &file, now, &KernelView::take())?;
             let verdict = seen.verdict;
             let Some((row, h)) = row.as_ref().and_then(|r| r.holder.as_ref().map(|h| (r, h))) else {
                 return Err(match seen.force_plan() {
@@ -297,29 +299,5 @@ fn fault_point(name: &str) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
-    }
-}
-
-/// Why a clear left a lock alone, in words.
-fn skip_reason(skip: Skip, h: Option<&HolderRow>) -> String {
-    let Some(h) = h else {
-        return "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into();
-    };
-    match skip {
-        Skip::External => "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into(),
-        Skip::LeasedElsewhere => format!(
-            "leased through the lockledger service (pid {}), which holds the lock file; clear it through that service",
-            h.locker_pid
-        ),
-        Skip::HeldTooLong => format!(
-            "held_too_long: {} is alive but has not renewed for longer than max_hold; a safe clear never touches a live holder (an admin may force-clear it)",
-            holder_name(h)
-        ),
-        Skip::Live => format!(
-            "held by a live holder ({}, {}) since {}; a safe clear never touches a live holder",
-            holder_name(h),
-            h.operation,
-            clock::hms(h.acquired_at)
-        ),
     }
 }

@@ -1,17 +1,23 @@
-//! Granting locks to library holders in this process: waiting in arrival order for the
-//! kernel lock, recording the grant, and the [`LockGuard`] that gives it back.
+//! Granting locks: one attempt (the kernel lock, then the record), waiting in arrival
+//! order for a turn, library holders in this process and the [`LockGuard`] that gives
+//! their lock back.
 //!
-//! Invariants: the holder row and the `acquired` event are committed before a grant is
-//! returned; a guard releases on every path (return, `?`, panic unwinding, a dropped
-//! future), committing its `released` event before the flock goes.
+//! Invariants:
+//! - The holder row and the `acquired` event are committed before a grant is returned.
+//! - The record wins over the path: while a recorded holder lives, nobody is granted the
+//!   lock again, even when its lock file was deleted or replaced at the path and the new
+//!   file's flock is free (the grant is refused and a `file_replaced` event is written,
+//!   once per holder).
+//! - A guard releases on every path (return, `?`, panic unwinding, a dropped future),
+//!   committing its `released` event before the flock goes.
 
+use super::report::describe_holder;
+use super::waitq::WaiterInfo;
 use super::{check_label, close_record, renewal_is_sampled, LockRef, Registry, RegistryError};
 use crate::ids::LockKey;
-use crate::kernel::flock::{self, FlockError, HeldFlock};
+use crate::kernel::flock::{self, HeldFlock};
 use crate::kernel::process;
 use crate::policy::stale::{HolderKind, LockState};
-use crate::registry::report::describe_holder;
-use crate::registry::waitq::WaiterInfo;
 use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records::{self, NewHolder};
 use rusqlite::Connection;
@@ -40,52 +46,114 @@ impl AcquireOptions {
     }
 }
 
-/// Who is asking for a lock (for the wait queue and `wait_timeout` events).
-pub(super) struct Requester<'a> {
-    pub(super) holder: &'a str,
-    pub(super) operation: &'a str,
-    pub(super) pid: Option<i32>,
+/// What a grant records about its holder.
+#[derive(Debug, Clone)]
+pub(super) struct GrantSpec {
+    pub kind: HolderKind,
+    pub holder: String,
+    pub operation: String,
+    pub pid: Option<i32>,
+    pub pid_start: Option<u64>,
+    pub host: String,
+    pub thread: Option<String>,
+    /// For a lease: its id and how long it lasts unrenewed.
+    pub lease: Option<LeaseTerms>,
 }
 
-/// What a grant records about its holder.
-pub(super) struct GrantSpec {
-    pub(super) kind: HolderKind,
-    pub(super) lease_id: Option<String>,
-    pub(super) holder: String,
-    pub(super) operation: String,
-    pub(super) pid: Option<i32>,
-    pub(super) pid_start: Option<u64>,
-    pub(super) host: String,
-    pub(super) thread: Option<String>,
-    pub(super) ttl_ms: Option<i64>,
+#[derive(Debug, Clone)]
+pub(super) struct LeaseTerms {
+    pub lease_id: String,
+    pub ttl: Duration,
+    /// The client's pid on this host, whose death ends the lease.
+    pub client_pid: Option<i32>,
+    pub client_start: Option<u64>,
+}
+
+/// A grant just committed.
+#[derive(Debug)]
+pub(super) struct Granted {
+    pub lock_id: i64,
+    pub token: i64,
+    /// When a lease expires unless renewed (wall clock, for display).
+    pub expires_at_ms: Option<i64>,
+    /// The kernel lock, for a library holder (a lease's stays in the holdings).
+    pub flock: Option<HeldFlock>,
 }
 
 impl Registry {
-    // ---------------------------------------------------------------- granting
+    /// One attempt, without waiting: the kernel lock, then the record. `Ok(None)` when
+    /// someone holds the lock (or a live holder's lock file was replaced).
+    pub(super) fn try_grant(
+        &self,
+        key: &LockKey,
+        file: &str,
+        spec: &GrantSpec,
+    ) -> Result<Option<Granted>, RegistryError> {
+        let Some(flock) = flock::try_acquire(&self.path_of_file(file), self.file_mode())? else {
+            return Ok(None);
+        };
+        let (k, f, s) = (key.clone(), file.to_string(), spec.clone());
+        let lease_id = spec.lease.as_ref().map(|l| l.lease_id.clone());
+        let lock_grant = self.write(move |reg, conn| reg.record_grant(conn, &k, &f, s, flock));
+        if lock_grant.is_err() {
+            // The commit failed after the job ran: drop what it put in the holdings.
+            let mut holdings = self.holdings();
+            if let Some(id) = &lease_id {
+                drop(holdings.remove_lease(id));
+            }
+        }
+        lock_grant
+    }
 
-    /// Records a grant for a lock whose flock the caller holds. Runs in the writer.
-    pub(super) fn record_grant(
+    /// Records a grant of the lock whose flock is `flock`. Runs in the writer.
+    fn record_grant(
         &self,
         conn: &Connection,
         key: &LockKey,
         file: &str,
         spec: GrantSpec,
-    ) -> Result<(i64, i64), RegistryError> {
+        flock: HeldFlock,
+    ) -> Result<Option<Granted>, RegistryError> {
         let now = self.now_ms();
-        let (lock_id, token) = records::grant_token(conn, key, file, now)?;
-        if let Some(prev) = records::holder_token(conn, lock_id)? {
-            // We hold the flock, so whoever this row names does not: close it.
-            close_record(
-                conn,
-                LockRef::of(key, lock_id),
-                prev,
-                EventKind::Reconciled,
-                now,
-                Some("lockledger"),
-                Some("superseded: its holder no longer held the lock file"),
-            )?;
+        if let Some(prev) = records::find_lock(conn, key)? {
+            if let Some(h) = &prev.holder {
+                let same_file = h.file_id.is_none_or(|id| id == flock.id());
+                if !same_file && self.holder_alive(prev.lock_id, h) {
+                    // Its lock file was deleted or replaced, and it still holds the old
+                    // one: granting the new file would make two holders.
+                    if records::mark_file_replaced(conn, prev.lock_id, h.token, now)? {
+                        let mut event = NewEvent::about(&prev, EventKind::FileReplaced, now);
+                        event.held_ms = None;
+                        event.actor = Some("lockledger");
+                        event.reason = Some(
+                            "its lock file was deleted or replaced at the lock path while it \
+                             held it; the lock is not granted again until this holder ends",
+                        );
+                        history::insert_event(conn, &event)?;
+                    }
+                    return Ok(None);
+                }
+                // We hold the flock of the file its record names, or it is gone: it does
+                // not hold the lock any more.
+                let why = if same_file {
+                    "superseded: its holder no longer held the lock file"
+                } else {
+                    "superseded: its holder is gone (and its lock file was replaced)"
+                };
+                close_record(
+                    conn,
+                    LockRef::row(&prev),
+                    h.token,
+                    EventKind::Reconciled,
+                    now,
+                    Some("lockledger"),
+                    Some(why),
+                )?;
+            }
         }
-        let expires_at = spec.ttl_ms.map(|t| now + t);
+        let (lock_id, token) = records::grant_token(conn, key, file, now)?;
+        self.cover_token(conn, token)?;
+        let expires_at = spec.lease.as_ref().map(|l| now + l.ttl.as_millis() as i64);
         let event = NewEvent {
             at: now,
             lock_id,
@@ -107,7 +175,7 @@ impl Registry {
                 lock_id,
                 token,
                 kind: spec.kind,
-                lease_id: spec.lease_id.as_deref(),
+                lease_id: spec.lease.as_ref().map(|l| l.lease_id.as_str()),
                 holder: &spec.holder,
                 operation: &spec.operation,
                 pid: spec.pid,
@@ -119,11 +187,30 @@ impl Registry {
                 acquired_at: now,
                 expires_at,
                 acquired_event: event_id,
+                file_id: flock.id(),
             },
         )?;
-        Ok((lock_id, token))
+        // The grant joins this process's holdings inside the transaction, so a clear or
+        // a grant in the same batch sees record and holding together.
+        let flock = match spec.lease {
+            Some(terms) => {
+                self.insert_lease_slot(key, lock_id, token, flock, terms);
+                None
+            }
+            None => {
+                self.holdings().add_guard(lock_id, token);
+                Some(flock)
+            }
+        };
+        Ok(Some(Granted {
+            lock_id,
+            token,
+            expires_at_ms: expires_at,
+            flock,
+        }))
     }
 
+    /// Why an acquirer gave up: who holds the lock, as status shows it.
     fn busy_error(&self, key: &LockKey, waited: Duration) -> RegistryError {
         let report = self
             .status(Some(key.namespace()), key.owner())
@@ -145,16 +232,15 @@ impl Registry {
     fn record_wait_timeout(
         &self,
         key: &LockKey,
-        who: &Requester<'_>,
+        spec: &GrantSpec,
         waited: Duration,
         gave_up: bool,
     ) {
         let key = key.clone();
-        let file = match self.file_of(&key) {
-            Ok(f) => f,
-            Err(_) => return,
+        let Ok(file) = self.file_of(&key) else {
+            return;
         };
-        let (holder, operation, pid) = (who.holder.to_string(), who.operation.to_string(), who.pid);
+        let (holder, operation, pid) = (spec.holder.clone(), spec.operation.clone(), spec.pid);
         let res = self.write(move |reg, conn| {
             let now = reg.now_ms();
             let lock_id = records::ensure_lock(conn, &key, &file, now)?;
@@ -187,38 +273,38 @@ impl Registry {
         }
     }
 
-    /// Waits in arrival order (among this process's waiters) for the flock, up to `wait`.
-    pub(super) fn take_flock(
+    /// Waits in arrival order (among this process's waiters) for a grant, up to `wait`,
+    /// trying when it is this waiter's turn and backing off (0.5 ms doubling to 25 ms)
+    /// while someone holds the lock.
+    pub(super) fn grant_waiting(
         &self,
         key: &LockKey,
-        file: &str,
-        who: &Requester<'_>,
+        spec: &GrantSpec,
         wait: Duration,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<HeldFlock, RegistryError> {
+    ) -> Result<Granted, RegistryError> {
+        let file = self.file_of(key)?;
         let started = Instant::now();
         let deadline = started + wait;
         let ticket = self
             .inner
             .waiters
-            .join(key, who.holder, who.operation, self.now_ms());
-        let got = if ticket.wait_turn(deadline, cancelled) {
-            flock::acquire_until(&self.path_of_file(file), deadline, cancelled)
-        } else {
-            Err(FlockError::Timeout {
-                name: file.to_string(),
-                waited_ms: started.elapsed().as_millis() as u64,
-            })
-        };
-        drop(ticket);
-        match got {
-            Ok(f) => Ok(f),
-            Err(FlockError::Timeout { .. }) => {
-                self.record_wait_timeout(key, who, started.elapsed(), cancelled());
-                Err(self.busy_error(key, started.elapsed()))
+            .join(key, &spec.holder, &spec.operation, self.now_ms());
+        let mut pause = Duration::from_micros(500);
+        while ticket.wait_turn(deadline, cancelled) {
+            if let Some(granted) = self.try_grant(key, &file, spec)? {
+                return Ok(granted);
             }
-            Err(e) => Err(e.into()),
+            let now = Instant::now();
+            if now >= deadline || cancelled() {
+                break;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(25));
         }
+        drop(ticket);
+        self.record_wait_timeout(key, spec, started.elapsed(), cancelled());
+        Err(self.busy_error(key, started.elapsed()))
     }
 
     /// Acquirers waiting in this process, in queue order.
@@ -239,33 +325,23 @@ impl Registry {
     ) -> Result<LockGuard, RegistryError> {
         check_label("holder", &opts.holder)?;
         check_label("operation", &opts.operation)?;
-        let file = self.file_of(key)?;
-        let who = Requester {
-            holder: &opts.holder,
-            operation: &opts.operation,
-            pid: Some(self.inner.me.0),
-        };
-        let flock = self.take_flock(key, &file, &who, opts.wait, &|| false)?;
         let spec = GrantSpec {
             kind: HolderKind::Library,
-            lease_id: None,
             holder: opts.holder.clone(),
             operation: opts.operation.clone(),
             pid: Some(self.inner.me.0),
             pid_start: self.inner.me.1,
             host: process::hostname().to_string(),
             thread: Some(process::thread_label()),
-            ttl_ms: None,
+            lease: None,
         };
-        let (k, f) = (key.clone(), file.clone());
-        // On error the flock is dropped here, before returning.
-        let (lock_id, token) = self.write(move |reg, conn| reg.record_grant(conn, &k, &f, spec))?;
+        let granted = self.grant_waiting(key, &spec, opts.wait, &|| false)?;
         Ok(LockGuard {
             registry: self.clone(),
             key: key.clone(),
-            lock_id,
-            token,
-            flock: Some(flock),
+            lock_id: granted.lock_id,
+            token: granted.token,
+            flock: granted.flock,
         })
     }
 }
@@ -338,10 +414,9 @@ impl LockGuard {
         };
         let (key, token, lock_id) = (self.key.clone(), self.token, self.lock_id);
         let res = self.registry.write(move |reg, conn| {
-            let lock = LockRef::of(&key, lock_id);
             close_record(
                 conn,
-                lock,
+                LockRef::of(&key, lock_id),
                 token,
                 EventKind::Released,
                 reg.now_ms(),
@@ -353,6 +428,7 @@ impl LockGuard {
         // The flock goes last, whatever the database said: a record left behind is
         // repaired by reconciliation, a flock left behind would block everyone.
         drop(flock);
+        self.registry.holdings().remove_guard(lock_id, token);
         res
     }
 }

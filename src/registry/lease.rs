@@ -1,12 +1,20 @@
 //! Service leases: the service takes the kernel lock for a client and keeps the handle
-//! until the client releases, the lease expires or its client process dies, or a clear
-//! revokes it.
+//! (in `holdings`) until the client releases, the lease expires or its client process
+//! dies, or a clear revokes it.
 //!
-//! Invariants: a lease's handle lives in the [`LeaseTable`] from the commit of its grant
-//! until its record is closed (or, for the reaper, just before: the kernel lock goes
-//! first so a stalled database cannot keep an expired lease's lock held).
+//! Invariants:
+//! - A lease id names exactly one grant forever: renew, release and the reaper act on
+//!   that grant's lock id and token only, never on a later grant of the same lock.
+//! - Deadlines are monotonic: renewals move them by the ttl from now; the reaper ends a
+//!   lease whose deadline passed (with `auto_expire`) or whose client died. The wall-clock
+//!   times in the records are only for display and SQL.
+//! - The holdings lock is never held across SQL: a renewal reads the slot, writes, then
+//!   moves the deadline; the reaper closes an ended lease's handle before it writes its
+//!   record (a database stalled by another process must not keep an expired lease's
+//!   lock held).
 
-use super::grant::{GrantSpec, Requester};
+use super::grant::{GrantSpec, LeaseTerms};
+use super::holdings::{LeaseInfo, LeaseSlot};
 use super::{check_label, close_record, renewal_is_sampled, LockRef, Registry, RegistryError};
 use crate::clock;
 use crate::ids::LockKey;
@@ -18,9 +26,6 @@ use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records;
 use crate::store::StoreError;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A lease request from a client of the service.
@@ -44,63 +49,33 @@ pub struct LeaseGrant {
     pub expires_at_ms: i64,
 }
 
-/// A service lease held by this process: the flock handle lives here.
-#[derive(Debug)]
-pub(super) struct LeaseSlot {
-    lease_id: String,
-    token: i64,
-    lock_id: i64,
-    // Kept for its Drop, which releases the lease's flock.
-    #[allow(dead_code)]
-    flock: HeldFlock,
-    expires_at: i64,
-    ttl_ms: i64,
-    client_pid: Option<i32>,
-    client_start: Option<u64>,
-}
-
-#[derive(Debug, Default)]
-pub(super) struct LeaseTable {
-    pub(super) by_key: HashMap<LockKey, LeaseSlot>,
-    pub(super) by_id: HashMap<String, LockKey>,
-}
-
-impl LeaseTable {
-    pub(super) fn insert(&mut self, key: LockKey, slot: LeaseSlot) {
-        self.by_id.insert(slot.lease_id.clone(), key.clone());
-        self.by_key.insert(key, slot);
-    }
-    pub(super) fn remove(&mut self, key: &LockKey) -> Option<LeaseSlot> {
-        let slot = self.by_key.remove(key)?;
-        self.by_id.remove(&slot.lease_id);
-        Some(slot)
-    }
-}
-
-/// The lease handles of one storage directory are shared by every `Registry` of this
-/// process opened on it, so "this process holds the lease's handle" means the same thing
-/// to all of them.
-pub(super) fn lease_table_for(storage_dir: &std::path::Path) -> Arc<Mutex<LeaseTable>> {
-    static TABLES: Mutex<Option<HashMap<PathBuf, Arc<Mutex<LeaseTable>>>>> = Mutex::new(None);
-    let dir = storage_dir
-        .canonicalize()
-        .unwrap_or_else(|_| storage_dir.to_path_buf());
-    let mut tables = TABLES.lock().unwrap_or_else(|p| p.into_inner());
-    Arc::clone(
-        tables
-            .get_or_insert_with(HashMap::new)
-            .entry(dir)
-            .or_default(),
-    )
-}
-
 impl Registry {
-    pub fn acquire_lease(
+    /// Puts a lease's handle in the holdings (inside the transaction of its grant).
+    pub(super) fn insert_lease_slot(
         &self,
         key: &LockKey,
-        req: &LeaseRequest,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<LeaseGrant, RegistryError> {
+        lock_id: i64,
+        token: i64,
+        flock: HeldFlock,
+        terms: LeaseTerms,
+    ) {
+        let now = self.monotonic();
+        self.holdings().insert_lease(LeaseSlot {
+            lease_id: terms.lease_id,
+            key: key.clone(),
+            lock_id,
+            token,
+            flock,
+            ttl: terms.ttl,
+            deadline: now + terms.ttl,
+            renewed: now,
+            client_pid: terms.client_pid,
+            client_start: terms.client_start,
+        });
+    }
+
+    /// Checks a lease request and turns it into the grant it asks for.
+    fn lease_spec(&self, req: &LeaseRequest) -> Result<GrantSpec, RegistryError> {
         check_label("holder", &req.holder)?;
         check_label("operation", &req.operation)?;
         if let Some(h) = &req.host {
@@ -120,125 +95,107 @@ impl Registry {
             .unwrap_or_else(|| process::hostname().to_string());
         let local = host == process::hostname();
         let pid_start = match (req.pid, local) {
-            (Some(pid), true) => match process::start_ticks(pid) {
-                Some(s) => Some(s),
-                None => {
-                    return Err(RegistryError::BadRequest(format!(
-                        "pid {pid} is not a running process on this host"
-                    )))
-                }
-            },
+            (Some(pid), true) => Some(process::start_ticks(pid).ok_or_else(|| {
+                RegistryError::BadRequest(format!(
+                    "pid {pid} is not a running process on this host"
+                ))
+            })?),
             _ => None,
         };
-        let file = self.file_of(key)?;
-        let flock = self.take_flock(
-            key,
-            &file,
-            &Requester {
-                holder: &req.holder,
-                operation: &req.operation,
-                pid: req.pid,
-            },
-            req.wait,
-            cancelled,
-        )?;
         // 128 random bits: a lease id is a bearer capability for renew and release.
         let lease_id = crate::random::hex(16)
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        let ttl_ms = ttl.as_millis() as i64;
-        let spec = GrantSpec {
+        Ok(GrantSpec {
             kind: HolderKind::Lease,
-            lease_id: Some(lease_id.clone()),
             holder: req.holder.clone(),
             operation: req.operation.clone(),
             pid: req.pid,
             pid_start,
             host,
             thread: None,
-            ttl_ms: Some(ttl_ms),
-        };
-        let (k, f, id) = (key.clone(), file, lease_id.clone());
-        let client_pid = if local { req.pid } else { None };
-        let grant = self.write(move |reg, conn| {
-            let (lock_id, token) = reg.record_grant(conn, &k, &f, spec)?;
-            let expires_at = reg.now_ms() + ttl_ms;
-            // The handle joins the table inside the transaction, so a clear in the same
-            // batch sees record and handle together.
-            reg.leases().insert(
-                k.clone(),
-                LeaseSlot {
-                    lease_id: id.clone(),
-                    token,
-                    lock_id,
-                    flock,
-                    expires_at,
-                    ttl_ms,
-                    client_pid,
-                    client_start: pid_start,
-                },
-            );
-            Ok(LeaseGrant {
-                lease_id: id,
-                token,
-                expires_at: clock::rfc3339(expires_at),
-                expires_at_ms: expires_at,
-            })
-        });
-        if grant.is_err() {
-            // The commit failed after the job ran: drop the handle it stored.
-            let stale_slot = {
-                let mut t = self.leases();
-                let key = t.by_id.get(&lease_id).cloned();
-                key.and_then(|k| t.remove(&k))
-            };
-            drop(stale_slot);
-        }
-        grant
+            lease: Some(LeaseTerms {
+                lease_id,
+                ttl,
+                client_pid: if local { req.pid } else { None },
+                client_start: pid_start,
+            }),
+        })
+    }
+
+    /// Takes a lock on behalf of a client; this process keeps the flock handle until the
+    /// lease is released, expires or is revoked.
+    pub fn acquire_lease(
+        &self,
+        key: &LockKey,
+        req: &LeaseRequest,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<LeaseGrant, RegistryError> {
+        let spec = self.lease_spec(req)?;
+        let lease_id = spec
+            .lease
+            .as_ref()
+            .map(|l| l.lease_id.clone())
+            .unwrap_or_default();
+        let granted = self.grant_waiting(key, &spec, req.wait, cancelled)?;
+        let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
+        Ok(LeaseGrant {
+            lease_id,
+            token: granted.token,
+            expires_at: clock::rfc3339(expires_at_ms),
+            expires_at_ms,
+        })
     }
 
     /// Extends a lease by its ttl. Fails with `LeaseGone` once it was revoked or expired.
     pub fn renew_lease(&self, lease_id: &str) -> Result<LeaseGrant, RegistryError> {
-        let id = lease_id.to_string();
-        self.write(move |reg, conn| {
-            let now = reg.now_ms();
-            let mut table = reg.leases();
-            let Some(key) = table.by_id.get(&id).cloned() else {
-                return Err(RegistryError::LeaseGone {
-                    lease_id: id,
-                    why: "it was released, expired or cleared".into(),
-                });
-            };
-            let Some(slot) = table.by_key.get_mut(&key) else {
-                return Err(RegistryError::UnknownLease(id));
-            };
-            if now >= slot.expires_at {
-                return Err(RegistryError::LeaseGone {
-                    lease_id: id,
-                    why: "it expired before this renewal".into(),
-                });
+        let gone = |why: &str| RegistryError::LeaseGone {
+            lease_id: lease_id.to_string(),
+            why: why.to_string(),
+        };
+        let (key, lock_id, token, ttl) = {
+            let holdings = self.holdings();
+            let slot = holdings
+                .lease(lease_id)
+                .ok_or_else(|| gone("it was released, expired or cleared"))?;
+            if self.monotonic() >= slot.deadline {
+                return Err(gone("it expired before this renewal"));
             }
-            let expires_at = now + slot.ttl_ms;
-            let prev = records::find_lock(conn, &key)?;
-            let renewed =
-                records::renew_holder(conn, slot.lock_id, slot.token, now, Some(expires_at))?;
-            if !renewed {
-                // The record was cleared behind this handle: let the lock go too.
-                drop(table.remove(&key));
-                return Err(RegistryError::LeaseGone {
-                    lease_id: id,
-                    why: "its record was cleared".into(),
-                });
+            (slot.key.clone(), slot.lock_id, slot.token, slot.ttl)
+        };
+        let ttl_ms = ttl.as_millis() as i64;
+        let k = key.clone();
+        let expires_at = self.write(move |reg, conn| {
+            let now = reg.now_ms();
+            let expires_at = now + ttl_ms;
+            let prev = records::find_lock(conn, &k)?;
+            if !records::renew_holder(conn, lock_id, token, now, Some(expires_at))? {
+                return Ok(None);
             }
             if let Some(prev) = prev.as_ref().filter(|p| renewal_is_sampled(p, now)) {
                 history::insert_event(conn, &NewEvent::about(prev, EventKind::Renewed, now))?;
             }
-            slot.expires_at = expires_at;
-            Ok(LeaseGrant {
-                lease_id: id,
-                token: slot.token,
-                expires_at: clock::rfc3339(expires_at),
-                expires_at_ms: expires_at,
-            })
+            Ok(Some(expires_at))
+        })?;
+        let mut holdings = self.holdings();
+        let Some(expires_at) = expires_at else {
+            // The record was cleared behind this handle: let the lock go too.
+            drop(holdings.remove_lease(lease_id));
+            return Err(gone("its record was cleared"));
+        };
+        match holdings.lease_mut(lease_id) {
+            Some(slot) if slot.token == token => {
+                let now = self.monotonic();
+                slot.deadline = now + ttl;
+                slot.renewed = now;
+            }
+            // Ended (reaped, cleared) while the renewal was being written.
+            _ => return Err(gone("it ended during this renewal")),
+        }
+        Ok(LeaseGrant {
+            lease_id: lease_id.to_string(),
+            token,
+            expires_at: clock::rfc3339(expires_at),
+            expires_at_ms: expires_at,
         })
     }
 
@@ -248,60 +205,74 @@ impl Registry {
         let id = lease_id.to_string();
         let (slot, held_ms) = self.write(move |reg, conn| {
             let now = reg.now_ms();
-            let mut table = reg.leases();
-            let Some(key) = table.by_id.get(&id).cloned() else {
+            let Some(slot) = reg.holdings().remove_lease(&id) else {
                 return Err(RegistryError::LeaseGone {
                     lease_id: id,
                     why: "it was already released, expired or cleared".into(),
                 });
             };
-            let slot = table.remove(&key);
-            let mut held_ms = None;
-            if let Some(slot) = slot.as_ref() {
-                held_ms = close_record(
-                    conn,
-                    LockRef::of(&key, slot.lock_id),
-                    slot.token,
-                    EventKind::Released,
-                    now,
-                    None,
-                    None,
-                )?;
-            }
+            let held_ms = close_record(
+                conn,
+                LockRef::of(&slot.key, slot.lock_id),
+                slot.token,
+                EventKind::Released,
+                now,
+                None,
+                None,
+            )?;
             Ok((slot, held_ms))
         })?;
         drop(slot);
         Ok(held_ms)
     }
 
-    /// Leases this process holds: (lease id, key, token, expires_at).
-    pub fn leases_held(&self) -> Vec<(String, LockKey, i64, i64)> {
-        let t = self.leases();
-        t.by_key
-            .iter()
-            .map(|(k, s)| (s.lease_id.clone(), k.clone(), s.token, s.expires_at))
+    /// The leases this process holds.
+    pub fn leases_held(&self) -> Vec<LeaseInfo> {
+        let now = self.monotonic();
+        self.holdings()
+            .leases()
+            .map(|s| LeaseInfo {
+                lease_id: s.lease_id.clone(),
+                key: s.key.clone(),
+                token: s.token,
+                remaining: s.deadline.saturating_duration_since(now),
+            })
             .collect()
     }
 
     /// Ends this process's leases that expired (when `auto_expire`) or whose client
     /// process died. Returns the locks it ended.
     pub fn reap(&self) -> Result<Vec<String>, RegistryError> {
-        let now = self.now_ms();
         let auto = self.inner.config.auto_expire;
-        let due: Vec<(LockKey, i64, &'static str)> = {
-            let t = self.leases();
-            t.by_key
-                .iter()
-                .filter_map(|(k, s)| {
-                    let client = s.client_pid.map(|p| process::liveness(p, s.client_start));
-                    let why = match clear::lease_end(client, now, s.expires_at, auto)? {
-                        StaleReason::HolderDead => "holder_dead: the client process exited",
-                        _ => "lease_expired: not renewed in time",
-                    };
-                    Some((k.clone(), s.token, why))
-                })
-                .collect()
-        };
+        let now = self.monotonic();
+        // Deadlines are judged on the monotonic clock (`lease_end` compares two numbers on
+        // one clock): milliseconds since `now`, negative when past.
+        let candidates: Vec<(String, i64, Option<i32>, Option<u64>)> = self
+            .holdings()
+            .leases()
+            .map(|s| {
+                let past = now.saturating_duration_since(s.deadline).as_millis() as i64;
+                let left = s.deadline.saturating_duration_since(now).as_millis() as i64;
+                (
+                    s.lease_id.clone(),
+                    left - past,
+                    s.client_pid,
+                    s.client_start,
+                )
+            })
+            .collect();
+        let due: Vec<(String, &'static str)> = candidates
+            .into_iter()
+            .filter_map(|(id, deadline, pid, start)| {
+                // Liveness reads /proc: outside the holdings lock.
+                let client = pid.map(|p| process::liveness(p, start));
+                let why = match clear::lease_end(client, 0, deadline, auto)? {
+                    StaleReason::HolderDead => "holder_dead: the client process exited",
+                    _ => "lease_expired: not renewed in time",
+                };
+                Some((id, why))
+            })
+            .collect();
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -310,17 +281,11 @@ impl Registry {
         // lock held. The records follow as soon as the database lets us write; if it does
         // not, reconciliation closes them (this process no longer holds their handles).
         let ended: Vec<(LockKey, i64, i64, &'static str)> = {
-            let mut t = self.leases();
+            let mut holdings = self.holdings();
             due.into_iter()
-                .filter_map(|(key, token, why)| {
-                    match t.by_key.get(&key) {
-                        Some(s) if s.token == token => {}
-                        _ => return None,
-                    }
-                    let slot = t.remove(&key)?;
-                    let lock_id = slot.lock_id;
-                    drop(slot);
-                    Some((key, lock_id, token, why))
+                .filter_map(|(id, why)| {
+                    let slot = holdings.remove_lease(&id)?;
+                    Some((slot.key.clone(), slot.lock_id, slot.token, why))
                 })
                 .collect()
         };
@@ -348,17 +313,18 @@ impl Registry {
         let why = why.to_string();
         self.write(move |reg, conn| {
             let now = reg.now_ms();
-            let slots: Vec<(LockKey, LeaseSlot)> = {
-                let mut t = reg.leases();
-                let keys: Vec<LockKey> = t.by_key.keys().cloned().collect();
-                keys.into_iter()
-                    .filter_map(|k| t.remove(&k).map(|s| (k, s)))
+            let slots: Vec<LeaseSlot> = {
+                let mut holdings = reg.holdings();
+                holdings
+                    .lease_ids()
+                    .iter()
+                    .filter_map(|id| holdings.remove_lease(id))
                     .collect()
             };
-            for (key, slot) in &slots {
+            for slot in &slots {
                 close_record(
                     conn,
-                    LockRef::of(key, slot.lock_id),
+                    LockRef::of(&slot.key, slot.lock_id),
                     slot.token,
                     EventKind::Released,
                     now,
@@ -373,13 +339,7 @@ impl Registry {
     /// The filesystem step of a clear: close this process's handle of a lease (only the
     /// grant with `token`; a newer grant of the same lock is left alone).
     pub(super) fn release_handle(&self, key: &LockKey, token: i64) {
-        let slot = {
-            let mut t = self.leases();
-            match t.by_key.get(key) {
-                Some(s) if s.token == token => t.remove(key),
-                _ => None,
-            }
-        };
+        let slot = self.holdings().remove_grant(key, token);
         drop(slot);
     }
 }

@@ -27,16 +27,23 @@
 pub mod clear;
 pub mod error;
 pub mod grant;
+mod holdings;
 pub mod lease;
+mod observe;
 pub mod report;
 pub mod upkeep;
 pub mod waitq;
+mod words;
 
 pub use clear::{ClearOutcome, ClearedLock, ForceCleared, SkippedLock};
 pub use error::RegistryError;
 pub use grant::{AcquireOptions, LockGuard};
+pub use holdings::LeaseInfo;
 pub use lease::{LeaseGrant, LeaseRequest};
-pub use report::{describe_holder, display_field, without_paths, LockReport, OwnerStatus};
+pub use report::{
+    describe_holder, display_field, without_paths, ConflictingHolder, LockReport, OwnerStatus,
+    RecordedCounts,
+};
 pub use upkeep::ReconcileReport;
 
 use crate::clock::{Clock, SystemClock};
@@ -44,10 +51,12 @@ use crate::config::{Config, Namespace};
 use crate::ids::{self, LockKey};
 use crate::kernel::{flock, process};
 use crate::policy::stale::Policy;
+use crate::store::ceiling::Ceiling;
+use crate::store::db::{self, Access};
 use crate::store::history::{self, EventKind, HistoryQuery, NewEvent};
 use crate::store::records::{self, LockRow};
-use crate::store::{db, ReadPool, StoreError, Writer};
-use lease::{lease_table_for, LeaseTable};
+use crate::store::{ReadPool, StoreError, Watch, Writer};
+use holdings::{holdings_for, Holdings};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -77,9 +86,14 @@ struct Inner {
     config: Config,
     locks_dir: PathBuf,
     clock: Arc<dyn Clock>,
-    writer: Writer,
+    /// None when opened read-only (`Registry::open_read_only`).
+    writer: Option<Writer>,
     readers: ReadPool,
-    leases: Arc<Mutex<LeaseTable>>,
+    /// Is the database still the one opened? (None when read-only.)
+    watch: Option<Arc<Watch>>,
+    /// Covers every token issued (None when read-only).
+    ceiling: Option<Ceiling>,
+    holdings: Arc<Mutex<Holdings>>,
     waiters: Arc<WaitQueues>,
     me: (i32, Option<u64>),
 }
@@ -103,23 +117,92 @@ impl Registry {
         config
             .validate()
             .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
-        let locks_dir = flock::ensure_dir(&config.locks_dir()).map_err(StoreError::Io)?;
         let conn = db::open_and_migrate(&config)?;
-        let writer = Writer::start(conn)?;
-        let readers = db::read_pool(&config, 8)?;
-        let leases = lease_table_for(&config.storage_dir);
-        Ok(Registry {
+        let locks_dir = flock::ensure_dir(&config.locks_dir(), config.locks_dir_mode)
+            .map_err(StoreError::Io)?;
+        let ceiling = Ceiling::open(&conn, config.ceiling_path())?;
+        let watch = Arc::new(Watch::new(&config.db_path())?);
+        let writer = Writer::start(conn, Some(Arc::clone(&watch)))?;
+        let readers = db::read_pool(&config, 8, Access::ReadWrite)?;
+        Ok(Registry::assemble(
+            config,
+            locks_dir,
+            clock,
+            Some(writer),
+            readers,
+            Some(watch),
+            Some(ceiling),
+        ))
+    }
+
+    /// Opens the registry for reading only, for a user who may read the storage but not
+    /// write it: no migration, no directory or file is created, and every write is
+    /// refused (`StoreError::ReadOnly`). Status, lists, history and SQL work.
+    pub fn open_read_only(config: Config) -> Result<Registry, RegistryError> {
+        config
+            .validate()
+            .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+        if !config.db_path().is_file() {
+            return Err(RegistryError::BadRequest(
+                "there is no registry database in this storage directory yet".into(),
+            ));
+        }
+        let locks_dir = config.locks_dir();
+        let readers = db::read_pool(&config, 2, Access::ReadOnly)?;
+        Ok(Registry::assemble(
+            config,
+            locks_dir,
+            Arc::new(SystemClock),
+            None,
+            readers,
+            None,
+            None,
+        ))
+    }
+
+    fn assemble(
+        config: Config,
+        locks_dir: PathBuf,
+        clock: Arc<dyn Clock>,
+        writer: Option<Writer>,
+        readers: ReadPool,
+        watch: Option<Arc<Watch>>,
+        ceiling: Option<Ceiling>,
+    ) -> Registry {
+        let holdings = holdings_for(&config.storage_dir);
+        Registry {
             inner: Arc::new(Inner {
                 config,
                 locks_dir,
                 clock,
                 writer,
                 readers,
-                leases,
+                watch,
+                ceiling,
+                holdings,
                 waiters: Arc::new(WaitQueues::default()),
                 me: process::current(),
             }),
-        })
+        }
+    }
+
+    /// Is the database this registry opened still there? Once it is deleted or replaced,
+    /// every call fails with `StoreError::Lost` naming why.
+    pub fn check_store(&self) -> Result<(), RegistryError> {
+        match &self.inner.watch {
+            Some(w) => Ok(w.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the database counts as lost, if it does (without checking again).
+    pub fn store_lost(&self) -> Option<String> {
+        self.inner.watch.as_ref()?.lost().map(str::to_string)
+    }
+
+    /// Mode for lock files this registry creates.
+    fn file_mode(&self) -> u32 {
+        self.inner.config.lock_file_mode
     }
 
     pub fn config(&self) -> &Config {
@@ -130,16 +213,24 @@ impl Registry {
         self.inner.clock.now_ms()
     }
 
+    /// Monotonic now, for deadlines (see `clock`).
+    fn monotonic(&self) -> std::time::Instant {
+        self.inner.clock.monotonic()
+    }
+
     fn policy(&self) -> Policy {
         Policy {
             max_hold_ms: self.inner.config.max_hold.as_millis() as i64,
         }
     }
 
-    fn leases(&self) -> MutexGuard<'_, LeaseTable> {
+    fn holdings(&self) -> MutexGuard<'_, Holdings> {
         // A panic while holding this lock cannot leave the table half-updated (every
         // mutation is a single insert/remove pair), so a poisoned lock is still usable.
-        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .holdings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn namespace(&self, name: &str) -> Result<&Namespace, RegistryError> {
@@ -172,6 +263,7 @@ impl Registry {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, RegistryError>,
     ) -> Result<R, RegistryError> {
+        self.check_store()?;
         let conn = self.inner.readers.get()?;
         f(&conn)
     }
@@ -182,8 +274,20 @@ impl Registry {
         F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
         R: Send + 'static,
     {
+        let Some(writer) = &self.inner.writer else {
+            return Err(StoreError::ReadOnly.into());
+        };
         let me = self.clone();
-        self.inner.writer.write(move |conn| f(&me, conn))
+        writer.write(move |conn| f(&me, conn))
+    }
+
+    /// Makes sure `token`, just issued in this transaction, is covered by the token
+    /// ceiling (see `store::ceiling`).
+    fn cover_token(&self, conn: &Connection, token: i64) -> Result<(), RegistryError> {
+        match &self.inner.ceiling {
+            Some(c) => Ok(c.cover(conn, token)?),
+            None => Err(StoreError::ReadOnly.into()),
+        }
     }
 
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<history::EventRow>, RegistryError> {

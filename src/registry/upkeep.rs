@@ -5,8 +5,9 @@
 
 use super::report::display_field;
 use super::{close_record, LockRef, Registry, RegistryError};
+use crate::kernel::view::KernelView;
 use crate::policy::clear::{self, Orphan};
-use crate::store::history::{self, EventKind};
+use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records;
 use serde::Serialize;
 
@@ -24,6 +25,7 @@ impl Registry {
         self.write(move |reg, conn| {
             let now = reg.now_ms();
             let rows = records::all_held(conn)?;
+            let view = KernelView::take();
             let mut report = ReconcileReport {
                 checked: rows.len(),
                 reconciled: Vec::new(),
@@ -32,10 +34,23 @@ impl Registry {
                 let Some(h) = row.holder.as_ref() else {
                     continue;
                 };
-                let seen = reg.observe(Some(row), &row.file, now)?;
+                let seen = reg.observe(Some(row), &row.file, now, &view)?;
                 let Some(facts) = seen.holder else {
                     continue;
                 };
+                if seen.file_replaced
+                    && h.file_replaced_at.is_none()
+                    && records::mark_file_replaced(conn, row.lock_id, h.token, now)?
+                {
+                    let mut event = NewEvent::about(row, EventKind::FileReplaced, now);
+                    event.held_ms = None;
+                    event.actor = Some(&actor);
+                    event.reason = Some(
+                        "its lock file was deleted or replaced at the lock path while it held \
+                         it; the lock is not granted again until this holder ends",
+                    );
+                    history::insert_event(conn, &event)?;
+                }
                 if let Some(orphan) = clear::orphan(seen.flock_held, facts) {
                     let why = match orphan {
                         Orphan::LockerGone => format!("holder_dead: pid {} is gone", h.locker_pid),

@@ -16,10 +16,16 @@ use std::time::{Duration, Instant};
 
 /// The migrations, in order. `tests::every_migration_file_is_listed` keeps this list and
 /// the `migrations/` directory in step.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        "0002_file_identity.sql",
+        include_str!("../../migrations/0002_file_identity.sql"),
+    ),
+];
 
 pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
 
@@ -34,18 +40,41 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect())
 }
 
+/// Mode of a storage directory lockledger creates.
+pub const STORAGE_DIR_MODE: u32 = 0o700;
+/// Mode of `registry.db` (SQLite gives its `-wal` and `-shm` files the same mode).
+pub const DB_FILE_MODE: u32 = 0o600;
+
+/// Creates `registry.db` with [`DB_FILE_MODE`] if it does not exist, so SQLite never
+/// creates it (or its `-wal`/`-shm`) with the umask's wider default.
+fn create_db_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Io(e)),
+    }
+}
+
 /// Opens (creating if needed) the database and brings its schema up to date.
 pub fn open_and_migrate(config: &Config) -> Result<Connection, StoreError> {
-    std::fs::create_dir_all(&config.storage_dir)?;
+    crate::kernel::flock::ensure_dir(&config.storage_dir, STORAGE_DIR_MODE)?;
     let path = config.db_path();
     let migrate_lock = config.storage_dir.join("registry.migrate.lock");
     // Another process may be migrating right now: wait for it rather than race it.
     let _exclusive = crate::kernel::flock::acquire_until(
         &migrate_lock,
+        DB_FILE_MODE,
         Instant::now() + Duration::from_secs(60),
         &|| false,
     )
     .map_err(|e| StoreError::Migration(e.to_string()))?;
+    create_db_file(&path)?;
     let mut conn = Connection::open(&path).map_err(StoreError::from_sqlite)?;
     configure(&conn, config.busy_timeout).map_err(StoreError::from_sqlite)?;
     let mode: String = conn
@@ -68,15 +97,59 @@ pub fn open_and_migrate(config: &Config) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-pub fn read_pool(config: &Config, max_size: u32) -> Result<ReadPool, StoreError> {
+/// How a pool's connections open the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The service and other processes that write.
+    ReadWrite,
+    /// A user who may read the storage but not write it (`lockledger status` run by an
+    /// operator): opened read-only; if no other process has the database open (no
+    /// `-wal`), as an immutable file, which needs no `-shm`.
+    ReadOnly,
+}
+
+/// Whether the database can be read as `Access::ReadOnly` right now, and how.
+fn read_only_uri(db_path: &Path) -> String {
+    let mut wal = db_path.as_os_str().to_os_string();
+    wal.push("-wal");
+    let immutable = !Path::new(&wal).exists();
+    let mut uri = String::from("file:");
+    for b in db_path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(*b as char),
+        }
+    }
+    uri.push_str(if immutable {
+        "?mode=ro&immutable=1"
+    } else {
+        "?mode=ro"
+    });
+    uri
+}
+
+pub fn read_pool(config: &Config, max_size: u32, access: Access) -> Result<ReadPool, StoreError> {
     let busy = config.busy_timeout;
-    let manager = SqliteConnectionManager::file(config.db_path())
-        .with_flags(
+    let manager = match access {
+        Access::ReadWrite => SqliteConnectionManager::file(config.db_path()).with_flags(
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .with_init(move |c| configure(c, busy));
+        ),
+        Access::ReadOnly => SqliteConnectionManager::file(read_only_uri(&config.db_path()))
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            ),
+    }
+    .with_init(move |c| {
+        c.busy_timeout(busy)?;
+        if access == Access::ReadWrite {
+            configure(c, busy)?;
+        }
+        Ok(())
+    });
     r2d2::Pool::builder()
         .max_size(max_size)
         .min_idle(Some(1))
@@ -88,8 +161,10 @@ pub fn read_pool(config: &Config, max_size: u32) -> Result<ReadPool, StoreError>
 /// A read-only connection for admin SQL: opened read-only, `query_only` on top.
 pub fn open_read_only(db_path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
-        db_path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        read_only_uri(db_path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(StoreError::from_sqlite)?;
     conn.busy_timeout(busy_timeout)

@@ -21,10 +21,11 @@ pub enum EventKind {
     Reconciled,
     WaitTimeout,
     ObservedExternal,
+    FileReplaced,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Acquired,
         EventKind::Released,
         EventKind::Renewed,
@@ -34,6 +35,7 @@ impl EventKind {
         EventKind::Reconciled,
         EventKind::WaitTimeout,
         EventKind::ObservedExternal,
+        EventKind::FileReplaced,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +48,7 @@ impl EventKind {
             EventKind::Reconciled => "reconciled",
             EventKind::WaitTimeout => "wait_timeout",
             EventKind::ObservedExternal => "observed_external",
+            EventKind::FileReplaced => "file_replaced",
         }
     }
     pub fn parse(s: &str) -> Option<EventKind> {

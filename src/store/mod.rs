@@ -9,6 +9,7 @@
 //! Invariant: functions here run inside whatever transaction the caller opened and decide
 //! nothing about locks; policy lives in `policy`, orchestration in `registry`.
 
+pub mod ceiling;
 pub mod console;
 pub mod db;
 pub mod history;
@@ -32,6 +33,10 @@ pub enum StoreError {
     CommitFailed(String),
     #[error("a database job panicked; its changes were rolled back")]
     JobPanicked,
+    #[error("the registry database is gone: {0}; lockledger stopped writing (restart it)")]
+    Lost(String),
+    #[error("the registry is open read-only here; this needs write access to the storage")]
+    ReadOnly,
 }
 
 impl StoreError {
@@ -43,5 +48,61 @@ impl StoreError {
             }
             _ => StoreError::Sqlite(e),
         }
+    }
+}
+
+/// Watches that the database this process opened is still the one at its path: a
+/// `registry.db` deleted or replaced under a running process must not be written into
+/// (its writes would vanish, and a fresh database elsewhere would hand out tokens again).
+#[derive(Debug)]
+pub struct Watch {
+    path: std::path::PathBuf,
+    id: crate::kernel::flock::FileId,
+    lost: std::sync::OnceLock<String>,
+}
+
+impl Watch {
+    /// Remembers the identity of the database file at `path` now.
+    pub fn new(path: &std::path::Path) -> Result<Watch, StoreError> {
+        let id = crate::kernel::flock::file_id(path)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+            .ok_or_else(|| StoreError::Lost("registry.db is missing".into()))?;
+        Ok(Watch {
+            path: path.to_path_buf(),
+            id,
+            lost: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Is the file still there and the same? Once lost, always lost (a restart opens the
+    /// file that is there then).
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.gone() {
+            None => Ok(()),
+            Some(why) => Err(StoreError::Lost(why)),
+        }
+    }
+
+    /// Why the database is gone, checking now; None while it is still there.
+    pub fn gone(&self) -> Option<String> {
+        if let Some(why) = self.lost.get() {
+            return Some(why.clone());
+        }
+        let why = match crate::kernel::flock::file_id(&self.path) {
+            Ok(Some(id)) if id == self.id => return None,
+            Ok(Some(_)) => "registry.db was replaced by another file",
+            Ok(None) => "registry.db was deleted (or its storage directory was)",
+            Err(_) => "registry.db is no longer a regular file",
+        };
+        let why = self.lost.get_or_init(|| {
+            log::error!("{why}: refusing every write from now on; restart lockledger");
+            why.to_string()
+        });
+        Some(why.clone())
+    }
+
+    /// Why the database counts as lost, if it does.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
     }
 }

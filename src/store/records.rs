@@ -5,6 +5,7 @@
 //! opens, commits or sleeps. Policy (who may clear what, staleness) lives elsewhere.
 
 use crate::ids::LockKey;
+use crate::kernel::flock::FileId;
 use crate::policy::stale::HolderKind;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -27,6 +28,10 @@ pub struct HolderRow {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub revoked_by: Option<String>,
+    /// The lock file the holder's flock is on (None for rows older than schema v2).
+    pub file_id: Option<FileId>,
+    /// When its file was first found replaced or deleted at the lock path.
+    pub file_replaced_at: Option<i64>,
 }
 
 /// A lock the registry knows, with its holder if one is recorded.
@@ -44,7 +49,7 @@ pub struct LockRow {
 const LOCK_COLUMNS: &str = "l.lock_id, l.namespace, l.owner, l.field, l.file, l.last_token,
     h.token, h.kind, h.lease_id, h.holder, h.operation, h.pid, h.pid_start, h.host, h.thread,
     h.locker_pid, h.locker_start, h.acquired_at, h.renewed_at, h.expires_at, h.revoked_at,
-    h.revoked_by";
+    h.revoked_by, h.file_dev, h.file_ino, h.file_replaced_at";
 
 fn lock_row(r: &Row<'_>) -> rusqlite::Result<LockRow> {
     let token: Option<i64> = r.get(6)?;
@@ -69,6 +74,14 @@ fn lock_row(r: &Row<'_>) -> rusqlite::Result<LockRow> {
                 expires_at: r.get(19)?,
                 revoked_at: r.get(20)?,
                 revoked_by: r.get(21)?,
+                file_id: match (r.get::<_, Option<i64>>(22)?, r.get::<_, Option<i64>>(23)?) {
+                    (Some(dev), Some(ino)) => Some(FileId {
+                        dev: dev as u64,
+                        ino: ino as u64,
+                    }),
+                    _ => None,
+                },
+                file_replaced_at: r.get(24)?,
             })
         }
     };
@@ -161,7 +174,8 @@ pub fn ensure_lock(
 }
 
 /// Makes sure the lock has a row and issues its next fencing token in one statement:
-/// `(lock_id, token)`, the token strictly greater than every earlier one.
+/// `(lock_id, token)`, the token strictly greater than every earlier one, and than the
+/// token floor (see `store::ceiling`). The caller covers it with the ceiling.
 pub fn grant_token(
     conn: &Connection,
     key: &LockKey,
@@ -170,8 +184,9 @@ pub fn grant_token(
 ) -> rusqlite::Result<(i64, i64)> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO locks (namespace, owner, field, file, last_token, created_at)
-         VALUES (?1, ?2, ?3, ?4, 1, ?5)
-         ON CONFLICT (namespace, owner, field) DO UPDATE SET last_token = last_token + 1
+         VALUES (?1, ?2, ?3, ?4, (SELECT value FROM registry_settings WHERE key = 'token_floor') + 1, ?5)
+         ON CONFLICT (namespace, owner, field) DO UPDATE SET last_token =
+             max(last_token, (SELECT value FROM registry_settings WHERE key = 'token_floor')) + 1
          RETURNING lock_id, last_token",
     )?;
     stmt.query_row(
@@ -223,7 +238,9 @@ pub fn take_holder(
 /// Issues the next fencing token of a lock; strictly greater than every earlier one.
 pub fn next_token(conn: &Connection, lock_id: i64) -> rusqlite::Result<i64> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE locks SET last_token = last_token + 1 WHERE lock_id = ?1 RETURNING last_token",
+        "UPDATE locks SET last_token =
+             max(last_token, (SELECT value FROM registry_settings WHERE key = 'token_floor')) + 1
+         WHERE lock_id = ?1 RETURNING last_token",
     )?;
     stmt.query_row([lock_id], |r| r.get(0))
 }
@@ -244,14 +261,16 @@ pub struct NewHolder<'a> {
     pub acquired_at: i64,
     pub expires_at: Option<i64>,
     pub acquired_event: i64,
+    /// The lock file whose flock the holder took.
+    pub file_id: FileId,
 }
 
 pub fn insert_holder(conn: &Connection, h: &NewHolder<'_>) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO holders (lock_id, token, kind, lease_id, holder, operation, pid, pid_start,
              host, thread, locker_pid, locker_start, acquired_at, renewed_at, expires_at,
-             acquired_event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15)",
+             acquired_event, file_dev, file_ino)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
     )?;
     stmt.execute(params![
         h.lock_id,
@@ -269,6 +288,8 @@ pub fn insert_holder(conn: &Connection, h: &NewHolder<'_>) -> rusqlite::Result<(
         h.acquired_at,
         h.expires_at,
         h.acquired_event,
+        h.file_id.dev as i64,
+        h.file_id.ino as i64,
     ])?;
     Ok(())
 }
@@ -292,6 +313,20 @@ pub fn renew_holder(
          WHERE lock_id = ?1 AND token = ?2 AND revoked_at IS NULL",
     )?;
     Ok(stmt.execute(params![lock_id, token, now, expires_at])? == 1)
+}
+
+/// Notes, once, that the holder's file was found replaced or deleted; true the first time.
+pub fn mark_file_replaced(
+    conn: &Connection,
+    lock_id: i64,
+    token: i64,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE holders SET file_replaced_at = ?3
+         WHERE lock_id = ?1 AND token = ?2 AND file_replaced_at IS NULL",
+    )?;
+    Ok(stmt.execute(params![lock_id, token, now])? == 1)
 }
 
 pub fn mark_revoked(

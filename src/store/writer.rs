@@ -14,7 +14,7 @@
 //!   a checkpointer thread with its own connection runs passive checkpoints every second
 //!   and after every [`CHECKPOINT_EVERY`] commits.
 
-use super::StoreError;
+use super::{StoreError, Watch};
 use rusqlite::Connection;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -56,6 +56,8 @@ struct WriterInner {
 
 struct Committer {
     conn: Connection,
+    /// Checked before every batch: never write into a deleted or replaced database.
+    watch: Option<Arc<Watch>>,
     commits: u64,
     wal: Option<std::path::PathBuf>,
     // Dropped with the writer, which tells the checkpointer to finish.
@@ -66,7 +68,8 @@ struct Committer {
 const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Writer {
-    pub fn start(conn: Connection) -> Result<Writer, StoreError> {
+    /// A writer on `conn`; with a `watch`, no batch starts once the database file is gone.
+    pub fn start(conn: Connection, watch: Option<Arc<Watch>>) -> Result<Writer, StoreError> {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(StoreError::from_sqlite)?;
         let db_path = conn
@@ -75,9 +78,10 @@ impl Writer {
             .filter(|p| !p.as_os_str().is_empty());
         let (nudge, nudges) = mpsc::sync_channel::<()>(1);
         if let Some(path) = db_path.clone() {
+            let watch = watch.clone();
             std::thread::Builder::new()
                 .name("lockledger-checkpoint".into())
-                .spawn(move || run_checkpointer(&path, nudges))?;
+                .spawn(move || run_checkpointer(&path, nudges, watch))?;
         }
         let wal = db_path.map(|p| {
             let mut w = p.into_os_string();
@@ -88,6 +92,7 @@ impl Writer {
             inner: Arc::new(WriterInner {
                 conn: Mutex::new(Committer {
                     conn,
+                    watch,
                     commits: 0,
                     wal,
                     nudge,
@@ -195,7 +200,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Passive checkpoints every second or when nudged; stops when the writer is gone.
-fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>) {
+fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>, watch: Option<Arc<Watch>>) {
     let conn = match Connection::open(path) {
         Ok(c) => c,
         Err(e) => {
@@ -207,11 +212,17 @@ fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>) {
     loop {
         match nudges.recv_timeout(Duration::from_secs(1)) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                if watch.as_ref().is_some_and(|w| w.gone().is_some()) {
+                    return;
+                }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     log::debug!("checkpointer: {e}");
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if watch.as_ref().is_some_and(|w| w.gone().is_some()) {
+                    return;
+                }
                 // Last chance to fold the WAL into the database before the process ends.
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                 return;
@@ -227,6 +238,13 @@ impl Committer {
             return;
         }
         let conn = &self.conn;
+        if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
+            for job in batch {
+                let (_, reply) = job(None);
+                reply(Err(StoreError::Lost(why.clone())));
+            }
+            return;
+        }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = StoreError::from_sqlite(e).to_string();
             log::warn!("writer: cannot begin a transaction: {msg}");
@@ -333,7 +351,7 @@ mod tests {
     fn group_commit_answers_every_caller_and_isolates_failures() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::defaults(dir.path());
-        let writer = Writer::start(open_and_migrate(&config).unwrap()).unwrap();
+        let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
         let mut threads = Vec::new();
         for i in 0..32i64 {
             let w = writer.clone();

@@ -82,10 +82,12 @@ pub async fn health(cx: &Ctx<'_>) -> Result<Response, ApiError> {
 pub async fn metrics(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     query::<NoQuery>(&cx.req.query)?;
     let reg = cx.app.registry.clone();
-    let (held, stale) = blocking(move || reg.recorded_counts()).await?;
+    let counts = blocking(move || reg.recorded_counts()).await?;
     let gauges = Gauges {
-        held,
-        stale,
+        held: counts.held,
+        stale: counts.stale,
+        file_replaced: counts.file_replaced,
+        conflicts: counts.conflicts,
         waiting: cx.app.registry.waiting_count() as u64,
         leases: cx.app.registry.leases_held().len() as u64,
     };

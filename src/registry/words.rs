@@ -1,0 +1,156 @@
+//! The words every surface shows: notes on a lock's state, how a holder is named, why a
+//! clear left a lock alone. The CLI, the JSON API and the UI all render these strings.
+//!
+//! Invariant: no server path appears in any of them (command lines lose their paths).
+
+use super::report::LockReport;
+use crate::clock;
+use crate::policy::clear::Skip;
+use crate::policy::stale::{HolderKind, LockState, StaleReason};
+use crate::store::records::HolderRow;
+
+/// A command line with every absolute path cut to its last component, so reports never
+/// reveal server paths (`/usr/bin/python3 app.py /srv/x/locks/a.lock` → `python3 app.py
+/// a.lock`).
+pub fn without_paths(cmdline: &str) -> String {
+    cmdline
+        .split(' ')
+        .map(|word| match word.rfind('/') {
+            Some(i) if word.starts_with('/') || word.contains("=/") => {
+                let prefix = word.find("=/").map(|e| &word[..=e]).unwrap_or("");
+                format!("{prefix}{}", &word[i + 1..])
+            }
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn display_field(field: &str) -> &str {
+    if field.is_empty() {
+        "(main)"
+    } else {
+        field
+    }
+}
+
+/// "pid 812 (send_message) since 12:01:07"
+/// "pid 812", or the lease holder's label when the client gave no pid.
+pub(super) fn holder_name(h: &HolderRow) -> String {
+    match h.pid {
+        Some(pid) => format!("pid {pid}"),
+        None => format!("lease holder {:?}", h.holder),
+    }
+}
+
+pub fn describe_holder(r: &LockReport) -> String {
+    let pid = match (r.pid, &r.holder) {
+        (Some(p), _) => format!("pid {p}"),
+        (None, Some(h)) => format!("{h:?}"),
+        (None, None) => "an unknown process".into(),
+    };
+    match (&r.kind, &r.operation, &r.acquired_at) {
+        (Some(HolderKind::External), _, _) => {
+            let cmd = r.command.as_deref().unwrap_or("unknown command");
+            format!("{pid} ({cmd}), outside lockledger")
+        }
+        (_, Some(op), Some(at)) => {
+            let hms = at.get(11..19).unwrap_or(at);
+            format!("{pid} ({op}) since {hms}")
+        }
+        _ => pid,
+    }
+}
+
+pub(super) fn note_for(r: &LockReport) -> String {
+    let mut note = state_note(r);
+    if r.file_replaced {
+        note.push_str(
+            "; its lock file was deleted or replaced at the lock path while it held it \
+             (lockledger grants the lock again only after this holder ends)",
+        );
+    }
+    if let Some(c) = &r.conflict {
+        let who = match (c.pid, &c.command) {
+            (Some(pid), Some(cmd)) => format!("pid {pid} ({cmd})"),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => "another process".into(),
+        };
+        note.push_str(&format!(
+            "; {who} holds the new file at that path: two processes believe they hold this lock"
+        ));
+    }
+    note
+}
+
+fn state_note(r: &LockReport) -> String {
+    let lock = format!("lock {}/{}", r.owner, display_field(&r.field));
+    match (r.state, r.stale_reason) {
+        (LockState::Free, _) => format!("{lock} is free"),
+        (LockState::Held, _) if r.revoke_requested => {
+            format!(
+                "{lock} was force-cleared; {} has been asked to let go",
+                describe_holder(r)
+            )
+        }
+        (LockState::Held, _) => format!("{lock} is held by {}", describe_holder(r)),
+        (LockState::Stale, Some(StaleReason::HolderDead)) => {
+            format!(
+                "{lock} is stale: its holder ({}) is gone",
+                describe_holder(r)
+            )
+        }
+        (LockState::Stale, Some(StaleReason::LeaseExpired)) => {
+            format!(
+                "{lock} is stale: the lease of {} was not renewed",
+                describe_holder(r)
+            )
+        }
+        (LockState::Stale, _) => format!(
+            "{lock} is stale: {} is alive but has not renewed for too long (hung?)",
+            describe_holder(r)
+        ),
+    }
+}
+
+/// Why a clear left a lock alone, in words.
+pub(super) fn skip_reason(skip: Skip, h: Option<&HolderRow>) -> String {
+    let Some(h) = h else {
+        return "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into();
+    };
+    match skip {
+        Skip::External => "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into(),
+        Skip::LeasedElsewhere => format!(
+            "leased through the lockledger service (pid {}), which holds the lock file; clear it through that service",
+            h.locker_pid
+        ),
+        Skip::HeldTooLong => format!(
+            "held_too_long: {} is alive but has not renewed for longer than max_hold; a safe clear never touches a live holder (an admin may force-clear it)",
+            holder_name(h)
+        ),
+        Skip::Live => format!(
+            "held by a live holder ({}, {}) since {}; a safe clear never touches a live holder",
+            holder_name(h),
+            h.operation,
+            clock::hms(h.acquired_at)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_paths;
+
+    #[test]
+    fn command_lines_lose_their_paths() {
+        assert_eq!(
+            without_paths("/usr/bin/python3 -c x /srv/app/storage/locks/c3_messages.lock"),
+            "python3 -c x c3_messages.lock"
+        );
+        assert_eq!(
+            without_paths("gunicorn --chdir=/srv/app app:wsgi"),
+            "gunicorn --chdir=app app:wsgi"
+        );
+        assert_eq!(without_paths("python3 server.py"), "python3 server.py");
+    }
+}
