@@ -23,7 +23,7 @@ pub struct ReconcileArgs {
 
 pub fn sql(g: &GlobalOpts, a: SqlArgs) -> Result<i32, RegistryError> {
     // Make sure the database exists and is migrated; then query it read-only.
-    let reg = g.open()?;
+    let reg = g.open_for_reading()?;
     let limits = console::Limits {
         max_rows: a.max_rows.clamp(1, 100_000),
         ..console::Limits::default()

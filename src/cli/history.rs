@@ -83,7 +83,7 @@ fn table(rows: &[EventRow]) -> String {
 }
 
 pub fn history(g: &GlobalOpts, a: HistoryArgs) -> Result<i32, RegistryError> {
-    let reg = g.open()?;
+    let reg = g.open_for_reading()?;
     let ns = g.namespace();
     let event = a
         .event

@@ -74,6 +74,24 @@ impl GlobalOpts {
     pub fn open(&self) -> Result<Registry, RegistryError> {
         Registry::open(self.config()?)
     }
+
+    /// The registry for a command that only reads: opened read-only when this user may
+    /// read the storage but not write it (an operator looking at the service's locks).
+    pub fn open_for_reading(&self) -> Result<Registry, RegistryError> {
+        let config = self.config()?;
+        let writable = |p: &std::path::Path| {
+            let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            // SAFETY: c is a valid NUL-terminated path for the duration of the call.
+            unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+        };
+        let db = config.db_path();
+        if db.is_file() && !(writable(&config.storage_dir) && writable(&db)) {
+            return Registry::open_read_only(config);
+        }
+        Registry::open(config)
+    }
 }
 
 #[derive(Debug, Subcommand)]

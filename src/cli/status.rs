@@ -93,7 +93,7 @@ fn lock_table(locks: &[LockReport], with_owner: bool) -> String {
 }
 
 pub fn status(g: &GlobalOpts, a: StatusArgs) -> Result<i32, RegistryError> {
-    let reg = g.open()?;
+    let reg = g.open_for_reading()?;
     let status = reg.status(g.namespace(), &a.owner)?;
     if a.json {
         print_json(&status.locks)?;
@@ -108,7 +108,7 @@ pub fn status(g: &GlobalOpts, a: StatusArgs) -> Result<i32, RegistryError> {
 }
 
 pub fn list(g: &GlobalOpts, a: ListArgs) -> Result<i32, RegistryError> {
-    let reg = g.open()?;
+    let reg = g.open_for_reading()?;
     let state = a.state.as_deref().and_then(LockState::parse);
     let (locks, _next) = reg.list(state, a.owner_prefix.as_deref(), 0, a.limit)?;
     if a.json {

@@ -24,6 +24,9 @@ pub fn spawn_upkeep(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             let do_reconcile = reconcile_every.is_some_and(|p| last_reconcile.elapsed() >= p);
             let do_prune = last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
             let res = tokio::task::spawn_blocking(move || {
+                // Notices a deleted or replaced registry.db within one period, writes or
+                // not (the registry logs it once and refuses every call from then on).
+                let _ = reg.check_store();
                 let reaped = reg.reap().map(|v| v.len()).unwrap_or_else(|e| {
                     log::warn!("reaper: {e}");
                     0

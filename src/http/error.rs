@@ -6,6 +6,7 @@
 //! Messages never carry server paths (registry and store errors name bare files).
 
 use super::security::Denied;
+use crate::kernel::flock::FlockError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -156,6 +157,12 @@ pub fn registry_error(e: RegistryError) -> ApiError {
             "busy_database",
             "the database is busy; retry shortly",
         ),
+        RegistryError::Store(StoreError::Lost(_)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", msg)
+        }
+        RegistryError::Flock(FlockError::NotRegular { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "unsafe_lock_file", msg)
+        }
         RegistryError::Store(_) | RegistryError::Flock(_) => {
             log::error!("internal error: {msg}");
             ApiError::internal(msg)

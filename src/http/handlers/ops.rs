@@ -54,7 +54,8 @@ pub struct Health {
 pub async fn health(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     query::<NoQuery>(&cx.req.query)?;
     let reg = cx.app.registry.clone();
-    let db_ok = blocking(move || {
+    let problem = blocking(move || {
+        reg.check_store()?;
         reg.history(&HistoryQuery {
             limit: 1,
             ..HistoryQuery::default()
@@ -62,16 +63,16 @@ pub async fn health(cx: &Ctx<'_>) -> Result<Response, ApiError> {
         .map(|_| ())
     })
     .await
-    .is_ok();
-    let status = if db_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    .err()
+    .map(|e| e.message);
+    let status = match problem {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     Ok(json_response(
         status,
         &Health {
-            status: if db_ok { "ok" } else { "database unavailable" }.into(),
+            status: problem.unwrap_or_else(|| "ok".into()),
             uptime_s: cx.app.started.elapsed().as_secs(),
             leases: cx.app.registry.leases_held().len(),
             waiting: cx.app.registry.waiting_count(),
