@@ -81,6 +81,10 @@ pub struct Config {
     pub pool_timeout: Duration,
     /// SQLite busy timeout for every connection.
     pub busy_timeout: Duration,
+    /// Most acquirers that may wait for one lock in this process (more: 503).
+    pub max_waiters_per_lock: usize,
+    /// Most acquirers that may wait in this process in all (more: 503).
+    pub max_waiters: usize,
     /// Mode of a locks directory lockledger creates (an existing one keeps its own).
     pub locks_dir_mode: u32,
     /// Mode of a lock file lockledger creates (before the umask).
@@ -107,6 +111,8 @@ struct ConfigFile {
     retention_max_events: Option<u64>,
     pool_timeout_ms: Option<u64>,
     busy_timeout_ms: Option<u64>,
+    max_waiters_per_lock: Option<usize>,
+    max_waiters: Option<usize>,
     /// Let a chat app running as another user of the service's group use the locks
     /// directory (see [`SHARED_GROUP_MODES`]).
     shared_group: Option<bool>,
@@ -140,6 +146,8 @@ impl Config {
             retention_max_events: Some(10_000_000),
             pool_timeout: Duration::from_millis(500),
             busy_timeout: Duration::from_secs(5),
+            max_waiters_per_lock: 2_000,
+            max_waiters: 10_000,
             locks_dir_mode: 0o700,
             lock_file_mode: 0o600,
         }
@@ -205,6 +213,12 @@ impl Config {
         if let Some(v) = file.busy_timeout_ms {
             self.busy_timeout = ms(v);
         }
+        if let Some(v) = file.max_waiters_per_lock {
+            self.max_waiters_per_lock = v;
+        }
+        if let Some(v) = file.max_waiters {
+            self.max_waiters = v;
+        }
         if file.shared_group == Some(true) {
             (self.locks_dir_mode, self.lock_file_mode) = SHARED_GROUP_MODES;
         }
@@ -238,6 +252,12 @@ impl Config {
         }
         if let Some(v) = num("LOCKLEDGER_RETENTION_DAYS")? {
             self.retention_age = (v > 0).then(|| Duration::from_secs(v * 24 * 3600));
+        }
+        if let Some(v) = num("LOCKLEDGER_MAX_WAITERS_PER_LOCK")? {
+            self.max_waiters_per_lock = v as usize;
+        }
+        if let Some(v) = num("LOCKLEDGER_MAX_WAITERS")? {
+            self.max_waiters = v as usize;
         }
         if let Some(v) = num("LOCKLEDGER_RETENTION_MAX_EVENTS")? {
             self.retention_max_events = (v > 0).then_some(v);

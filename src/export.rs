@@ -7,7 +7,7 @@
 use crate::store::history::EventRow;
 
 pub const HISTORY_CSV_HEADER: &str =
-    "event_id,at,namespace,owner,field,event,token,pid,host,holder,operation,actor,reason,held_ms";
+    "event_id,at,namespace,owner,field,event,token,pid,host,holder,operation,actor,reason,held_ms,count";
 
 pub fn csv_cell(value: &str) -> String {
     let defused = match value.chars().next() {
@@ -49,6 +49,7 @@ pub fn history_csv(rows: &[EventRow]) -> String {
             opt(&r.actor),
             opt(&r.reason),
             opt(&r.held_ms),
+            r.count.to_string(),
         ];
         out.push_str(&cells.join(","));
         out.push('\n');

@@ -467,6 +467,7 @@ fn history_csv_rows_keep_their_shape() {
         actor: Some("@admin".into()),
         reason: Some("x\ny".into()),
         held_ms: None,
+        count: 3,
     };
     let out = history_csv(&[row.clone(), row]);
     assert!(out.starts_with(HISTORY_CSV_HEADER));
@@ -478,7 +479,7 @@ fn history_csv_rows_keep_their_shape() {
             '"' => quoted = !quoted,
             ',' if !quoted => fields += 1,
             '\n' if !quoted => {
-                assert_eq!(fields, 14, "{out:?}");
+                assert_eq!(fields, 15, "{out:?}");
                 records += 1;
                 fields = 1;
             }

@@ -109,17 +109,19 @@ fuzz_target!(|data: &[u8]| {
         actor: Some(part(7)),
         reason: Some(part(8)),
         held_ms: None,
+        count: 3,
     };
     let out = history_csv(&[row.clone(), row.clone()]);
     let records = read_csv(&out);
     assert_eq!(records.len(), 3, "{out:?}");
     assert_eq!(records[0].join(","), HISTORY_CSV_HEADER);
     for r in &records[1..] {
-        assert_eq!(r.len(), 14, "{out:?}");
+        assert_eq!(r.len(), 15, "{out:?}");
         for (got, want) in [(&r[2], &row.namespace), (&r[3], &row.owner)] {
             assert_eq!(*got, read_cell(&csv_cell(want)));
         }
         assert_eq!(r[0], n.to_string());
         assert_eq!(r[13], "");
+        assert_eq!(r[14], "3");
     }
 });

@@ -22,6 +22,12 @@ pub struct ServeArgs {
     /// Demo mode: streamed chat replies hold leases; simulated stuck holders
     #[arg(long)]
     pub demo: bool,
+    /// Log every request (method, path, status, time) at info level
+    #[arg(long, env = "LOCKLEDGER_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Most connections open at once (kept below the file-descriptor limit)
+    #[arg(long, env = "LOCKLEDGER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
 }
 
 pub fn serve(g: &GlobalOpts, a: ServeArgs) -> Result<i32, RegistryError> {
@@ -37,6 +43,8 @@ pub fn serve(g: &GlobalOpts, a: ServeArgs) -> Result<i32, RegistryError> {
         admin_token: a.admin_token,
         allowed_hosts: a.allow_host,
         demo: a.demo,
+        access_log: a.access_log,
+        max_connections: a.max_connections,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

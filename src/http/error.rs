@@ -23,6 +23,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra top-level fields (an object), e.g. `{"holder": ...}` for a busy lock.
     pub detail: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header (503s that will pass).
+    pub retry_after: Option<u64>,
 }
 
 /// The error body, for the API document.
@@ -46,6 +48,7 @@ impl ApiError {
             code,
             message: message.into(),
             detail: None,
+            retry_after: None,
         }
     }
 
@@ -66,6 +69,11 @@ impl ApiError {
         self
     }
 
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     pub fn into_response(self) -> Response {
         let mut body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
@@ -73,7 +81,12 @@ impl ApiError {
         {
             obj.extend(extra);
         }
-        json_response(self.status, &body)
+        let mut resp = json_response(self.status, &body);
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(s));
+        }
+        resp
     }
 }
 
@@ -142,6 +155,9 @@ pub fn registry_error(e: RegistryError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "token_mismatch", msg)
                 .with_detail(serde_json::json!({ "current_token": current }))
         }
+        RegistryError::TooManyWaiters { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters", msg).retry_after(1)
+        }
         RegistryError::NotClearable { .. } => {
             ApiError::new(StatusCode::CONFLICT, "not_clearable", msg)
         }
@@ -156,7 +172,11 @@ pub fn registry_error(e: RegistryError) -> ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "busy_database",
             "the database is busy; retry shortly",
-        ),
+        )
+        .retry_after(1),
+        RegistryError::Store(StoreError::Locked(_)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy_database", msg).retry_after(1)
+        }
         RegistryError::Store(StoreError::Lost(_)) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", msg)
         }

@@ -21,6 +21,7 @@ pub mod offload;
 pub mod openapi;
 pub mod routes;
 pub mod security;
+pub mod server;
 pub mod ui;
 
 use crate::registry::Registry;
@@ -29,7 +30,7 @@ use error::{ApiError, Response};
 use security::SecurityPolicy;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::Filter;
 
@@ -54,6 +55,10 @@ pub struct ServeOptions {
     pub allowed_hosts: Vec<String>,
     /// Serve the demo chat and holder simulations (`serve --demo`).
     pub demo: bool,
+    /// Log every request at info level (`--access-log`); otherwise only server errors.
+    pub access_log: bool,
+    /// Most connections open at once (also kept below the file-descriptor limit).
+    pub max_connections: usize,
 }
 
 /// Shared state of the running service.
@@ -64,6 +69,7 @@ pub struct App {
     pub metrics: metrics::Metrics,
     pub started: Instant,
     pub demo: Option<demo::DemoState>,
+    pub access_log: bool,
 }
 
 /// The complete warp filter of the service.
@@ -99,13 +105,21 @@ pub fn routes(
                         }
                         Err(e) => e.into_response(),
                     };
-                    app.metrics.count_response(resp.status().as_u16());
-                    log::info!(
-                        "{method} {} -> {} in {:.1} ms",
-                        path.chars().take(200).collect::<String>(),
-                        resp.status().as_u16(),
-                        started.elapsed().as_secs_f64() * 1000.0
-                    );
+                    let status = resp.status().as_u16();
+                    app.metrics.count_response(status);
+                    if app.access_log || status >= 500 {
+                        let level = if status >= 500 {
+                            log::Level::Warn
+                        } else {
+                            log::Level::Info
+                        };
+                        log::log!(
+                            level,
+                            "{method} {} -> {status} in {:.1} ms",
+                            path.chars().take(200).collect::<String>(),
+                            started.elapsed().as_secs_f64() * 1000.0
+                        );
+                    }
                     resp
                 }
             },
@@ -170,6 +184,7 @@ pub fn app_for(registry: Registry, opts: &ServeOptions, port: u16) -> Result<Arc
         metrics: metrics::Metrics::default(),
         started: Instant::now(),
         demo: opts.demo.then(demo::DemoState::default),
+        access_log: opts.access_log,
     }))
 }
 
@@ -219,44 +234,47 @@ pub async fn serve(registry: Registry, opts: ServeOptions) -> Result<(), ServeEr
     }
     let (listener, local) = bind(opts.bind).await?;
     let app = app_for(registry, &opts, local.port())?;
+    // Start-up reconciliation, before serving when it can be done at once; if another
+    // process holds the database's write lock, the service starts anyway and the upkeep
+    // thread keeps retrying it.
     {
         let reg = app.registry.clone();
-        let report = tokio::task::spawn_blocking(move || reg.reconcile("startup"))
-            .await
-            .map_err(|e| ServeError::Setup(e.to_string()))?
-            .map_err(|e| ServeError::Setup(format!("start-up reconciliation failed: {e}")))?;
-        if !report.reconciled.is_empty() {
-            log::warn!(
+        let pass = tokio::task::spawn_blocking(move || reg.reconcile("startup"));
+        match tokio::time::timeout(std::time::Duration::from_secs(1), pass).await {
+            Ok(Ok(Ok(report))) if !report.reconciled.is_empty() => log::warn!(
                 "start-up reconciliation repaired {} record(s)",
                 report.reconciled.len()
-            );
+            ),
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => {
+                log::warn!("start-up reconciliation: {e}; retrying in the background")
+            }
+            Ok(Err(_)) | Err(_) => {
+                log::warn!("start-up reconciliation is waiting for the database; serving meanwhile")
+            }
         }
     }
-    let upkeep = background::spawn_upkeep(Arc::clone(&app));
+    let upkeep = background::spawn_upkeep(Arc::clone(&app))
+        .map_err(|e| ServeError::Setup(format!("cannot start the upkeep thread: {e}")))?;
+    let cap = server::connection_cap(opts.max_connections);
     println!("lockledger listening on http://{local}");
     {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(routes(Arc::clone(&app)))
-        .incoming(listener)
-        .graceful(async {
-            let _ = stop_rx.await;
-        })
-        .run();
-    // Graceful shutdown waits for requests in flight; a long acquire wait must not hold
-    // the service hostage, so it gets 5 seconds.
-    tokio::select! {
-        _ = server => {},
-        _ = async {
+    // Stops accepting on SIGINT/SIGTERM; requests in flight get up to 5 seconds (a long
+    // acquire wait must not hold the service hostage).
+    server::run(
+        listener,
+        warp::service(routes(Arc::clone(&app))),
+        cap,
+        async {
             shutdown_signal().await;
             log::info!("shutting down");
-            let _ = stop_tx.send(());
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } => {},
-    }
-    upkeep.abort();
+        },
+    )
+    .await;
+    drop(upkeep);
     let reg = app.registry.clone();
     let released = tokio::task::spawn_blocking(move || reg.release_all_leases("service shutdown"))
         .await

@@ -52,6 +52,10 @@ pub struct ProcLock {
     pub dev_minor: u32,
     pub inode: u64,
     pub blocked: bool,
+    /// First byte of the locked range (0 for flock).
+    pub start: i64,
+    /// Last byte of the range, None for "to the end of the file" (EOF).
+    pub end: Option<i64>,
 }
 
 /// Parses the whole text; skips malformed lines; never panics on any input
@@ -94,13 +98,13 @@ fn parse_line(line: &str) -> Option<ProcLock> {
     let pid: i32 = tokens.next()?.parse().ok()?;
     let (dev_major, dev_minor, inode) = parse_dev_inode(tokens.next()?)?;
 
-    // The range itself is unused, but requiring it is what proves the line
-    // was not cut off in the middle of the inode number.
-    tokens.next()?.parse::<i64>().ok()?;
-    let end = tokens.next()?;
-    if end != "EOF" && end.parse::<i64>().is_err() {
-        return None;
-    }
+    // Requiring the range is also what proves the line was not cut off in the middle of
+    // the inode number.
+    let start = tokens.next()?.parse::<i64>().ok()?;
+    let end = match tokens.next()? {
+        "EOF" => None,
+        n => Some(n.parse::<i64>().ok()?),
+    };
 
     Some(ProcLock {
         kind,
@@ -110,6 +114,8 @@ fn parse_line(line: &str) -> Option<ProcLock> {
         dev_minor,
         inode,
         blocked,
+        start,
+        end,
     })
 }
 
@@ -250,6 +256,31 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Pids holding a granted POSIX (fcntl) write lock on `byte` of the file `id`: how
+    /// SQLite's WAL write lock (byte 120 of the `-shm` file) shows who is writing.
+    pub fn posix_writers(&self, id: FileId, byte: i64) -> Vec<i32> {
+        let dev = device(id.dev);
+        let mut pids: Vec<i32> = self
+            .locks
+            .iter()
+            .filter(|l| {
+                l.kind == ProcLockKind::Posix
+                    && l.mode == ProcLockMode::Write
+                    && !l.blocked
+                    && l.inode == id.ino
+                    && (l.dev_major, l.dev_minor) == dev
+                    && l.start <= byte
+                    && l.end.is_none_or(|e| byte <= e)
+                    && l.pid > 0
+            })
+            .map(|l| l.pid)
+            .collect();
+        pids.dedup();
+        pids
+    }
+}
+
 fn device(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
 }
@@ -277,6 +308,8 @@ mod tests {
             dev_minor: dev.1,
             inode,
             blocked,
+            start: 0,
+            end: None,
         }
     }
 
@@ -295,6 +328,8 @@ mod tests {
                     dev_minor: 0x2f,
                     inode: 1234,
                     blocked: false,
+                    start: 0,
+                    end: None,
                 },
                 ProcLock {
                     kind: ProcLockKind::OfdLock,
@@ -304,6 +339,8 @@ mod tests {
                     dev_minor: 2,
                     inode: 777,
                     blocked: false,
+                    start: 0,
+                    end: None,
                 },
                 flock(813, (0xfd, 0x01), 1_234_567, true),
                 ProcLock {
@@ -314,6 +351,8 @@ mod tests {
                     dev_minor: 0x14,
                     inode: 22,
                     blocked: false,
+                    start: 0,
+                    end: None,
                 },
             ]
         );
@@ -595,5 +634,23 @@ x: FLOCK  ADVISORY  WRITE 812 fd:01:1 0 EOF\n\
         let rc = unsafe { libc::flock(file.as_file().as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0);
         assert_eq!(Snapshot::read().unwrap().is_held(id), Some(true));
+    }
+
+    #[test]
+    fn posix_writers_cover_their_byte_range() {
+        let text = "\
+1: POSIX  ADVISORY  WRITE 4242 fd:01:99 120 120
+2: POSIX  ADVISORY  READ 4343 fd:01:99 120 120
+3: POSIX  ADVISORY  WRITE 4444 fd:01:99 128 EOF
+4: POSIX  ADVISORY  WRITE 4545 fd:01:98 0 EOF
+";
+        let snap = Snapshot { locks: parse(text) };
+        let id = FileId {
+            dev: libc::makedev(0xfd, 1),
+            ino: 99,
+        };
+        assert_eq!(snap.posix_writers(id, 120), vec![4242]);
+        assert_eq!(snap.posix_writers(id, 200), vec![4444]);
+        assert!(snap.posix_writers(id, 0).is_empty());
     }
 }

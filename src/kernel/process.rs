@@ -119,6 +119,31 @@ fn render_cmdline(raw: &[u8]) -> Option<String> {
     Some(format!("{}…", trimmed[..keep].trim_end()))
 }
 
+/// "pid 812 (python3 app.py, stopped)": a process as errors name it, with its command
+/// line (paths cut) and its state when it is not simply running or sleeping.
+pub fn describe(pid: i32) -> String {
+    let cmd = cmdline(pid).map(|c| {
+        c.split(' ')
+            .map(|w| w.rsplit('/').next().unwrap_or(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let state = match read_stat(pid).map(|(s, _)| s) {
+        Some('T') => Some("stopped"),
+        Some('t') => Some("stopped by a debugger"),
+        Some('D') => Some("in uninterruptible sleep"),
+        Some('Z') => Some("a zombie"),
+        None => Some("gone"),
+        _ => None,
+    };
+    match (cmd, state) {
+        (Some(c), Some(s)) => format!("pid {pid} ({c}, {s})"),
+        (Some(c), None) => format!("pid {pid} ({c})"),
+        (None, Some(s)) => format!("pid {pid} ({s})"),
+        (None, None) => format!("pid {pid}"),
+    }
+}
+
 /// This host's name via libc::gethostname (lossy UTF-8), falling back to
 /// "localhost" on error. Cache it in a std::sync::OnceLock.
 pub fn hostname() -> &'static str {

@@ -32,6 +32,8 @@ pub enum RegistryError {
     Revoked { lock: String, by: String },
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("lock {lock} has too many waiters ({why}); try again shortly")]
+    TooManyWaiters { lock: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -12,7 +12,7 @@
 //!   committing its `released` event before the flock goes.
 
 use super::report::describe_holder;
-use super::waitq::WaiterInfo;
+use super::waitq::{Full, Ticket, WaiterInfo};
 use super::{check_label, close_record, renewal_is_sampled, LockRef, Registry, RegistryError};
 use crate::ids::LockKey;
 use crate::kernel::flock::{self, HeldFlock};
@@ -69,9 +69,37 @@ pub(super) struct LeaseTerms {
     pub client_start: Option<u64>,
 }
 
+/// A grant made for a waiter that may be gone by the time it arrives (its future was
+/// dropped): if nobody claims it, dropping it gives the lock back.
+struct Unclaimed {
+    registry: Registry,
+    granted: Option<Granted>,
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        let Some(granted) = self.granted.take() else {
+            return;
+        };
+        let registry = self.registry.clone();
+        let give_back = move || {
+            if let Err(e) = registry.give_back(granted) {
+                log::warn!("giving back a grant nobody waited for: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(give_back)),
+            Err(_) => give_back(),
+        }
+    }
+}
+
 /// A grant just committed.
 #[derive(Debug)]
 pub(super) struct Granted {
+    pub key: LockKey,
+    /// The lease's id, for a lease.
+    pub lease_id: Option<String>,
     pub lock_id: i64,
     pub token: i64,
     /// When a lease expires unless renewed (wall clock, for display).
@@ -190,6 +218,7 @@ impl Registry {
                 file_id: flock.id(),
             },
         )?;
+        let lease_id = spec.lease.as_ref().map(|l| l.lease_id.clone());
         // The grant joins this process's holdings inside the transaction, so a clear or
         // a grant in the same batch sees record and holding together.
         let flock = match spec.lease {
@@ -203,6 +232,8 @@ impl Registry {
             }
         };
         Ok(Some(Granted {
+            key: key.clone(),
+            lease_id,
             lock_id,
             token,
             expires_at_ms: expires_at,
@@ -211,7 +242,7 @@ impl Registry {
     }
 
     /// Why an acquirer gave up: who holds the lock, as status shows it.
-    fn busy_error(&self, key: &LockKey, waited: Duration) -> RegistryError {
+    pub(super) fn busy_error(&self, key: &LockKey, waited: Duration) -> RegistryError {
         let report = self
             .status(Some(key.namespace()), key.owner())
             .ok()
@@ -229,53 +260,33 @@ impl Registry {
         }
     }
 
-    fn record_wait_timeout(
+    /// Joins the wait queue of `key`, or refuses at once when it is full.
+    pub(super) fn join_queue(
         &self,
         key: &LockKey,
         spec: &GrantSpec,
-        waited: Duration,
-        gave_up: bool,
-    ) {
-        let key = key.clone();
-        let Ok(file) = self.file_of(&key) else {
-            return;
-        };
-        let (holder, operation, pid) = (spec.holder.clone(), spec.operation.clone(), spec.pid);
-        let res = self.write(move |reg, conn| {
-            let now = reg.now_ms();
-            let lock_id = records::ensure_lock(conn, &key, &file, now)?;
-            let reason = if gave_up {
-                format!("the waiter went away after {} ms", waited.as_millis())
-            } else {
-                format!("waited {} ms", waited.as_millis())
-            };
-            history::insert_event(
-                conn,
-                &NewEvent {
-                    at: now,
-                    lock_id,
-                    namespace: key.namespace(),
-                    owner: key.owner(),
-                    field: key.field(),
-                    event: Some(EventKind::WaitTimeout),
-                    pid,
-                    host: Some(process::hostname()),
-                    holder: Some(&holder),
-                    operation: Some(&operation),
-                    reason: Some(&reason),
-                    ..NewEvent::default()
+    ) -> Result<Ticket, RegistryError> {
+        self.inner
+            .waiters
+            .join(key, &spec.holder, &spec.operation, self.now_ms())
+            .map_err(|full| RegistryError::TooManyWaiters {
+                lock: key.to_string(),
+                why: match full {
+                    Full::Lock(n) => format!("{n} are waiting for it"),
+                    Full::Total(n) => format!("{n} are waiting in this service"),
                 },
-            )?;
-            Ok(())
-        });
-        if let Err(e) = res {
-            log::warn!("could not record a wait timeout: {e}");
-        }
+            })
+    }
+
+    /// The lock of `key` was let go in this process: the head of its queue tries now.
+    pub(super) fn let_go(&self, key: &LockKey) {
+        self.inner.waiters.wake(key);
     }
 
     /// Waits in arrival order (among this process's waiters) for a grant, up to `wait`,
-    /// trying when it is this waiter's turn and backing off (0.5 ms doubling to 25 ms)
-    /// while someone holds the lock.
+    /// blocking this thread (library holders): tries when it is this waiter's turn, and
+    /// while someone holds the lock waits for it to be let go in this process or backs
+    /// off (0.5 ms doubling to 25 ms) for holders elsewhere.
     pub(super) fn grant_waiting(
         &self,
         key: &LockKey,
@@ -286,10 +297,7 @@ impl Registry {
         let file = self.file_of(key)?;
         let started = Instant::now();
         let deadline = started + wait;
-        let ticket = self
-            .inner
-            .waiters
-            .join(key, &spec.holder, &spec.operation, self.now_ms());
+        let ticket = self.join_queue(key, spec)?;
         let mut pause = Duration::from_micros(500);
         while ticket.wait_turn(deadline, cancelled) {
             if let Some(granted) = self.try_grant(key, &file, spec)? {
@@ -299,12 +307,96 @@ impl Registry {
             if now >= deadline || cancelled() {
                 break;
             }
-            std::thread::sleep(pause.min(deadline - now));
+            ticket.wait_woken(now + pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(25));
         }
         drop(ticket);
-        self.record_wait_timeout(key, spec, started.elapsed(), cancelled());
-        Err(self.busy_error(key, started.elapsed()))
+        let waited = started.elapsed();
+        self.note_busy(key, spec, waited, cancelled());
+        if let Err(e) = self.flush_busy() {
+            log::warn!("could not record a busy answer: {e}");
+        }
+        Err(self.busy_error(key, waited))
+    }
+
+    /// Waits in arrival order for a grant, up to `wait`, holding no thread: the waiter is
+    /// a future, woken when it becomes the head and when the lock is let go in this
+    /// process; the head retries on a backoff (1 ms doubling to 50 ms) for holders in other
+    /// processes. Each attempt (a non-blocking flock and a commit) runs on the blocking
+    /// pool. If this future is dropped after an attempt succeeded, the grant is given back.
+    pub(super) async fn grant_waiting_async(
+        &self,
+        key: &LockKey,
+        spec: &GrantSpec,
+        wait: Duration,
+    ) -> Result<Granted, RegistryError> {
+        let file = self.file_of(key)?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
+        let ticket = self.join_queue(key, spec)?;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if tokio::time::timeout_at(deadline, ticket.turn())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let (reg, k, f, s) = (self.clone(), key.clone(), file.clone(), spec.clone());
+            let attempt = tokio::task::spawn_blocking(move || {
+                Ok::<_, RegistryError>(reg.try_grant(&k, &f, &s)?.map(|g| Unclaimed {
+                    registry: reg.clone(),
+                    granted: Some(g),
+                }))
+            })
+            .await
+            .map_err(|_| RegistryError::BadRequest("an acquire attempt failed".into()))??;
+            if let Some(mut unclaimed) = attempt {
+                if let Some(granted) = unclaimed.granted.take() {
+                    return Ok(granted);
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let next_try = now + pause.min(deadline - now);
+            let _ = tokio::time::timeout_at(next_try, ticket.woken()).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        drop(ticket);
+        let waited = started.elapsed();
+        self.note_busy(key, spec, waited, false);
+        let (reg, k) = (self.clone(), key.clone());
+        tokio::task::spawn_blocking(move || reg.busy_error(&k, waited))
+            .await
+            .map_err(|_| RegistryError::BadRequest("an acquire attempt failed".into()))
+            .and_then(Err)
+    }
+
+    /// Gives a grant back that nobody will use: its `released` event is committed, then
+    /// its kernel lock goes.
+    pub(super) fn give_back(&self, granted: Granted) -> Result<(), RegistryError> {
+        if let Some(id) = &granted.lease_id {
+            return self.release_lease(id).map(|_| ());
+        }
+        let (key, lock_id, token) = (granted.key.clone(), granted.lock_id, granted.token);
+        let res = self.write(move |reg, conn| {
+            close_record(
+                conn,
+                LockRef::of(&key, lock_id),
+                token,
+                EventKind::Released,
+                reg.now_ms(),
+                Some("lockledger"),
+                Some("its waiter went away before the grant arrived"),
+            )?;
+            Ok(())
+        });
+        drop(granted.flock);
+        self.holdings().remove_guard(lock_id, token);
+        self.let_go(&granted.key);
+        res
     }
 
     /// Acquirers waiting in this process, in queue order.
@@ -429,6 +521,7 @@ impl LockGuard {
         // repaired by reconciliation, a flock left behind would block everyone.
         drop(flock);
         self.registry.holdings().remove_guard(lock_id, token);
+        self.registry.let_go(&self.key);
         res
     }
 }

@@ -131,15 +131,28 @@ impl Registry {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<LeaseGrant, RegistryError> {
         let spec = self.lease_spec(req)?;
-        let lease_id = spec
-            .lease
-            .as_ref()
-            .map(|l| l.lease_id.clone())
-            .unwrap_or_default();
         let granted = self.grant_waiting(key, &spec, req.wait, cancelled)?;
         let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
         Ok(LeaseGrant {
-            lease_id,
+            lease_id: granted.lease_id.unwrap_or_default(),
+            token: granted.token,
+            expires_at: clock::rfc3339(expires_at_ms),
+            expires_at_ms,
+        })
+    }
+
+    /// Like [`Registry::acquire_lease`], waiting as a future that holds no thread (the
+    /// service's way): see `grant_waiting_async`.
+    pub async fn acquire_lease_async(
+        &self,
+        key: &LockKey,
+        req: &LeaseRequest,
+    ) -> Result<LeaseGrant, RegistryError> {
+        let spec = self.lease_spec(req)?;
+        let granted = self.grant_waiting_async(key, &spec, req.wait).await?;
+        let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
+        Ok(LeaseGrant {
+            lease_id: granted.lease_id.unwrap_or_default(),
             token: granted.token,
             expires_at: clock::rfc3339(expires_at_ms),
             expires_at_ms,
@@ -222,7 +235,9 @@ impl Registry {
             )?;
             Ok((slot, held_ms))
         })?;
+        let key = slot.key.clone();
         drop(slot);
+        self.let_go(&key);
         Ok(held_ms)
     }
 
@@ -289,6 +304,9 @@ impl Registry {
                 })
                 .collect()
         };
+        for (key, ..) in &ended {
+            self.let_go(key);
+        }
         self.write(move |reg, conn| {
             let now = reg.now_ms();
             let mut names = Vec::new();
@@ -322,6 +340,7 @@ impl Registry {
                     .collect()
             };
             for slot in &slots {
+                reg.let_go(&slot.key);
                 close_record(
                     conn,
                     LockRef::of(&slot.key, slot.lock_id),
@@ -340,6 +359,9 @@ impl Registry {
     /// grant with `token`; a newer grant of the same lock is left alone).
     pub(super) fn release_handle(&self, key: &LockKey, token: i64) {
         let slot = self.holdings().remove_grant(key, token);
-        drop(slot);
+        if slot.is_some() {
+            drop(slot);
+            self.let_go(key);
+        }
     }
 }

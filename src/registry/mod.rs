@@ -24,6 +24,7 @@
 //!   touched by a safe clear, and nothing here ever deletes a lock file.
 //! - A status read changes nothing: no file is created, no row is written.
 
+mod busy;
 pub mod clear;
 pub mod error;
 pub mod grant;
@@ -95,6 +96,7 @@ struct Inner {
     ceiling: Option<Ceiling>,
     holdings: Arc<Mutex<Holdings>>,
     waiters: Arc<WaitQueues>,
+    busy: busy::BusyLog,
     me: (i32, Option<u64>),
 }
 
@@ -170,6 +172,10 @@ impl Registry {
         ceiling: Option<Ceiling>,
     ) -> Registry {
         let holdings = holdings_for(&config.storage_dir);
+        let waiters = Arc::new(WaitQueues::new(
+            config.max_waiters_per_lock,
+            config.max_waiters,
+        ));
         Registry {
             inner: Arc::new(Inner {
                 config,
@@ -179,8 +185,9 @@ impl Registry {
                 readers,
                 watch,
                 ceiling,
+                waiters,
                 holdings,
-                waiters: Arc::new(WaitQueues::default()),
+                busy: busy::BusyLog::default(),
                 me: process::current(),
             }),
         }
@@ -277,8 +284,26 @@ impl Registry {
         let Some(writer) = &self.inner.writer else {
             return Err(StoreError::ReadOnly.into());
         };
-        let me = self.clone();
-        writer.write(move |conn| f(&me, conn))
+        // Busy answers noted since the last write go first, in the same transaction.
+        let Some(busy) = self.take_busy() else {
+            let me = self.clone();
+            return writer.write(move |conn| f(&me, conn));
+        };
+        let (me, carried) = (self.clone(), busy.clone());
+        let outcome = writer.write(move |conn| {
+            let rows = me.write_busy(conn, &carried)?;
+            Ok((f(&me, conn)?, rows))
+        });
+        match outcome {
+            Ok((out, rows)) => {
+                self.busy_written(rows);
+                Ok(out)
+            }
+            Err(e) => {
+                self.restore_busy(busy);
+                Err(e)
+            }
+        }
     }
 
     /// Makes sure `token`, just issued in this transaction, is covered by the token
@@ -383,6 +408,7 @@ fn close_record(
                 actor,
                 reason,
                 held_ms: Some(held_ms),
+                count: 1,
             },
         )?;
     }

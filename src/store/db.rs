@@ -6,9 +6,10 @@
 //! - Migrations run under an exclusive flock on `registry.migrate.lock`, so several
 //!   processes starting on a fresh storage directory at once apply them exactly once.
 
-use super::StoreError;
+use super::{busy_holder, StoreError};
 use crate::config::Config;
 use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::OptionalExtension;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 use std::path::Path;
@@ -77,23 +78,53 @@ pub fn open_and_migrate(config: &Config) -> Result<Connection, StoreError> {
     create_db_file(&path)?;
     let mut conn = Connection::open(&path).map_err(StoreError::from_sqlite)?;
     configure(&conn, config.busy_timeout).map_err(StoreError::from_sqlite)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    // Only what must change is written, so a process can open a current database while
+    // another one (stopped in the middle of a commit, say) holds its write lock.
+    let current: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(StoreError::from_sqlite)?;
+    let mode: String = if current.eq_ignore_ascii_case("wal") {
+        current
+    } else {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(StoreError::from_sqlite)?
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Migration(format!(
             "the database refused WAL mode (journal_mode={mode})"
         )));
     }
-    migrations()
-        .to_latest(&mut conn)
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
-    conn.execute(
-        "INSERT INTO registry_settings (key, value) VALUES ('max_hold_ms', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value <> excluded.value",
-        [config.max_hold.as_millis() as i64],
-    )
-    .map_err(StoreError::from_sqlite)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(StoreError::from_sqlite)?;
+    if version < MIGRATIONS.len() as i64 {
+        migrations().to_latest(&mut conn).map_err(|e| match e {
+            rusqlite_migration::Error::RusqliteError { err, .. } => {
+                match StoreError::from_sqlite(err) {
+                    StoreError::Busy => busy_holder(&path),
+                    other => other,
+                }
+            }
+            other => StoreError::Migration(other.to_string()),
+        })?;
+    }
+    let max_hold = config.max_hold.as_millis() as i64;
+    let stored: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM registry_settings WHERE key = 'max_hold_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from_sqlite)?;
+    if stored != Some(max_hold) {
+        conn.execute(
+            "INSERT INTO registry_settings (key, value) VALUES ('max_hold_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [max_hold],
+        )
+        .map_err(StoreError::from_sqlite)?;
+    }
     Ok(conn)
 }
 

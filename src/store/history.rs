@@ -73,6 +73,8 @@ pub struct NewEvent<'a> {
     pub actor: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub held_ms: Option<i64>,
+    /// How many occurrences the row stands for (busy answers are folded; 0 means 1).
+    pub count: i64,
 }
 
 impl<'a> NewEvent<'a> {
@@ -100,8 +102,8 @@ impl<'a> NewEvent<'a> {
 pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<i64> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO lock_events (at, lock_id, namespace, owner, field, event, token, pid, host,
-             holder, operation, actor, reason, held_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             holder, operation, actor, reason, held_ms, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     stmt.execute(params![
         e.at,
@@ -118,8 +120,25 @@ pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<i64
         e.actor,
         e.reason,
         e.held_ms,
+        e.count.max(1),
     ])?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Adds `count` occurrences to the folded row `event_id` (moving its time to `at`);
+/// false if the row is gone (pruned).
+pub fn add_to_count(
+    conn: &Connection,
+    event_id: i64,
+    count: i64,
+    at: i64,
+    reason: &str,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE lock_events SET count = count + ?2, at = max(at, ?3), reason = ?4
+         WHERE event_id = ?1",
+    )?;
+    Ok(stmt.execute(params![event_id, count, at, reason])? == 1)
 }
 
 /// A history row as read back.
@@ -141,6 +160,8 @@ pub struct EventRow {
     pub actor: Option<String>,
     pub reason: Option<String>,
     pub held_ms: Option<i64>,
+    /// How many occurrences this row stands for (busy answers are folded per minute).
+    pub count: i64,
 }
 
 fn ser_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -167,7 +188,7 @@ pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<Even
     // hide the owner index from the planner and scan the whole table.
     let mut sql = String::from(
         "SELECT event_id, at, namespace, owner, field, event, token, pid, host, holder,
-                operation, actor, reason, held_ms
+                operation, actor, reason, held_ms, count
          FROM lock_events WHERE 1",
     );
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -218,6 +239,7 @@ pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<Even
             actor: r.get(11)?,
             reason: r.get(12)?,
             held_ms: r.get(13)?,
+            count: r.get(14)?,
         })
     })?;
     rows.collect()

@@ -23,6 +23,9 @@ pub use writer::Writer;
 pub enum StoreError {
     #[error("database is busy; try again")]
     Busy,
+    /// Busy because a named process holds the database's write lock.
+    #[error("the database is busy: {0} holds its write lock; writes wait until it lets go")]
+    Locked(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot prepare storage directory: {0}")]
@@ -48,6 +51,30 @@ impl StoreError {
             }
             _ => StoreError::Sqlite(e),
         }
+    }
+}
+
+/// Who holds the write lock of the database at `db_path`, as a busy error: SQLite's WAL
+/// write lock is a POSIX lock on byte 120 of the `-shm` file, which `/proc/locks` shows
+/// with its pid. `StoreError::Busy` when nobody is found (the lock was let go meanwhile).
+pub fn busy_holder(db_path: &std::path::Path) -> StoreError {
+    use crate::kernel::{flock, proc_locks::Snapshot, process};
+    let mut shm = db_path.as_os_str().to_os_string();
+    shm.push("-shm");
+    let Ok(Some(id)) = flock::file_id(std::path::Path::new(&shm)) else {
+        return StoreError::Busy;
+    };
+    let Ok(snapshot) = Snapshot::read() else {
+        return StoreError::Busy;
+    };
+    let me = std::process::id() as i32;
+    match snapshot
+        .posix_writers(id, 120)
+        .into_iter()
+        .find(|&p| p != me)
+    {
+        Some(pid) => StoreError::Locked(process::describe(pid)),
+        None => StoreError::Busy,
     }
 }
 

@@ -4,40 +4,98 @@
 //! - Every write runs inside a `BEGIN IMMEDIATE` transaction (a deferred read-then-write
 //!   transaction fails with "database is locked" under contention, whatever the busy
 //!   timeout).
-//! - Group commit by flat combining: whichever caller holds the connection takes every job
-//!   waiting in the queue, runs each in its own savepoint inside one transaction, commits
-//!   once, and only then answers each caller. A caller never hears "ok" for a write that
-//!   is not committed, and one failing job rolls back only its own savepoint. A job must
-//!   never call `Writer::write` itself (it would wait for a commit that cannot start).
-//! - Checkpoints are off the write path: the writer's connection never auto-checkpoints
-//!   (a checkpoint fsyncs the database, which would stall every caller in that batch);
-//!   a checkpointer thread with its own connection runs passive checkpoints every second
-//!   and after every [`CHECKPOINT_EVERY`] commits.
+//! - Group commit by flat combining: the caller that finds nobody committing becomes the
+//!   committer; it takes up to [`MAX_BATCH`] queued jobs, runs each in its own savepoint
+//!   inside one transaction, commits once, and only then answers each caller. A caller
+//!   never hears "ok" for a write that is not committed, and one failing job rolls back
+//!   only its own savepoint. A job must never call `Writer::write` itself.
+//! - Nobody commits for others indefinitely: a committer stops as soon as its own job is
+//!   answered and hands the role to the caller at the head of the queue. Nobody polls:
+//!   a waiting caller sleeps until it is answered or handed the role.
+//! - A lone caller commits on its own thread (no hand-off to another thread).
+//! - The writer never waits for readers: its connection never checkpoints. A checkpointer
+//!   thread with its own connection runs passive checkpoints every second, and when the
+//!   WAL has passed [`WAL_LIMIT_BYTES`] a truncating one that waits at most
+//!   [`TRUNCATE_WAIT`] for readers (during which it holds writers back).
+//! - With a [`Watch`], no batch starts once the database file is gone.
 
-use super::{StoreError, Watch};
+use super::{busy_holder, StoreError, Watch};
 use rusqlite::Connection;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Most jobs committed in one transaction; bounds the time a batch holds the write lock.
-const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 256;
 
 /// Commits between checkpoint nudges (about 1000 WAL pages of typical grants).
 pub const CHECKPOINT_EVERY: u64 = 200;
+
+/// WAL size past which the checkpointer folds it back (a checkpoint that truncates).
+pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest a truncating checkpoint waits for readers (and holds writers back).
+pub const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A job runs against the open transaction (or is told `None`: the batch could not
 /// start) and hands back whether it succeeded plus how to answer after the commit.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
 
+/// Where a waiting caller stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Waiting,
+    /// Answered: its reply is in its channel.
+    Done,
+    /// Handed the committer role.
+    Commit,
+}
+
+/// One caller's place: it sleeps on it until answered or handed the role.
+struct Ticket {
+    turn: Mutex<Turn>,
+    wake: Condvar,
+}
+
+impl Ticket {
+    fn new() -> Arc<Ticket> {
+        Arc::new(Ticket {
+            turn: Mutex::new(Turn::Waiting),
+            wake: Condvar::new(),
+        })
+    }
+    fn set(&self, turn: Turn) {
+        *lock(&self.turn) = turn;
+        self.wake.notify_one();
+    }
+    fn get(&self) -> Turn {
+        *lock(&self.turn)
+    }
+    fn wait(&self) -> Turn {
+        let mut turn = lock(&self.turn);
+        while *turn == Turn::Waiting {
+            turn = self.wake.wait(turn).unwrap_or_else(|p| p.into_inner());
+        }
+        *turn
+    }
+}
+
+struct Entry {
+    job: Job,
+    ticket: Arc<Ticket>,
+}
+
+#[derive(Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    /// Someone holds the committer role.
+    committing: bool,
+}
+
 /// Handle to the single writer. Cloning shares it.
-///
-/// There is no writer thread: the caller that finds the connection free becomes the
-/// committer and commits every job queued at that moment, its own included, in one
-/// transaction (flat combining). A lone caller therefore never hands its work to another
-/// thread, and callers that arrive while a commit is running are batched together.
 #[derive(Clone)]
 pub struct Writer {
     inner: Arc<WriterInner>,
@@ -50,22 +108,18 @@ impl std::fmt::Debug for Writer {
 }
 
 struct WriterInner {
-    conn: Mutex<Committer>,
-    queue: Mutex<Vec<Job>>,
+    queue: Mutex<Queue>,
+    /// Locked only by the holder of the committer role, so never contended.
+    committer: Mutex<Committer>,
 }
 
 struct Committer {
     conn: Connection,
-    /// Checked before every batch: never write into a deleted or replaced database.
     watch: Option<Arc<Watch>>,
     commits: u64,
-    wal: Option<std::path::PathBuf>,
     // Dropped with the writer, which tells the checkpointer to finish.
     nudge: mpsc::SyncSender<()>,
 }
-
-/// WAL size past which the committer folds it back (a checkpoint that truncates).
-const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Writer {
     /// A writer on `conn`; with a `watch`, no batch starts once the database file is gone.
@@ -74,30 +128,24 @@ impl Writer {
             .map_err(StoreError::from_sqlite)?;
         let db_path = conn
             .path()
-            .map(std::path::PathBuf::from)
+            .map(PathBuf::from)
             .filter(|p| !p.as_os_str().is_empty());
         let (nudge, nudges) = mpsc::sync_channel::<()>(1);
-        if let Some(path) = db_path.clone() {
+        if let Some(path) = db_path {
             let watch = watch.clone();
             std::thread::Builder::new()
                 .name("lockledger-checkpoint".into())
                 .spawn(move || run_checkpointer(&path, nudges, watch))?;
         }
-        let wal = db_path.map(|p| {
-            let mut w = p.into_os_string();
-            w.push("-wal");
-            std::path::PathBuf::from(w)
-        });
         Ok(Writer {
             inner: Arc::new(WriterInner {
-                conn: Mutex::new(Committer {
+                queue: Mutex::new(Queue::default()),
+                committer: Mutex::new(Committer {
                     conn,
                     watch,
                     commits: 0,
-                    wal,
                     nudge,
                 }),
-                queue: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -132,74 +180,56 @@ impl Writer {
                 )
             }
         });
-        lock(&self.inner.queue).push(job);
+        let ticket = Ticket::new();
+        let commit_now = {
+            let mut q = lock(&self.inner.queue);
+            q.entries.push_back(Entry {
+                job,
+                ticket: Arc::clone(&ticket),
+            });
+            !std::mem::replace(&mut q.committing, true)
+        };
+        if commit_now || ticket.wait() == Turn::Commit {
+            self.commit_for(&ticket);
+        }
+        // The ticket is Done: the answer is in the channel, or its sender was dropped by
+        // a job that panicked.
+        rx.recv().unwrap_or(Err(E::from(StoreError::JobPanicked)))
+    }
+
+    /// Holds the committer role: commits batches until `mine` is answered, then hands the
+    /// role to the head of the queue (or gives it up when the queue is empty).
+    fn commit_for(&self, mine: &Ticket) {
+        let mut committer = lock(&self.inner.committer);
         loop {
-            match rx.try_recv() {
-                Ok(answer) => return answer,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(E::from(StoreError::JobPanicked))
-                }
-                Err(mpsc::TryRecvError::Empty) => {}
-            }
-            let free = match self.inner.conn.try_lock() {
-                Ok(guard) => Some(guard),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
+            let batch: Vec<Entry> = {
+                let mut q = lock(&self.inner.queue);
+                let n = q.entries.len().min(MAX_BATCH);
+                q.entries.drain(..n).collect()
             };
-            if let Some(committer) = free {
-                self.commit_until_empty(committer);
-                continue;
+            committer.commit_batch(batch);
+            if mine.get() == Turn::Done {
+                break;
             }
-            // Someone else is committing, and will take our job with its next batch.
-            match rx.recv_timeout(Duration::from_millis(2)) {
-                Ok(answer) => return answer,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(E::from(StoreError::JobPanicked))
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
+        }
+        drop(committer);
+        let mut q = lock(&self.inner.queue);
+        match q.entries.front() {
+            Some(next) => next.ticket.set(Turn::Commit),
+            None => q.committing = false,
         }
     }
 }
 
-impl Writer {
-    /// Commits queued jobs until the queue is empty. After letting go of the connection
-    /// it looks once more: a job pushed between the last drain and the unlock saw the
-    /// connection taken, and its caller is waiting for someone to commit it.
-    fn commit_until_empty<'a>(&'a self, mut committer: std::sync::MutexGuard<'a, Committer>) {
-        loop {
-            loop {
-                let batch: Vec<Job> = {
-                    let mut queue = lock(&self.inner.queue);
-                    let n = queue.len().min(MAX_BATCH);
-                    queue.drain(..n).collect()
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                committer.commit_batch(batch);
-            }
-            drop(committer);
-            if lock(&self.inner.queue).is_empty() {
-                return;
-            }
-            committer = match self.inner.conn.try_lock() {
-                Ok(guard) => guard,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                // Whoever holds it now drains the queue.
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            };
-        }
-    }
-}
-
-/// A poisoned lock is still consistent here: jobs run under `catch_unwind`, and the queue
-/// is only pushed to or taken whole.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A poisoned lock is still consistent here: jobs run under `catch_unwind`, and the
+/// queue and tickets are only changed by single assignments.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Passive checkpoints every second or when nudged; stops when the writer is gone.
+/// Passive checkpoints every second or when nudged, and a truncating one (waiting at most
+/// [`TRUNCATE_WAIT`] for readers) once the WAL has passed [`WAL_LIMIT_BYTES`]; stops when
+/// the writer is gone, or the database is.
 fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>, watch: Option<Arc<Watch>>) {
     let conn = match Connection::open(path) {
         Ok(c) => c,
@@ -208,188 +238,142 @@ fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>, watch: Option<Arc<W
             return;
         }
     };
-    let _ = conn.busy_timeout(Duration::from_millis(100));
+    let _ = conn.busy_timeout(TRUNCATE_WAIT);
+    let mut wal = path.as_os_str().to_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let gone = || watch.as_ref().is_some_and(|w| w.gone().is_some());
     loop {
-        match nudges.recv_timeout(Duration::from_secs(1)) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
-                if watch.as_ref().is_some_and(|w| w.gone().is_some()) {
-                    return;
-                }
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    log::debug!("checkpointer: {e}");
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if watch.as_ref().is_some_and(|w| w.gone().is_some()) {
-                    return;
-                }
-                // Last chance to fold the WAL into the database before the process ends.
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-                return;
-            }
+        let last = matches!(
+            nudges.recv_timeout(Duration::from_secs(1)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+        if gone() {
+            return;
+        }
+        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT_BYTES);
+        let mode = if big || last { "TRUNCATE" } else { "PASSIVE" };
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            log::debug!("checkpointer: {e}");
+        }
+        if last {
+            return;
         }
     }
 }
 
 impl Committer {
+    /// Why no transaction can start, answered to every job of the batch.
+    fn refuse(batch: Vec<Entry>, err: impl Fn() -> StoreError) {
+        for entry in batch {
+            let (_, reply) = (entry.job)(None);
+            reply(Err(err()));
+            entry.ticket.set(Turn::Done);
+        }
+    }
+
     /// Commits `batch` in one IMMEDIATE transaction and answers every job.
-    fn commit_batch(&mut self, mut batch: Vec<Job>) {
+    fn commit_batch(&mut self, batch: Vec<Entry>) {
         if batch.is_empty() {
             return;
         }
-        let conn = &self.conn;
         if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
-            for job in batch {
-                let (_, reply) = job(None);
-                reply(Err(StoreError::Lost(why.clone())));
-            }
-            return;
+            return Committer::refuse(batch, || StoreError::Lost(why.clone()));
         }
+        let conn = &self.conn;
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = StoreError::from_sqlite(e).to_string();
-            log::warn!("writer: cannot begin a transaction: {msg}");
-            for job in batch {
-                let (_, reply) = job(None);
-                reply(Err(StoreError::Busy));
-            }
-            return;
+            let err = StoreError::from_sqlite(e);
+            let err = match (err, conn.path()) {
+                (StoreError::Busy, Some(path)) => busy_holder(Path::new(path)),
+                (other, _) => other,
+            };
+            log::warn!("writer: cannot begin a transaction: {err}");
+            let text = err.to_string();
+            return Committer::refuse(batch, || match &err {
+                StoreError::Busy => StoreError::Busy,
+                StoreError::Locked(who) => StoreError::Locked(who.clone()),
+                _ => StoreError::CommitFailed(text.clone()),
+            });
         }
-        let mut replies: Vec<(bool, Reply)> = Vec::with_capacity(batch.len());
-        if batch.len() == 1 {
+        let alone = batch.len() == 1;
+        let mut answered: Vec<(Reply, Arc<Ticket>)> = Vec::with_capacity(batch.len());
+        let mut finished: Vec<Arc<Ticket>> = Vec::new();
+        // Alone, a failed job rolls the whole transaction back: nothing is left to commit.
+        let mut open = true;
+        for entry in batch {
             // Alone in its transaction, a job needs no savepoint: a failure rolls back all.
-            if let Some(job) = batch.pop() {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(conn)))) {
-                    Ok((true, reply)) => replies.push((true, reply)),
-                    Ok((false, reply)) => {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        reply(Ok(()));
-                        return;
-                    }
-                    Err(_) => {
-                        log::error!("writer: a job panicked; its changes were rolled back");
-                        let _ = conn.execute_batch("ROLLBACK");
-                        return;
-                    }
-                }
-            }
-        }
-        for job in batch {
-            if conn.execute_batch("SAVEPOINT job").is_err() {
-                let (_, reply) = job(None);
-                replies.push((false, reply));
+            if !alone && conn.execute_batch("SAVEPOINT job").is_err() {
+                let (_, reply) = (entry.job)(None);
+                reply(Err(StoreError::Busy));
+                finished.push(entry.ticket);
                 continue;
             }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(conn)))) {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.job)(Some(conn)))) {
                 Ok((true, reply)) => {
-                    let _ = conn.execute_batch("RELEASE job");
-                    replies.push((true, reply));
+                    if !alone {
+                        let _ = conn.execute_batch("RELEASE job");
+                    }
+                    answered.push((reply, entry.ticket));
                 }
-                Ok((false, reply)) => {
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                    replies.push((false, reply));
-                }
-                Err(_) => {
-                    // The job's reply sender went with it; its caller sees JobPanicked.
-                    log::error!("writer: a job panicked; its changes were rolled back");
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                failed => {
+                    if let Ok((_, reply)) = failed {
+                        // Its own error is its answer; nothing of it is committed.
+                        reply(Ok(()));
+                    } else {
+                        // The job's reply sender went with it; its caller sees JobPanicked.
+                        log::error!("writer: a job panicked; its changes were rolled back");
+                    }
+                    if alone {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        open = false;
+                    } else {
+                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    }
+                    finished.push(entry.ticket);
                 }
             }
         }
-        match conn.execute_batch("COMMIT") {
+        let commit = if open {
+            conn.execute_batch("COMMIT")
+        } else {
+            Ok(())
+        };
+        match commit {
             Ok(()) => {
-                for (_, reply) in replies {
+                for (reply, ticket) in answered {
                     reply(Ok(()));
+                    ticket.set(Turn::Done);
                 }
-                self.after_commit();
+                if open {
+                    self.after_commit();
+                }
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 let err = StoreError::from_sqlite(e);
                 log::warn!("writer: commit failed: {err}");
-                for (_, reply) in replies {
+                for (reply, ticket) in answered {
                     reply(Err(match &err {
                         StoreError::Busy => StoreError::Busy,
                         other => StoreError::CommitFailed(other.to_string()),
                     }));
+                    ticket.set(Turn::Done);
                 }
             }
         }
+        for ticket in finished {
+            ticket.set(Turn::Done);
+        }
     }
 
-    /// Nudges the checkpointer now and then, and folds the WAL back when it has grown
-    /// past [`WAL_LIMIT_BYTES`] (passive checkpoints cannot reset a WAL that is written
-    /// without pause).
+    /// Nudges the checkpointer now and then.
     fn after_commit(&mut self) {
         self.commits += 1;
-        if self.commits % CHECKPOINT_EVERY != 0 {
-            return;
-        }
-        let _ = self.nudge.try_send(());
-        let big = self
-            .wal
-            .as_ref()
-            .and_then(|w| std::fs::metadata(w).ok())
-            .is_some_and(|m| m.len() > WAL_LIMIT_BYTES);
-        if big {
-            if let Err(e) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            {
-                log::debug!("writer: truncating checkpoint: {e}");
-            }
+        if self.commits % CHECKPOINT_EVERY == 0 {
+            let _ = self.nudge.try_send(());
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::store::db::{open_and_migrate, open_read_only};
-
-    #[test]
-    fn group_commit_answers_every_caller_and_isolates_failures() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::defaults(dir.path());
-        let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
-        let mut threads = Vec::new();
-        for i in 0..32i64 {
-            let w = writer.clone();
-            threads.push(std::thread::spawn(move || {
-                w.write(move |c| -> Result<i64, StoreError> {
-                    if i % 8 == 7 {
-                        c.execute("INSERT INTO registry_settings VALUES ('x', 1)", [])?;
-                        c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
-                    }
-                    c.execute(
-                        "INSERT INTO registry_settings (key, value) VALUES (?1, ?2)",
-                        (format!("k{i}"), i),
-                    )?;
-                    Ok(i)
-                })
-            }));
-        }
-        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 4);
-        let conn = open_read_only(&config.db_path(), Duration::from_secs(1)).unwrap();
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM registry_settings WHERE key LIKE 'k%'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(n, 28);
-        let x: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM registry_settings WHERE key = 'x'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(
-            x, 0,
-            "a failed job's earlier statements are rolled back too"
-        );
-    }
-}
+mod tests;

@@ -9,13 +9,9 @@ use crate::http::error::{json_response, registry_error, ApiError, Response};
 use crate::http::offload::blocking;
 use crate::ids::{self, LockKey};
 use crate::policy::stale::LockState;
-use crate::registry::{
-    ClearedLock, ForceCleared, LeaseRequest, LockReport, RegistryError, SkippedLock,
-};
+use crate::registry::{ClearedLock, ForceCleared, LeaseRequest, LockReport, SkippedLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::{IntoParams, ToSchema};
 use warp::http::StatusCode;
@@ -119,15 +115,6 @@ pub struct Acquired {
     pub file: String,
 }
 
-/// Sets the flag when the request future is dropped (the client went away).
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
 pub async fn acquire(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let b: AcquireBody = required_json(cx.req)?;
     let key = lock_key(cx, cx.arg(0), cx.arg(1))?;
@@ -148,22 +135,15 @@ pub async fn acquire(cx: &Ctx<'_>) -> Result<Response, ApiError> {
         ttl: b.ttl_ms.map(Duration::from_millis),
         wait: Duration::from_millis(wait_ms),
     };
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancelled));
-    let reg = cx.app.registry.clone();
-    let k = key.clone();
     let started = Instant::now();
-    let result = blocking(move || {
-        let flag = Arc::clone(&cancelled);
-        let grant = reg.acquire_lease(&k, &lease_req, &move || flag.load(Ordering::SeqCst))?;
-        if cancelled.load(Ordering::SeqCst) {
-            // Nobody is left to receive the lease: give it back at once.
-            let _ = reg.release_lease(&grant.lease_id);
-            return Err(RegistryError::BadRequest("the client went away".into()));
-        }
-        Ok(grant)
-    })
-    .await;
+    // Waiting holds no thread; if the client goes away, this future is dropped, it leaves
+    // the queue, and a grant that arrives anyway is given back.
+    let result = cx
+        .app
+        .registry
+        .acquire_lease_async(&key, &lease_req)
+        .await
+        .map_err(registry_error);
     match result {
         Ok(grant) => {
             cx.app.metrics.grants.inc();

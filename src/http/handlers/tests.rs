@@ -19,6 +19,8 @@ fn app(dir: &std::path::Path, demo: bool) -> Arc<App> {
         admin_token: Some("test-admin-token".into()),
         allowed_hosts: vec![],
         demo,
+        access_log: false,
+        max_connections: 64,
     };
     app_for(registry, &opts, 8787).unwrap()
 }

@@ -1,0 +1,129 @@
+use super::*;
+use crate::config::Config;
+use crate::store::db::{open_and_migrate, open_read_only};
+
+#[test]
+fn group_commit_answers_every_caller_and_isolates_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let mut threads = Vec::new();
+    for i in 0..32i64 {
+        let w = writer.clone();
+        threads.push(std::thread::spawn(move || {
+            w.write(move |c| -> Result<i64, StoreError> {
+                if i % 8 == 7 {
+                    c.execute("INSERT INTO registry_settings VALUES ('x', 1)", [])?;
+                    c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                }
+                c.execute(
+                    "INSERT INTO registry_settings (key, value) VALUES (?1, ?2)",
+                    (format!("k{i}"), i),
+                )?;
+                Ok(i)
+            })
+        }));
+    }
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 4);
+    let conn = open_read_only(&config.db_path(), Duration::from_secs(1)).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM registry_settings WHERE key LIKE 'k%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 28);
+    let x: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM registry_settings WHERE key = 'x'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        x, 0,
+        "a failed job's earlier statements are rolled back too"
+    );
+}
+
+#[test]
+fn a_lone_failing_job_leaves_nothing_and_the_next_write_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let failed: Result<(), StoreError> = writer.write(|c| {
+        c.execute("INSERT INTO registry_settings VALUES ('half', 1)", [])?;
+        c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+        Ok(())
+    });
+    assert!(failed.is_err());
+    let ok: Result<i64, StoreError> = writer.write(|c| {
+        c.execute("INSERT INTO registry_settings VALUES ('whole', 2)", [])?;
+        Ok(2)
+    });
+    assert_eq!(ok.unwrap(), 2);
+    let conn = open_read_only(&config.db_path(), Duration::from_secs(1)).unwrap();
+    let keys: Vec<String> = conn
+        .prepare("SELECT key FROM registry_settings WHERE key IN ('half', 'whole')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(keys, ["whole"]);
+}
+
+#[test]
+fn a_panicking_job_is_answered_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let r: Result<(), StoreError> = writer.write(|_| panic!("boom"));
+    assert!(matches!(r, Err(StoreError::JobPanicked)), "{r:?}");
+    let ok: Result<u8, StoreError> = writer.write(|_| Ok(7));
+    assert_eq!(ok.unwrap(), 7);
+}
+
+#[test]
+fn under_steady_load_every_caller_is_answered_in_shared_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let w = writer.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let k = format!("load{t}_{i}");
+                    w.write(move |c| -> Result<(), StoreError> {
+                        c.execute(
+                            "INSERT INTO registry_settings (key, value) VALUES (?1, 1)",
+                            [&k],
+                        )?;
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let commits = lock(&writer.inner.committer).commits;
+    assert!(
+        commits < 3200,
+        "{commits} commits for 3200 writes: none shared"
+    );
+    let conn = open_read_only(&config.db_path(), Duration::from_secs(1)).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM registry_settings WHERE key LIKE 'load%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 3200);
+}
