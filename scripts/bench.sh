@@ -24,5 +24,7 @@ pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@";
 # A distribution's own python3 may refuse pip installs (PEP 668) unless told otherwise.
 pip_install filelock redis || pip_install --break-system-packages filelock redis
 
-cargo build --release --locked --bins
+# The benchmark is in the workspace member lockledger-tools (tools/); the service it
+# measures is built beside it into the same target directory.
+cargo build --release --locked -p lockledger -p lockledger-tools
 exec "${CARGO_TARGET_DIR:-target}/release/lockledger-bench" "$@"

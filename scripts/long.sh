@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 chaos_seconds="${1:-600}"
 fuzz_seconds="${2:-120}"
 ./scripts/test.sh
+# test.sh built the service and the tools (workspace member lockledger-tools, in tools/)
+# in release, side by side in target/release.
 ./target/release/lockledger-chaos --seconds "$chaos_seconds"
 ./fuzz/run.sh "$fuzz_seconds"

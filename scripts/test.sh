@@ -5,14 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --tests
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace --all-targets
 # The web UI in real Chromium, against the real binary.
 cargo build --locked
 (cd tests/browser && LOCKLEDGER_BIN="$PWD/../../target/debug/lockledger" node run.mjs)
 # The Python client for the chat app, against the real service.
 LOCKLEDGER_BIN="$PWD/target/debug/lockledger" python3 -m unittest discover -s tests/python
 # Chaos, quick mode: real crashes, pauses, revocations and service restarts, with the
-# invariants checked at the end (see BENCHMARKS.md for the long run).
-cargo build --locked --release --bins
+# invariants checked at the end (see BENCHMARKS.md for the long run). The tools are the
+# workspace member lockledger-tools (tools/); they run the service binary built beside them.
+cargo build --locked --release -p lockledger -p lockledger-tools
 ./target/release/lockledger-chaos --quick

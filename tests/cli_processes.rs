@@ -7,17 +7,15 @@
 //! The Python interoperability test needs `python3` with the `filelock` package
 //! (`pip install filelock`); it fails with that instruction when the module is missing.
 
+use lockledger_harness::{
+    event_names, exit_code, poll_until, run, ChildGuard, Output as Out, Proc,
+};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-
-mod support;
-use support::{event_names, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 /// Upper bound for one short CLI command (status, clear, sql, ...).
@@ -26,7 +24,6 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 const HELD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for a process to exit after it was told to.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(50);
 
 // ------------------------------------------------------------------------- helpers
 
@@ -64,14 +61,7 @@ impl Store {
 
     /// `lockledger --storage <store> ARGS...`, with a clean `LOCKLEDGER_*` environment.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--storage").arg(&self.path).args(args);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LOCKLEDGER_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env_remove("RUST_LOG");
+        let mut cmd = lockledger_harness::lockledger(Path::new(BIN), &self.path, args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -80,7 +70,7 @@ impl Store {
 
     /// Runs a short command to completion (bounded by [`CMD_TIMEOUT`]).
     fn run(&self, args: &[&str]) -> Out {
-        run_command(self.command(args), CMD_TIMEOUT)
+        run(self.command(args), CMD_TIMEOUT)
     }
 
     /// `status OWNER --json`, which must succeed.
@@ -157,201 +147,6 @@ fn find_field(locks: &[Value], field: &str) -> Value {
         .clone()
 }
 
-/// What a finished command produced. `code` is the exit code, or 128+signal.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
-fn exit_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-fn read_all_in_thread(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Runs `cmd` to completion with stdin closed; kills it and panics after `timeout`.
-fn run_command(mut cmd: Command, timeout: Duration) -> Out {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    let out = read_all_in_thread(child.stdout.take().expect("stdout"));
-    let err = read_all_in_thread(child.stderr.take().expect("stderr"));
-    let Some(status) = wait_exit(&mut child, timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} did not finish within {timeout:?}");
-    };
-    Out {
-        code: exit_code(status),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
-
-/// Polls `f` every [`POLL`] until it returns `Ok`; panics with the last `Err` (what was
-/// seen instead) after `timeout`.
-fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => thread::sleep(POLL),
-        }
-    }
-}
-
-fn send_signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; pid is a child we spawned and have
-    // not reaped yet, so it cannot have been reused.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {sig}): {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// A long-running child process with its stdout read line by line in the background and
-/// its stderr collected. Killed (SIGKILL) and reaped on drop if still running.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    exited: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, name: &str) -> Proc {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut err = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-            stderr,
-            exited: None,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The next stdout line within `timeout`; None on timeout or end of output.
-    fn line(&self, timeout: Duration) -> Option<String> {
-        self.lines.recv_timeout(timeout).ok()
-    }
-
-    /// A stdout line already printed, without waiting.
-    fn line_now(&self) -> Option<String> {
-        self.lines.try_recv().ok()
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        assert!(
-            self.exited.is_none(),
-            "{} already exited; not signalling a reaped pid",
-            self.name
-        );
-        send_signal(self.pid(), sig);
-    }
-
-    fn running(&mut self) -> bool {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().expect("try_wait");
-        }
-        self.exited.is_none()
-    }
-
-    /// Waits (bounded) for the process to exit; returns its exit code (128+signal).
-    fn wait_exit(&mut self, timeout: Duration) -> i32 {
-        if self.exited.is_none() {
-            self.exited = wait_exit(&mut self.child, timeout);
-        }
-        match self.exited {
-            Some(s) => exit_code(s),
-            None => panic!(
-                "{} (pid {}) did not exit within {timeout:?}; stderr: {}",
-                self.name,
-                self.pid(),
-                self.stderr_text()
-            ),
-        }
-    }
-
-    fn close_stdin(&mut self) {
-        drop(self.child.stdin.take());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            // SIGKILL also ends a SIGSTOPped process.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A `lockledger hold` child.
 struct Holder {
     proc: Proc,
@@ -368,11 +163,11 @@ impl Holder {
             let state = if self.proc.running() {
                 "still running".to_string()
             } else {
-                format!("exited with {}", exit_code(self.proc.exited.unwrap()))
+                format!("exited with {}", exit_code(self.proc.exited().unwrap()))
             };
             panic!(
                 "{} printed no held line within {:?} ({state}); stderr: {}",
-                self.proc.name,
+                self.proc.name(),
                 started.elapsed(),
                 self.proc.stderr_text()
             );
@@ -735,11 +530,9 @@ else:
 "#;
 
 fn require_python_filelock() {
-    let out = match Command::new("python3")
-        .args(["-c", "import filelock"])
-        .stdin(Stdio::null())
-        .output()
-    {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", "import filelock"]);
+    let out = match lockledger_harness::process::try_run(cmd, CMD_TIMEOUT) {
         Ok(o) => o,
         Err(e) => panic!("cannot run python3 ({e}); this test needs python3 with filelock"),
     };
@@ -747,7 +540,7 @@ fn require_python_filelock() {
         out.status.success(),
         "python3 cannot import filelock: run `pip install filelock` (the project's test \
          script installs it). python3 said: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
 }
 
@@ -834,14 +627,14 @@ fn python_filelock_holder_is_external_and_excludes_both_ways() {
     assert_eq!(l["token"].as_i64(), Some(h.token()), "{l}");
 
     // The reverse: Python cannot take the lock while lockledger holds it ...
-    let out = run_command(python(PY_TRY, &lock_file), CMD_TIMEOUT);
+    let out = run(python(PY_TRY, &lock_file), CMD_TIMEOUT);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout.trim(), "timeout", "{out:?}");
 
     // ... and can once lockledger let go.
     h.proc.signal(libc::SIGTERM);
     assert_eq!(h.proc.wait_exit(EXIT_TIMEOUT), 0);
-    let out = run_command(python(PY_TRY, &lock_file), CMD_TIMEOUT);
+    let out = run(python(PY_TRY, &lock_file), CMD_TIMEOUT);
     assert_eq!(out.stdout.trim(), "acquired", "{out:?}");
     assert_eq!(store.lock("c3", "messages")["state"], "free");
 }
@@ -955,14 +748,14 @@ fn many_processes_start_at_once_on_fresh_storage() {
     for round in 0..3 {
         let store = Store::new();
         assert!(!store.path.exists());
-        let mut statuses: Vec<(String, Child)> = (0..6)
+        let mut statuses: Vec<(String, ChildGuard)> = (0..6)
             .map(|i| {
                 let owner = format!("r{round}s{i}");
                 let mut cmd = store.command(&["status", &owner, "--json"]);
                 cmd.stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
-                (owner, cmd.spawn().expect("spawn status"))
+                (owner, ChildGuard::spawn(&mut cmd).expect("spawn status"))
             })
             .collect();
         let mut holders = [
@@ -970,8 +763,9 @@ fn many_processes_start_at_once_on_fresh_storage() {
             store.spawn_hold("h2", "main", &["--renew-ms", "0"]),
         ];
         for (owner, child) in &mut statuses {
-            let status =
-                wait_exit(child, CMD_TIMEOUT).unwrap_or_else(|| panic!("status {owner} hung"));
+            let status = child
+                .wait_exit(CMD_TIMEOUT)
+                .unwrap_or_else(|| panic!("status {owner} hung"));
             let mut stdout = String::new();
             let mut stderr = String::new();
             child

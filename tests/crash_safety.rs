@@ -5,47 +5,34 @@
 //! The fault point is armed with `LOCKLEDGER_FAULT=clear_after_fs_step`: the process
 //! SIGKILLs itself there (see `fault_point` in src/registry.rs).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use lockledger_harness::{flock_is_free, lock_in, wait_for, Output, Request, Server, ServerOpts};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-mod support;
-use support::{flock_is_free, lock_in};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
+const ADMIN: &str = "crash-admin-token";
+/// Upper bound for one CLI command, and for a process to exit after a fault point.
+const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn lockledger(storage: &Path, args: &[&str], fault: bool) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--storage").arg(storage).args(args);
-    cmd.env_remove("LOCKLEDGER_FAULT").env_remove("RUST_LOG");
+    let mut cmd = lockledger_harness::lockledger(Path::new(BIN), storage, args);
     if fault {
         cmd.env("LOCKLEDGER_FAULT", "clear_after_fs_step");
     }
-    cmd.output().expect("run lockledger")
+    lockledger_harness::run(cmd, CMD_TIMEOUT)
 }
 
 fn sql_count(storage: &Path, sql: &str) -> i64 {
     let out = lockledger(storage, &["sql", sql, "--json"], false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["rows"][0][0].as_i64().unwrap()
+    assert!(out.status.success(), "{}", out.stderr);
+    out.json()["rows"][0][0].as_i64().unwrap()
 }
 
 fn lock_state(storage: &Path, owner: &str, field: &str) -> (String, Option<String>) {
     let out = lockledger(storage, &["status", owner, "--json"], false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let lock = lock_in(&v, field);
+    assert!(out.status.success(), "{}", out.stderr);
+    let lock = lock_in(&out.json(), field);
     (
         lock["state"].as_str().unwrap().to_string(),
         lock["stale_reason"].as_str().map(str::to_string),
@@ -64,32 +51,26 @@ fn assert_every_grant_closed_once(storage: &Path) {
     assert_eq!(bad, 0, "some grant is not closed exactly once");
 }
 
-fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 #[test]
 fn a_cli_clear_killed_before_its_commit_is_repaired_by_reconciliation() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
-    let mut holder = Command::new(BIN)
-        .arg("--storage")
-        .arg(&storage)
-        .args(["hold", "c1", "messages", "--operation", "send_message"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut holder = lockledger_harness::Proc::spawn(
+        lockledger_harness::lockledger(
+            Path::new(BIN),
+            &storage,
+            &["hold", "c1", "messages", "--operation", "send_message"],
+        ),
+        "hold c1 messages",
+    );
+    let line = holder.line(CMD_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "hold printed no line within {CMD_TIMEOUT:?}; stderr: {}",
+            holder.stderr_text()
+        )
+    });
     assert!(line.contains("\"held\""), "{line}");
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    holder.kill();
     assert_eq!(
         lock_state(&storage, "c1", "messages"),
         ("stale".into(), Some("holder_dead".into()))
@@ -114,7 +95,7 @@ fn a_cli_clear_killed_before_its_commit_is_repaired_by_reconciliation() {
 
     let fixed = lockledger(&storage, &["reconcile", "--json"], false);
     assert!(fixed.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&fixed.stdout).unwrap();
+    let report = fixed.json();
     assert_eq!(report["reconciled"], serde_json::json!(["c1/messages"]));
     assert_eq!(
         lock_state(&storage, "c1", "messages"),
@@ -128,7 +109,7 @@ fn a_cli_clear_killed_before_its_commit_is_repaired_by_reconciliation() {
         1
     );
     let again = lockledger(&storage, &["reconcile", "--json"], false);
-    let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let report = again.json();
     assert_eq!(
         report["reconciled"],
         serde_json::json!([]),
@@ -137,109 +118,72 @@ fn a_cli_clear_killed_before_its_commit_is_repaired_by_reconciliation() {
     assert_every_grant_closed_once(&storage);
 }
 
-struct Service {
-    child: Child,
-    port: u16,
+/// The service with fast upkeep and no automatic expiry; with `fault`, it SIGKILLs itself
+/// between a clear's filesystem step and its commit.
+fn start_service(storage: &Path, fault: bool) -> Server {
+    let mut opts = ServerOpts::default()
+        .args(&["--admin-token", ADMIN])
+        .env("LOCKLEDGER_AUTO_EXPIRE", "0")
+        .env("LOCKLEDGER_REAPER_PERIOD_MS", "50")
+        .env("RUST_LOG", "error");
+    if fault {
+        opts = opts.env("LOCKLEDGER_FAULT", "clear_after_fs_step");
+    }
+    Server::start(Path::new(BIN), storage, &opts)
 }
 
-impl Service {
-    fn start(storage: &Path, fault: bool) -> Service {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--storage")
-            .arg(storage)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--admin-token",
-                "crash-admin-token",
-            ])
-            .env("LOCKLEDGER_AUTO_EXPIRE", "0")
-            .env("LOCKLEDGER_REAPER_PERIOD_MS", "50")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped());
-        if fault {
-            cmd.env("LOCKLEDGER_FAULT", "clear_after_fs_step");
-        } else {
-            cmd.env_remove("LOCKLEDGER_FAULT");
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect(&line);
-        Service { child, port }
-    }
-
-    /// One request on its own connection; None when the connection died.
-    fn request(&self, method: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer crash-admin-token\r\nContent-Length: {}\r\n\r\n{body}",
-            self.port,
-            body.len()
-        )
+/// One admin request on its own connection; None when the connection died.
+fn request(svc: &Server, method: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+    let r = Request::new(method, path)
+        .json_text(body)
+        .bearer(ADMIN)
+        .timeout(Duration::from_secs(10))
+        .try_send(svc.port)
         .ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-        let body = raw.split_once("\r\n\r\n")?.1;
-        let json = body
-            .find('{')
-            .map(|i| &body[i..body.rfind('}').unwrap_or(body.len() - 1) + 1]);
-        Some((
-            status,
-            json.and_then(|j| serde_json::from_str(j).ok())
-                .unwrap_or_default(),
-        ))
-    }
+    Some((r.status, r.json_or_null()))
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The service's exit after it killed itself at the fault point (bounded).
+fn fault_exit(svc: &mut Server) -> std::process::ExitStatus {
+    svc.wait_exit(CMD_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "the service did not die within {CMD_TIMEOUT:?}; stderr: {}",
+            svc.stderr()
+        )
+    })
 }
 
 #[test]
 fn a_service_killed_between_closing_a_lease_and_committing_recovers_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
-    let mut svc = Service::start(&storage, true);
-    let (status, grant) = svc
-        .request(
-            "POST",
-            "/api/v1/locks/c2/messages/acquire",
-            r#"{"holder":"t","operation":"stream","ttl_ms":200}"#,
-        )
-        .unwrap();
+    let mut svc = start_service(&storage, true);
+    let (status, grant) = request(
+        &svc,
+        "POST",
+        "/api/v1/locks/c2/messages/acquire",
+        r#"{"holder":"t","operation":"stream","ttl_ms":200}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200, "{grant}");
     let token = grant["token"].as_i64().unwrap();
-    wait_for("the lease to expire", Duration::from_secs(10), || {
-        let (_, v) = svc.request("GET", "/api/v1/locks/c2", "").unwrap();
+    wait_for(Duration::from_secs(10), "the lease to expire", || {
+        let (_, v) = request(&svc, "GET", "/api/v1/locks/c2", "").unwrap();
         v["locks"]
             .as_array()
             .unwrap()
             .iter()
             .any(|l| l["stale_reason"] == "lease_expired")
+            .then_some(())
     });
 
     // The clear closes the lease's handle (the filesystem step), then the service dies.
-    let answer = svc.request("POST", "/api/v1/locks/c2/clear", "{}");
+    let answer = request(&svc, "POST", "/api/v1/locks/c2/clear", "{}");
     assert!(
         answer.is_none(),
         "the service must die before answering: {answer:?}"
     );
-    let exit = svc.child.wait().unwrap();
+    let exit = fault_exit(&mut svc);
     assert_eq!(exit.signal(), Some(libc::SIGKILL));
     let lock_file = storage.join("locks").join("c2_messages.lock");
     assert!(
@@ -260,13 +204,11 @@ fn a_service_killed_between_closing_a_lease_and_committing_recovers_on_restart()
     );
 
     // Restart: start-up reconciliation repairs the record.
-    let svc = Service::start(&storage, false);
-    let (_, v) = svc.request("GET", "/api/v1/locks/c2", "").unwrap();
+    let svc = start_service(&storage, false);
+    let (_, v) = request(&svc, "GET", "/api/v1/locks/c2", "").unwrap();
     let lock = lock_in(&v, "messages");
     assert_eq!(lock["state"], "free", "{lock}");
-    let (_, h) = svc
-        .request("GET", "/api/v1/history?owner=c2&field=messages", "")
-        .unwrap();
+    let (_, h) = request(&svc, "GET", "/api/v1/history?owner=c2&field=messages", "").unwrap();
     let events: Vec<&str> = h["events"]
         .as_array()
         .unwrap()
@@ -280,13 +222,13 @@ fn a_service_killed_between_closing_a_lease_and_committing_recovers_on_restart()
         .unwrap()
         .contains("holder_dead"));
     // The lock works again, with a newer token.
-    let (status, g2) = svc
-        .request(
-            "POST",
-            "/api/v1/locks/c2/messages/acquire",
-            r#"{"holder":"t","operation":"again"}"#,
-        )
-        .unwrap();
+    let (status, g2) = request(
+        &svc,
+        "POST",
+        "/api/v1/locks/c2/messages/acquire",
+        r#"{"holder":"t","operation":"again"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     assert!(g2["token"].as_i64().unwrap() > token);
     drop(svc); // SIGKILL with that lease held: one more record for reconciliation.
@@ -298,20 +240,18 @@ fn a_service_killed_between_closing_a_lease_and_committing_recovers_on_restart()
 fn a_force_clear_killed_before_its_commit_is_repaired_too() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
-    let mut svc = Service::start(&storage, true);
-    let (_, grant) = svc
-        .request(
-            "POST",
-            "/api/v1/locks/c3/all/acquire",
-            r#"{"holder":"t","operation":"stream","ttl_ms":60000}"#,
-        )
-        .unwrap();
+    let mut svc = start_service(&storage, true);
+    let (_, grant) = request(
+        &svc,
+        "POST",
+        "/api/v1/locks/c3/all/acquire",
+        r#"{"holder":"t","operation":"stream","ttl_ms":60000}"#,
+    )
+    .unwrap();
     let token = grant["token"].as_i64().unwrap();
     let body = format!(r#"{{"field":"all","token":{token},"reason":"crash test"}}"#);
-    assert!(svc
-        .request("POST", "/api/v1/locks/c3/force-clear", &body)
-        .is_none());
-    assert_eq!(svc.child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert!(request(&svc, "POST", "/api/v1/locks/c3/force-clear", &body).is_none());
+    assert_eq!(fault_exit(&mut svc).signal(), Some(libc::SIGKILL));
     assert_eq!(
         sql_count(
             &storage,
@@ -320,7 +260,7 @@ fn a_force_clear_killed_before_its_commit_is_repaired_too() {
         0
     );
     let out = lockledger(&storage, &["reconcile", "--json"], false);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = out.json();
     assert_eq!(report["reconciled"], serde_json::json!(["c3/all"]));
     assert_eq!(lock_state(&storage, "c3", "all"), ("free".into(), None));
     assert_every_grant_closed_once(&storage);

@@ -1,291 +1,31 @@
 //! HTTP integration tests of `lockledger serve`: the real binary on port 0 in a temporary
-//! storage directory, spoken to by a tiny blocking HTTP/1.1 client written here over
-//! `std::net::TcpStream` (no client crate).
+//! storage directory, spoken to by the harness's HTTP/1.1 client (`lockledger-harness`,
+//! `tests/support`), which can also send the malformed requests these tests need.
 //!
 //! Every server is killed on drop, every wait is bounded by a deadline, and every request
 //! has read and write timeouts, so a failing test never hangs or leaves a process behind.
 
+use lockledger_harness::http::{short, IO_TIMEOUT};
+use lockledger_harness::{
+    event_names, flock_is_free, lock_in, wait_for, ChildGuard, Conn, Request as Req,
+    Response as Resp, ServerOpts,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Barrier, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-mod support;
-use support::{event_names, flock_is_free, lock_in, wait_exit};
-
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
-/// Upper bound for the server to print its listening line.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// Read/write timeout of one HTTP request (longer than any acquire wait used here).
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for a process to exit after it was told to (or failed to start).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(20);
 
 const USER: &str = "user-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789";
-
-// ------------------------------------------------------------------ HTTP client
-
-/// One parsed HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    /// Lower-cased names.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response {} is not JSON ({e}): {:?}",
-                self.status,
-                self.text()
-            )
-        })
-    }
-
-    /// `error.code` of a `{error: {code, message}}` body.
-    fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error.code in {}: {}", self.status, self.text()))
-            .to_string()
-    }
-}
-
-/// One request; `send` opens its own connection (`Connection: close`).
-#[derive(Debug, Clone)]
-struct Req {
-    method: String,
-    path: String,
-    host: Option<String>,
-    headers: Vec<(String, String)>,
-    body: Option<Vec<u8>>,
-    chunked: bool,
-}
-
-impl Req {
-    fn new(method: &str, path: &str) -> Req {
-        Req {
-            method: method.to_string(),
-            path: path.to_string(),
-            host: None,
-            headers: Vec::new(),
-            body: None,
-            chunked: false,
-        }
-    }
-    fn get(path: &str) -> Req {
-        Req::new("GET", path)
-    }
-    fn post(path: &str) -> Req {
-        Req::new("POST", path)
-    }
-    fn delete(path: &str) -> Req {
-        Req::new("DELETE", path)
-    }
-    fn header(mut self, name: &str, value: &str) -> Req {
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
-    /// Replaces the default `Host: 127.0.0.1:PORT`.
-    fn host(mut self, host: &str) -> Req {
-        self.host = Some(host.to_string());
-        self
-    }
-    fn token(self, token: &str) -> Req {
-        self.header("X-Lockledger-Token", token)
-    }
-    fn bearer(self, token: &str) -> Req {
-        self.header("Authorization", &format!("Bearer {token}"))
-    }
-    fn body(mut self, body: impl Into<Vec<u8>>) -> Req {
-        self.body = Some(body.into());
-        self
-    }
-    /// `Content-Type: application/json` and the value as the body.
-    fn json(self, value: &Value) -> Req {
-        self.header("Content-Type", "application/json")
-            .body(value.to_string())
-    }
-    /// `Content-Type: application/json` with an empty body (as the chat app sends).
-    fn empty_json(self) -> Req {
-        self.header("Content-Type", "application/json")
-    }
-    /// Sends the body with `Transfer-Encoding: chunked` instead of `Content-Length`.
-    fn chunked(mut self) -> Req {
-        self.chunked = true;
-        self
-    }
-
-    fn send(&self, port: u16) -> Resp {
-        let what = format!("{} {}", self.method, short(&self.path));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{what}: cannot connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let _ = stream.set_nodelay(true);
-
-        let host = self
-            .host
-            .clone()
-            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
-        let mut head = format!(
-            "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
-            self.method, self.path
-        );
-        for (k, v) in &self.headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let body = self.body.clone().unwrap_or_default();
-        let mut wire = Vec::new();
-        if self.chunked {
-            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
-            wire.extend_from_slice(head.as_bytes());
-            for part in body.chunks(8192) {
-                wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-                wire.extend_from_slice(part);
-                wire.extend_from_slice(b"\r\n");
-            }
-            wire.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            let with_length = self.body.is_some() || self.method != "GET";
-            if with_length {
-                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-            }
-            head.push_str("\r\n");
-            wire.extend_from_slice(head.as_bytes());
-            wire.extend_from_slice(&body);
-        }
-        // The server may answer (413) and close before reading a large body: a failed
-        // write is fine as long as a complete response comes back.
-        let write_err = stream.write_all(&wire).and_then(|_| stream.flush()).err();
-
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        let read_err = loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => break None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => break Some(e),
-            }
-        };
-        parse_response(&buf).unwrap_or_else(|why| {
-            panic!(
-                "{what}: no complete response ({why}); write error: {write_err:?}; read error: \
-                 {read_err:?}; received {} bytes: {:?}",
-                buf.len(),
-                String::from_utf8_lossy(&buf[..buf.len().min(500)])
-            )
-        })
-    }
-}
-
-fn short(s: &str) -> String {
-    if s.len() > 80 {
-        format!("{}…({} bytes)", &s[..80], s.len())
-    } else {
-        s.to_string()
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_response(buf: &[u8]) -> Result<Resp, String> {
-    let end = find(buf, b"\r\n\r\n").ok_or("no end of the header block")?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|e| format!("header block: {e}"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let rest = &buf[end + 4..];
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let body =
-        if get("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
-            decode_chunked(rest)?
-        } else if let Some(len) = get("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| format!("bad content-length {len:?}"))?;
-            if rest.len() < len {
-                return Err(format!("body has {} of {len} bytes", rest.len()));
-            }
-            rest[..len].to_vec()
-        } else {
-            rest.to_vec()
-        };
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = find(rest, b"\r\n").ok_or("unterminated chunk size line")?;
-        let line = std::str::from_utf8(&rest[..eol]).map_err(|e| format!("chunk size: {e}"))?;
-        let hex = line.split(';').next().unwrap_or("").trim();
-        let size =
-            usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {line:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out); // trailers, if any, are ignored
-        }
-        if rest.len() < size + 2 {
-            return Err(format!("short chunk: {} of {size} bytes", rest.len()));
-        }
-        out.extend_from_slice(&rest[..size]);
-        if &rest[size..size + 2] != b"\r\n" {
-            return Err("chunk not followed by CRLF".into());
-        }
-        rest = &rest[size + 2..];
-    }
-}
 
 // ------------------------------------------------------------------ the server
 
@@ -311,145 +51,65 @@ impl Opts {
 }
 
 /// `lockledger --storage STORAGE ARGS...` with a clean `LOCKLEDGER_*` environment.
-fn lockledger(storage: &Path, args: &[&str], env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--storage").arg(storage).args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("LOCKLEDGER_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
+fn lockledger(storage: &Path, args: &[&str]) -> Command {
+    lockledger_harness::lockledger(Path::new(BIN), storage, args)
 }
 
-/// A running `lockledger serve`; killed (SIGKILL) on drop.
+/// A running `lockledger serve` (the harness's, killed on drop) and the tokens to speak
+/// to it with.
 struct Server {
-    child: Option<Child>,
+    inner: lockledger_harness::Server,
     port: u16,
     admin: String,
     user: Option<String>,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
     fn start(storage: &Path, opts: &Opts) -> Server {
-        let bind = opts.bind.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let mut args = vec!["serve", "--bind", bind.as_str()];
+        let mut so = ServerOpts::default();
+        if let Some(bind) = &opts.bind {
+            so = so.bind(bind);
+        }
         if let Some(t) = &opts.token {
-            args.extend(["--token", t.as_str()]);
+            so = so.args(&["--token", t]);
         }
         if let Some(t) = &opts.admin_token {
-            args.extend(["--admin-token", t.as_str()]);
+            so = so.args(&["--admin-token", t]);
         }
-        let mut cmd = lockledger(storage, &args, &opts.env);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn lockledger serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr_pipe = child.stderr.take().expect("stderr");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut reader = BufReader::new(stderr_pipe);
-                let mut line = String::new();
-                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                    let mut s = stderr.lock().unwrap();
-                    if s.len() < 4 << 20 {
-                        s.push_str(&line);
-                    }
-                    line.clear();
-                }
-            });
+        for (k, v) in &opts.env {
+            so = so.env(k, v);
         }
-        let (tx, rx) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+        let inner = lockledger_harness::Server::start(Path::new(BIN), storage, &so);
+        let admin = match &opts.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let text = std::fs::read_to_string(storage.join("admin-token"))
+                    .expect("a generated STORAGE/admin-token");
+                let admin = text.trim().to_string();
+                assert!(admin.len() >= 32, "generated admin token {admin:?}");
+                admin
             }
-        });
-        // From here on, a panic drops `srv`, which kills the child.
-        let mut srv = Server {
-            child: Some(child),
-            port: 0,
-            admin: opts.admin_token.clone().unwrap_or_default(),
+        };
+        Server {
+            port: inner.port,
+            inner,
+            admin,
             user: opts.token.clone(),
-            stderr,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        let prefix = "lockledger listening on http://";
-        srv.port = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(addr) = line.trim().strip_prefix(prefix) {
-                        let addr: SocketAddr = addr
-                            .parse()
-                            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-                        assert!(addr.ip().is_loopback(), "listening on {addr}");
-                        assert_ne!(addr.port(), 0, "{line}");
-                        break addr.port();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no {prefix:?} line within {START_TIMEOUT:?}; stderr:\n{}",
-                    srv.stderr()
-                ),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = wait_exit(srv.child.as_mut().unwrap(), EXIT_TIMEOUT);
-                    thread::sleep(Duration::from_millis(50));
-                    panic!(
-                        "the server exited ({status:?}) before listening; stderr:\n{}",
-                        srv.stderr()
-                    )
-                }
-            }
-        };
-        if opts.admin_token.is_none() {
-            let text = std::fs::read_to_string(storage.join("admin-token"))
-                .expect("a generated STORAGE/admin-token");
-            srv.admin = text.trim().to_string();
-            assert!(
-                srv.admin.len() >= 32,
-                "generated admin token {:?}",
-                srv.admin
-            );
         }
-        srv
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        self.inner.stderr()
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit.
     fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill SIGTERM");
-        let status = wait_exit(self.child.as_mut().unwrap(), timeout);
-        if status.is_some() {
-            self.child = None;
-        }
-        status
+        self.inner.terminate(timeout)
     }
 
     /// SIGKILL and reap.
     fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("SIGKILL the server");
-        child.wait().expect("reap the server");
+        self.inner.kill9();
     }
 
     fn with_user(&self, req: Req) -> Req {
@@ -545,15 +205,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A granted lease.
 #[derive(Debug, Clone)]
 struct Lease {
@@ -582,16 +233,6 @@ impl From<Resp> for Lease {
     }
 }
 
-/// A process killed and reaped on drop (a lease client stand-in).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 // ------------------------------------------------------------------ small helpers
 
 fn storage_in(dir: &tempfile::TempDir) -> PathBuf {
@@ -617,21 +258,6 @@ fn ms_of(rfc3339: &str) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// Polls `f` until it returns `Some`, at most `timeout`.
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        thread::sleep(POLL);
-    }
-}
-
 /// Every file below `root`, relative, except the database's own files.
 fn files_below(root: &Path) -> BTreeSet<String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
@@ -655,34 +281,11 @@ fn files_below(root: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Runs a command that must exit by itself; returns (exit code, stdout, stderr).
-fn run_to_exit(mut cmd: Command) -> (Option<i32>, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let status = wait_exit(&mut child, EXIT_TIMEOUT);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    let status = status.unwrap_or_else(|| {
-        panic!("did not exit within {EXIT_TIMEOUT:?}; stdout {out:?}; stderr {err:?}")
-    });
-    (status.code(), out, err)
+/// Runs a command that must exit by itself (bounded); returns (exit code, stdout,
+/// stderr).
+fn run_to_exit(cmd: Command) -> (Option<i32>, String, String) {
+    let out = lockledger_harness::run(cmd, EXIT_TIMEOUT);
+    (out.status.code(), out.stdout, out.stderr)
 }
 
 // ------------------------------------------------------------------ 1. legacy routes
@@ -1097,14 +700,9 @@ fn expired_lease_ends_by_itself_with_auto_expire() {
 fn dead_client_pid_frees_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(&storage_in(&dir), &Opts::default());
-    let mut client = KillOnDrop(
-        Command::new("sleep")
-            .arg("30")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sleep"),
-    );
-    let pid = client.0.id() as i32;
+    let mut client = ChildGuard::spawn(Command::new("sleep").arg("30").stdin(Stdio::null()))
+        .expect("spawn sleep");
+    let pid = client.pid();
     let lease = Lease::from(srv.acquire(
         "c4",
         "messages",
@@ -1114,8 +712,8 @@ fn dead_client_pid_frees_the_lease() {
     assert_eq!(l["state"], "held", "{l}");
     assert_eq!(l["pid"], pid, "{l}");
 
-    client.0.kill().expect("SIGKILL the client");
-    client.0.wait().expect("reap the client");
+    client.kill().expect("SIGKILL the client");
+    client.wait().expect("reap the client");
     let killed = Instant::now();
     wait_for(
         Duration::from_secs(5),
@@ -1368,17 +966,12 @@ fn sigterm_with_a_waiting_acquirer_still_exits_in_time() {
     let port = srv.port;
     let waiter = thread::spawn(move || {
         // Blocks in the service for up to 20 s; the answer (if any) does not matter.
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let body = json!({"holder": "waiter", "operation": "w", "wait_ms": 20_000}).to_string();
-        let req = format!(
-            "POST /api/v1/locks/c7b/messages/acquire HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-             Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
+        let mut s = Conn::connect(port, IO_TIMEOUT).unwrap();
+        let body = json!({"holder": "waiter", "operation": "w", "wait_ms": 20_000});
+        let req = Req::post("/api/v1/locks/c7b/messages/acquire").json(&body);
+        s.write_all(&req.wire(port, true)).unwrap();
         let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
+        let _ = s.stream().read_to_end(&mut out);
     });
     wait_for(Duration::from_secs(5), "the waiter to queue", || {
         let r = srv.get("/api/v1/waiters");
@@ -2199,8 +1792,7 @@ fn bad_input_is_refused_without_side_effects() {
 fn exposed_bind_without_tokens_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage_in(&dir);
-    let (code, out, err) =
-        run_to_exit(lockledger(&storage, &["serve", "--bind", "0.0.0.0:0"], &[]));
+    let (code, out, err) = run_to_exit(lockledger(&storage, &["serve", "--bind", "0.0.0.0:0"]));
     assert_ne!(code, Some(0), "stdout {out:?} stderr {err:?}");
     assert!(code.is_some(), "killed by a signal: {err}");
     assert!(!out.contains("listening"), "it listened: {out}");
@@ -2210,7 +1802,6 @@ fn exposed_bind_without_tokens_is_refused() {
     let (code, out, err) = run_to_exit(lockledger(
         &storage,
         &["serve", "--bind", "0.0.0.0:0", "--token", USER],
-        &[],
     ));
     assert_ne!(code, Some(0), "stdout {out:?} stderr {err:?}");
     assert!(!out.contains("listening"), "it listened: {out}");
@@ -2223,11 +1814,7 @@ fn taken_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let bind = format!("127.0.0.1:{port}");
-    let (code, out, err) = run_to_exit(lockledger(
-        &storage_in(&dir),
-        &["serve", "--bind", &bind],
-        &[],
-    ));
+    let (code, out, err) = run_to_exit(lockledger(&storage_in(&dir), &["serve", "--bind", &bind]));
     assert_ne!(code, Some(0), "stdout {out:?} stderr {err:?}");
     assert!(code.is_some(), "killed by a signal: {err}");
     assert!(!out.contains("listening"), "{out}");
@@ -2451,14 +2038,10 @@ fn a_disconnected_waiter_is_never_granted() {
     let srv = Server::start(&storage_in(&dir), &Opts::default());
     let a = srv.lease("c11", "messages", "A", 30_000);
     let port = srv.port;
-    let mut ghost = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = json!({"holder": "ghost", "operation": "w", "wait_ms": 20_000}).to_string();
-    let req = format!(
-        "POST /api/v1/locks/c11/messages/acquire HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-         Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    ghost.write_all(req.as_bytes()).unwrap();
+    let mut ghost = Conn::connect(port, IO_TIMEOUT).unwrap();
+    let body = json!({"holder": "ghost", "operation": "w", "wait_ms": 20_000});
+    let req = Req::post("/api/v1/locks/c11/messages/acquire").json(&body);
+    ghost.write_all(&req.wire(port, true)).unwrap();
     let waiters = || {
         srv.get("/api/v1/waiters").json()["waiters"]
             .as_array()
@@ -2576,24 +2159,4 @@ fn admin_sql_is_capped_and_reveals_no_paths() {
     );
     // The service still answers.
     assert_eq!(srv.get("/healthz").status, 200);
-}
-
-/// The client's response parser, on hand-made responses (chunked included).
-#[test]
-fn http_client_parses_chunked_and_sized_responses() {
-    let r = parse_response(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n\
-          4\r\n{\"a\"\r\n5;x=y\r\n:[1]}\r\n0\r\nTrailer: t\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json(), json!({"a": [1]}));
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}extra").unwrap();
-    assert_eq!((r.status, r.body.as_slice()), (404, &b"{}"[..]));
-    assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n{}").is_err());
-    assert!(
-        parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab").is_err()
-    );
-    assert!(parse_response(b"garbage\r\n\r\n").is_err());
 }

@@ -12,12 +12,12 @@ use lockledger::policy::stale::{HolderKind, LockState, StaleReason};
 use lockledger::registry::{LeaseGrant, LeaseRequest, LockReport};
 use lockledger::store::history::{EventRow, HistoryQuery};
 use lockledger::{AcquireOptions, Config, LockKey, Registry, RegistryError};
+use lockledger_harness::{ChildGuard, Proc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -246,31 +246,13 @@ fn assert_grants_closed_once(reg: &Registry) {
     check_grants(reg, false);
 }
 
-/// A child process killed (SIGKILL) and reaped when dropped, whatever the test did.
-struct KillOnDrop(Child);
-
-impl KillOnDrop {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-    fn kill_and_wait(&mut self) {
-        let _ = self.0.kill();
-        self.0.wait().expect("wait for child");
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A pid that belonged to a process which has exited and been reaped.
 fn dead_pid() -> i32 {
-    let mut child = Command::new("true").spawn().expect("spawn true");
-    let pid = child.id() as i32;
-    child.wait().expect("wait for true");
+    let mut child = ChildGuard::spawn(&mut Command::new("true")).expect("spawn true");
+    let pid = child.pid();
+    child
+        .wait_exit(Duration::from_secs(10))
+        .expect("`true` did not exit within 10 s");
     pid
 }
 
@@ -660,12 +642,7 @@ fn a_lease_ends_when_its_client_process_dies() {
     config.auto_expire = false; // the client's death alone must end it
     let (reg, _clock) = open_manual(config);
     let key = reg.key(None, "c3", "memory").unwrap();
-    let mut child = KillOnDrop(
-        Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep"),
-    );
+    let mut child = ChildGuard::spawn(Command::new("sleep").arg("30")).expect("spawn sleep");
 
     let l = reg
         .acquire_lease(
@@ -952,39 +929,27 @@ fn force_clear_needs_the_exact_token_and_revokes_leases_and_library_holders() {
 // ------------------------------------------------------------------ 7. reconcile
 
 /// Starts `lockledger hold OWNER FIELD` and waits for its "held" line.
-fn spawn_holder(dir: &Path, owner: &str, field: &str) -> (KillOnDrop, serde_json::Value) {
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_lockledger"))
-            .arg("--storage")
-            .arg(dir)
-            .args([
-                "hold",
-                owner,
-                field,
-                "--holder",
-                "cli-child",
-                "--renew-ms",
-                "0",
-            ])
-            .env_remove("LOCKLEDGER_STORAGE")
-            .env_remove("LOCKLEDGER_CONFIG")
-            .env_remove("LOCKLEDGER_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn lockledger hold"),
+fn spawn_holder(dir: &Path, owner: &str, field: &str) -> (Proc, serde_json::Value) {
+    let cmd = lockledger_harness::lockledger(
+        Path::new(env!("CARGO_BIN_EXE_lockledger")),
+        dir,
+        &[
+            "hold",
+            owner,
+            field,
+            "--holder",
+            "cli-child",
+            "--renew-ms",
+            "0",
+        ],
     );
-    let stdout = child.0.stdout.take().expect("child stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+    let child = Proc::spawn(cmd, "lockledger hold");
+    let line = child.line(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "`lockledger hold` printed nothing within 20 s; stderr: {}",
+            child.stderr_text()
+        )
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("`lockledger hold` printed nothing within 20 s");
     let held: serde_json::Value =
         serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(held["event"], "held", "{line}");
@@ -1010,7 +975,7 @@ fn reconcile_repairs_a_holder_killed_with_sigkill_once() {
     let (message, _) = expect_busy(&reg, &key, 0);
     assert!(message.contains(&format!("held by pid {pid}")), "{message}");
 
-    child.kill_and_wait();
+    child.kill();
     let r = report(&reg, &key);
     assert_eq!(
         (r.state, r.stale_reason),

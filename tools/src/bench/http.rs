@@ -1,0 +1,167 @@
+//! Group `http`: lease acquire+release over HTTP with one keep-alive client against
+//! redis-py's `Lock` on a local `redis-server`, interleaved round by round, and where the
+//! time goes (the bare HTTP round trip, each call, the service's CPU per pair).
+//!
+//! Invariants: both sides run for the same `--seconds` per round; when redis-server or
+//! redis-py is missing the comparison is SKIPped with what to install, never faked.
+
+use crate::ctx::Ctx;
+use crate::load::{http_load, LeaseClient, PAIR_BODY};
+use crate::machine::{command_line, json_f64, other_work, python_module, run_python};
+use crate::report::{median, pct, rate, spread, us, Verdict};
+use crate::services::Redis;
+use crate::R;
+use std::time::{Duration, Instant};
+
+/// redis-py Lock pairs: argv = port, seconds, warm-up iterations.
+const REDIS_PY: &str = r#"
+import json, sys, time
+import redis
+port, dur, warm = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+r = redis.Redis(host="127.0.0.1", port=port)
+r.ping()
+def pair():
+    lock = r.lock("lockledger-bench")
+    lock.acquire()
+    lock.release()
+for _ in range(warm):
+    pair()
+n = 0
+t = time.perf_counter()
+end = t + dur
+while True:
+    for _ in range(50):
+        pair()
+    n += 50
+    now = time.perf_counter()
+    if now >= end:
+        break
+print(json.dumps({"pairs": n, "seconds": now - t, "rate": n / (now - t)}))
+"#;
+
+pub fn bench_http(ctx: &mut Ctx) -> R<()> {
+    println!("\n[http] acquire+release over HTTP, one keep-alive client, vs redis-py Lock on a local redis-server");
+    println!("  ({})", other_work(&ctx.pids()));
+    let port = ctx.main_service()?;
+    let spid = ctx.main_pid();
+    let redis_py = python_module("redis");
+    let have_server = command_line("redis-server", &["--version"]).is_some();
+    let redis = if redis_py.is_some() && have_server {
+        Some(Redis::start(&ctx.dir("redis")?)?)
+    } else {
+        None
+    };
+    let dur = ctx.dur();
+    let (mut ll, mut rd, mut cpu_per_pair) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ctx.set.rounds {
+        let mut r_ll = 0.0;
+        let mut r_rd = f64::NAN;
+        for side in 0..2 {
+            if (side == 0) == (round % 2 == 0) {
+                let load = http_load(port, spid, 1, "single", dur)?;
+                r_ll = load.rate();
+                cpu_per_pair.push(load.server_cores * load.secs * 1e6 / load.pairs as f64);
+            } else if let Some(redis) = &redis {
+                let v = run_python(
+                    REDIS_PY,
+                    &[
+                        redis.port.to_string(),
+                        format!("{}", ctx.set.secs),
+                        "500".into(),
+                    ],
+                )?;
+                r_rd = json_f64(&v, "rate")?;
+            }
+        }
+        ll.push(r_ll);
+        if redis.is_some() {
+            rd.push(r_rd);
+        }
+        ctx.detail(format!(
+            "round {}: lockledger {}  redis_py {}  ({} first)",
+            round + 1,
+            rate(r_ll),
+            if r_rd.is_nan() {
+                "-".into()
+            } else {
+                rate(r_rd)
+            },
+            if round % 2 == 0 {
+                "lockledger"
+            } else {
+                "redis"
+            }
+        ));
+    }
+    drop(redis);
+
+    // Where the time goes: the HTTP floor (healthz) and each call.
+    let mut c = LeaseClient::new(port);
+    let (mut hz, mut acq, mut rel) = (Vec::new(), Vec::new(), Vec::new());
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(1) {
+        let a = Instant::now();
+        c.ok("GET", "/healthz", None)?;
+        let b = Instant::now();
+        let (id, _) = c.acquire("single0", "messages", PAIR_BODY)?;
+        let d = Instant::now();
+        c.release(&id)?;
+        hz.push((b - a).as_secs_f64() * 1e6);
+        acq.push((d - b).as_secs_f64() * 1e6);
+        rel.push(d.elapsed().as_secs_f64() * 1e6);
+    }
+    for v in [&mut hz, &mut acq, &mut rel] {
+        v.sort_by(f64::total_cmp);
+    }
+
+    let m_ll = median(&ll);
+    let (body, verdict) = if !rd.is_empty() {
+        let m_rd = median(&rd);
+        let ratio = m_ll / m_rd;
+        (
+            format!(
+                "lockledger {}  redis_py {}  ratio {ratio:.2} (target >= 1.5)",
+                rate(m_ll),
+                rate(m_rd)
+            ),
+            Verdict::of(ratio >= 1.5),
+        )
+    } else {
+        let mut missing = Vec::new();
+        if !have_server {
+            missing.push("redis-server (apt-get install -y redis-server)");
+        }
+        if redis_py.is_none() {
+            missing.push("redis-py (python3 -m pip install redis)");
+        }
+        (
+            format!(
+                "lockledger {}  redis_py not measured: missing {}; scripts/bench.sh installs both",
+                rate(m_ll),
+                missing.join(" and ")
+            ),
+            Verdict::Skip,
+        )
+    };
+    ctx.report("http_single_client", body, verdict);
+    ctx.detail(format!(
+        "medians of {} rounds; range lockledger {}  redis_py {}",
+        ctx.set.rounds,
+        spread(&ll),
+        if rd.is_empty() {
+            "-".into()
+        } else {
+            spread(&rd)
+        }
+    ));
+    ctx.detail(format!(
+        "breakdown: round trip GET /healthz p50 {}; acquire p50 {} p99 {}; release p50 {} p99 {}; service CPU {:.0} µs per pair",
+        us(pct(&hz, 0.5)),
+        us(pct(&acq, 0.5)),
+        us(pct(&acq, 0.99)),
+        us(pct(&rel, 0.5)),
+        us(pct(&rel, 0.99)),
+        median(&cpu_per_pair)
+    ));
+    Ok(())
+}
