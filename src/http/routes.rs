@@ -33,6 +33,8 @@ pub enum RouteId {
     Clear,
     ForceClear,
     Fence,
+    Register,
+    Unregister,
     History,
     Sql,
     Waiters,
@@ -311,6 +313,26 @@ pub const ROUTES: &[RouteSpec] = &[
     .body(schema::<locks::FenceBody>)
     .answers(Json(schema::<FenceCheck>)),
     route(
+        R::Register,
+        Method::POST,
+        "/api/v1/locks/{owner}/{field}/register",
+        User,
+        "Record a process that took the lock file's flock itself (checked in /proc/locks)",
+    )
+    .captures(&[OWNER, FIELD])
+    .query(params::<NamespaceQuery>)
+    .body(schema::<locks::RegisterBody>)
+    .answers(Json(schema::<crate::registry::Registration>)),
+    route(
+        R::Unregister,
+        Method::DELETE,
+        "/api/v1/registrations/{registration_id}",
+        User,
+        "End a registration (its process let go of the lock)",
+    )
+    .captures(&["registration id from register"])
+    .answers(Json(schema::<locks::Released>)),
+    route(
         R::History,
         Method::GET,
         "/api/v1/history",
@@ -453,6 +475,6 @@ mod tests {
             let captures = spec.path.matches('{').count();
             assert_eq!(captures, spec.path_params.len(), "{spec:?}");
         }
-        assert_eq!(seen.len(), 23, "a RouteId without an entry");
+        assert_eq!(seen.len(), 25, "a RouteId without an entry");
     }
 }

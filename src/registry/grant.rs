@@ -15,7 +15,7 @@ use super::report::describe_holder;
 use super::waitq::{Full, Ticket, WaiterInfo};
 use super::{check_label, close_record, renewal_is_sampled, LockRef, Registry, RegistryError};
 use crate::ids::LockKey;
-use crate::kernel::flock::{self, HeldFlock};
+use crate::kernel::flock::{self, FileId, HeldFlock};
 use crate::kernel::process;
 use crate::policy::stale::{HolderKind, LockState};
 use crate::store::history::{self, EventKind, NewEvent};
@@ -58,6 +58,17 @@ pub(super) struct GrantSpec {
     pub thread: Option<String>,
     /// For a lease: its id and how long it lasts unrenewed.
     pub lease: Option<LeaseTerms>,
+    /// The process holding the flock, when it is not this one (a registered holder).
+    pub locker: Option<Locker>,
+    /// A registered holder's id (kept where a lease keeps its id).
+    pub registration_id: Option<String>,
+}
+
+/// A process by its pid and start time (pids are reused).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Locker {
+    pub pid: i32,
+    pub start: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -122,7 +133,9 @@ impl Registry {
         };
         let (k, f, s) = (key.clone(), file.to_string(), spec.clone());
         let lease_id = spec.lease.as_ref().map(|l| l.lease_id.clone());
-        let lock_grant = self.write(move |reg, conn| reg.record_grant(conn, &k, &f, s, flock));
+        let id = flock.id();
+        let lock_grant =
+            self.write(move |reg, conn| reg.record_grant(conn, &k, &f, s, id, Some(flock)));
         if lock_grant.is_err() {
             // The commit failed after the job ran: drop what it put in the holdings.
             let mut holdings = self.holdings();
@@ -133,19 +146,21 @@ impl Registry {
         lock_grant
     }
 
-    /// Records a grant of the lock whose flock is `flock`. Runs in the writer.
-    fn record_grant(
+    /// Records a grant of the lock whose flock is on the file `file_id`: held by this
+    /// process as `flock`, or by the registrant `spec.locker`. Runs in the writer.
+    pub(super) fn record_grant(
         &self,
         conn: &Connection,
         key: &LockKey,
         file: &str,
         spec: GrantSpec,
-        flock: HeldFlock,
+        file_id: FileId,
+        flock: Option<HeldFlock>,
     ) -> Result<Option<Granted>, RegistryError> {
         let now = self.now_ms();
         if let Some(prev) = records::find_lock(conn, key)? {
             if let Some(h) = &prev.holder {
-                let same_file = h.file_id.is_none_or(|id| id == flock.id());
+                let same_file = h.file_id.is_none_or(|id| id == file_id);
                 if !same_file && self.holder_alive(prev.lock_id, h) {
                     // Its lock file was deleted or replaced, and it still holds the old
                     // one: granting the new file would make two holders.
@@ -203,33 +218,39 @@ impl Registry {
                 lock_id,
                 token,
                 kind: spec.kind,
-                lease_id: spec.lease.as_ref().map(|l| l.lease_id.as_str()),
+                lease_id: spec
+                    .lease
+                    .as_ref()
+                    .map(|l| l.lease_id.as_str())
+                    .or(spec.registration_id.as_deref()),
                 holder: &spec.holder,
                 operation: &spec.operation,
                 pid: spec.pid,
                 pid_start: spec.pid_start,
                 host: &spec.host,
                 thread: spec.thread.as_deref(),
-                locker_pid: self.inner.me.0,
-                locker_start: self.inner.me.1,
+                locker_pid: spec.locker.map_or(self.inner.me.0, |l| l.pid),
+                locker_start: spec.locker.map_or(self.inner.me.1, |l| Some(l.start)),
                 acquired_at: now,
                 expires_at,
                 acquired_event: event_id,
-                file_id: flock.id(),
+                file_id,
             },
         )?;
         let lease_id = spec.lease.as_ref().map(|l| l.lease_id.clone());
         // The grant joins this process's holdings inside the transaction, so a clear or
         // a grant in the same batch sees record and holding together.
-        let flock = match spec.lease {
-            Some(terms) => {
+        let flock = match (spec.lease, flock) {
+            (Some(terms), Some(flock)) => {
                 self.insert_lease_slot(key, lock_id, token, flock, terms);
                 None
             }
-            None => {
+            (None, Some(flock)) => {
                 self.holdings().add_guard(lock_id, token);
                 Some(flock)
             }
+            // A registrant holds its own flock.
+            (_, None) => None,
         };
         Ok(Some(Granted {
             key: key.clone(),
@@ -426,6 +447,8 @@ impl Registry {
             host: process::hostname().to_string(),
             thread: Some(process::thread_label()),
             lease: None,
+            locker: None,
+            registration_id: None,
         };
         let granted = self.grant_waiting(key, &spec, opts.wait, &|| false)?;
         Ok(LockGuard {

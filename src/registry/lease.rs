@@ -119,6 +119,8 @@ impl Registry {
                 client_pid: if local { req.pid } else { None },
                 client_start: pid_start,
             }),
+            locker: None,
+            registration_id: None,
         })
     }
 

@@ -31,6 +31,7 @@ pub mod grant;
 mod holdings;
 pub mod lease;
 mod observe;
+pub mod register;
 pub mod report;
 pub mod upkeep;
 pub mod waitq;
@@ -41,6 +42,7 @@ pub use error::RegistryError;
 pub use grant::{AcquireOptions, LockGuard};
 pub use holdings::LeaseInfo;
 pub use lease::{LeaseGrant, LeaseRequest};
+pub use register::Registration;
 pub use report::{
     describe_holder, display_field, without_paths, ConflictingHolder, LockReport, OwnerStatus,
     RecordedCounts,

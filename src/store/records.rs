@@ -121,6 +121,15 @@ pub fn find_lock(conn: &Connection, key: &LockKey) -> rusqlite::Result<Option<Lo
         .optional()
 }
 
+/// The lock whose holder carries `lease_id` (a lease's or a registration's id).
+pub fn find_by_lease_id(conn: &Connection, lease_id: &str) -> rusqlite::Result<Option<LockRow>> {
+    let sql = format!(
+        "SELECT {LOCK_COLUMNS} FROM holders h JOIN locks l USING (lock_id) WHERE h.lease_id = ?1"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    stmt.query_row([lease_id], lock_row).optional()
+}
+
 /// Every lock that has a recorded holder (for reconciliation and the reaper).
 pub fn all_held(conn: &Connection) -> rusqlite::Result<Vec<LockRow>> {
     let sql = format!(

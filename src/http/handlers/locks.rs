@@ -180,7 +180,7 @@ fn lease_id(cx: &Ctx<'_>) -> Result<String, ApiError> {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_lease",
-            "no such lease",
+            "no such lease or registration",
         ))
     }
 }
@@ -317,4 +317,39 @@ pub async fn fence(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let reg = cx.app.registry.clone();
     let check = blocking(move || reg.fence_check(&key, b.token)).await?;
     Ok(json_response(StatusCode::OK, &check))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// The process holding the lock file's flock (it must show in /proc/locks).
+    pub pid: i32,
+    /// Who holds it, e.g. `chat-app`.
+    pub holder: String,
+    /// What it is doing, e.g. `save_local`.
+    pub operation: String,
+}
+
+pub async fn register(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let b: RegisterBody = required_json(cx.req)?;
+    let key = lock_key(cx, cx.arg(0), cx.arg(1))?;
+    let reg = cx.app.registry.clone();
+    let done = blocking(move || reg.register(&key, b.pid, &b.holder, &b.operation)).await?;
+    cx.app.metrics.grants.inc();
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+pub async fn unregister(cx: &Ctx<'_>) -> Result<Response, ApiError> {
+    query::<NoQuery>(&cx.req.query)?;
+    let id = lease_id(cx)?;
+    let reg = cx.app.registry.clone();
+    let held_ms = blocking(move || reg.unregister(&id)).await?;
+    cx.app.metrics.releases.inc();
+    Ok(json_response(
+        StatusCode::OK,
+        &Released {
+            released: true,
+            held_ms,
+        },
+    ))
 }

@@ -126,6 +126,8 @@ async fn dispatch(app: &Arc<App>, req: &Request) -> Result<Response, ApiError> {
         RouteId::Clear => locks::clear(&cx).await,
         RouteId::ForceClear => locks::force_clear(&cx).await,
         RouteId::Fence => locks::fence(&cx).await,
+        RouteId::Register => locks::register(&cx).await,
+        RouteId::Unregister => locks::unregister(&cx).await,
         RouteId::History => history::history(&cx).await,
         RouteId::Sql => admin::sql(&cx).await,
         RouteId::Waiters => admin::waiters(&cx),
@@ -142,6 +144,7 @@ pub fn fuzz_bodies(body: &[u8]) {
     let _ = serde_json::from_slice::<locks::ClearBody>(body);
     let _ = serde_json::from_slice::<locks::ForceBody>(body);
     let _ = serde_json::from_slice::<locks::FenceBody>(body);
+    let _ = serde_json::from_slice::<locks::RegisterBody>(body);
     let _ = serde_json::from_slice::<admin::SqlBody>(body);
     let _ = serde_json::from_slice::<legacy::LegacyForceBody>(body);
 }

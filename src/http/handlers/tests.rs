@@ -215,6 +215,25 @@ async fn real_answers_match_the_document() {
         json_of(&g)["lease_id"].as_str().unwrap().to_string()
     };
 
+    // A process that holds a lock file itself (this one) registers, then unregisters.
+    let own_file = app.registry.config().locks_dir().join("c5_messages.lock");
+    let own_flock = crate::kernel::flock::try_acquire(&own_file, 0o600)
+        .unwrap()
+        .unwrap();
+    let registration = request("POST", "/api/v1/locks/c5/messages/register")
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"pid":{},"holder":"app","operation":"save"}}"#,
+            std::process::id()
+        ))
+        .reply(&routes)
+        .await;
+    assert_eq!(registration.status(), 200, "{:?}", registration.body());
+    let registration_id = json_of(&registration)["registration_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     // (route, method, path, body, admin?) — every JSON route, in an order that works.
     let calls: Vec<(RouteId, &str, String, Option<String>, bool)> = vec![
         (RouteId::Index, "GET", "/".into(), None, false),
@@ -337,6 +356,23 @@ async fn real_answers_match_the_document() {
             false,
         ),
         (
+            RouteId::Register,
+            "POST",
+            "/api/v1/locks/c6/all/register".into(),
+            Some(format!(
+                r#"{{"pid":{},"holder":"app","operation":"save"}}"#,
+                std::process::id()
+            )),
+            false,
+        ),
+        (
+            RouteId::Unregister,
+            "DELETE",
+            format!("/api/v1/registrations/{registration_id}"),
+            None,
+            false,
+        ),
+        (
             RouteId::DemoStatus,
             "GET",
             "/demo/status".into(),
@@ -351,6 +387,12 @@ async fn real_answers_match_the_document() {
             false,
         ),
     ];
+    let own_flock_2 = crate::kernel::flock::try_acquire(
+        &app.registry.config().locks_dir().join("c6_all.lock"),
+        0o600,
+    )
+    .unwrap()
+    .unwrap();
     let mut covered = HashSet::new();
     for (id, method, path, body, as_admin) in calls {
         let spec = ROUTES.iter().find(|s| s.id == id).unwrap();
@@ -420,4 +462,6 @@ async fn real_answers_match_the_document() {
         assert!(problems.is_empty(), "{method} {path}: {body} {problems:?}");
     }
     drop(guard);
+    drop(own_flock);
+    drop(own_flock_2);
 }

@@ -1,0 +1,140 @@
+//! Registered holders: a process that took a lock file's flock itself (the chat app
+//! through the Python package's drop-in `FileLock`) tells the registry who it is, so its
+//! hold is shown with its pid, operation and token, and can be reconciled and revoked
+//! like a library holder's.
+//!
+//! Invariants:
+//! - Nothing is recorded unless `/proc/locks` shows that very pid holding the flock of
+//!   the very file now at the lock path; exclusion never depends on the registry (the
+//!   kernel lock is the process's own, taken before it registers).
+//! - A registration is a grant: it gets a fencing token and an `acquired` event, and its
+//!   record is a library holder's whose locking process is the registrant, so a dead
+//!   registrant is reconciled, a safe clear skips a live one, and a force clear marks it
+//!   revoked (its fence checks and renewals fail from then on).
+//! - A registration id (128 random bits) names exactly one grant: unregistering with it
+//!   closes that grant only.
+
+use super::grant::{GrantSpec, Locker};
+use super::{check_label, close_record, LockRef, Registry, RegistryError};
+use crate::ids::LockKey;
+use crate::kernel::flock;
+use crate::kernel::proc_locks::Snapshot;
+use crate::kernel::process;
+use crate::policy::stale::HolderKind;
+use crate::store::history::EventKind;
+use crate::store::records;
+use crate::store::StoreError;
+use serde::Serialize;
+
+/// What a registration answers.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Registration {
+    /// Pass it to `DELETE /api/v1/registrations/{id}` when the lock is let go.
+    pub registration_id: String,
+    /// The fencing token of this grant.
+    pub token: i64,
+    pub owner: String,
+    pub field: String,
+    /// The lock file's bare name.
+    pub file: String,
+}
+
+impl Registry {
+    /// Records that process `pid` holds `key`'s lock file (it took the flock itself).
+    pub fn register(
+        &self,
+        key: &LockKey,
+        pid: i32,
+        holder: &str,
+        operation: &str,
+    ) -> Result<Registration, RegistryError> {
+        check_label("holder", holder)?;
+        check_label("operation", operation)?;
+        let start = (pid > 0)
+            .then(|| process::start_ticks(pid))
+            .flatten()
+            .ok_or_else(|| {
+                RegistryError::BadRequest(format!(
+                    "pid {pid} is not a running process on this host"
+                ))
+            })?;
+        let file = self.file_of(key)?;
+        let path = self.path_of_file(&file);
+        let not_holding = |why: String| RegistryError::NotClearable {
+            lock: key.to_string(),
+            reason: why,
+        };
+        let id = flock::file_id(&path)?
+            .ok_or_else(|| not_holding(format!("its lock file {file} does not exist")))?;
+        let holders = Snapshot::read()
+            .map_err(|e| StoreError::Io(std::io::Error::other(format!("/proc/locks: {e}"))))?
+            .holders(id);
+        if !holders.contains(&pid) {
+            return Err(not_holding(format!(
+                "/proc/locks does not show pid {pid} holding {file} (holders: {holders:?}); \
+                 take the lock first, then register"
+            )));
+        }
+        let registration_id = crate::random::hex(16)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        let spec = GrantSpec {
+            kind: HolderKind::Library,
+            holder: holder.to_string(),
+            operation: operation.to_string(),
+            pid: Some(pid),
+            pid_start: Some(start),
+            host: process::hostname().to_string(),
+            thread: None,
+            lease: None,
+            locker: None,
+            registration_id: None,
+        };
+        let (k, f) = (key.clone(), file.clone());
+        let spec = GrantSpec {
+            locker: Some(Locker { pid, start }),
+            registration_id: Some(registration_id.clone()),
+            ..spec
+        };
+        let granted = self.write(move |reg, conn| {
+            reg.record_grant(conn, &k, &f, spec, id, None)?
+                .ok_or_else(|| RegistryError::Busy {
+                    message: format!(
+                        "lock {k} is recorded as held by another live holder whose lock file was \
+                         replaced; pid {pid} holds the new file: two processes believe they hold it"
+                    ),
+                    holder: None,
+                })
+        })?;
+        Ok(Registration {
+            registration_id,
+            token: granted.token,
+            owner: key.owner().to_string(),
+            field: key.field().to_string(),
+            file,
+        })
+    }
+
+    /// Ends a registration: the process let go of its flock (or is about to).
+    pub fn unregister(&self, registration_id: &str) -> Result<Option<i64>, RegistryError> {
+        let id = registration_id.to_string();
+        self.write(move |reg, conn| {
+            let Some(row) = records::find_by_lease_id(conn, &id)? else {
+                return Err(RegistryError::LeaseGone {
+                    lease_id: id,
+                    why: "it was already unregistered, reconciled or cleared".into(),
+                });
+            };
+            let token = row.holder.as_ref().map(|h| h.token).unwrap_or_default();
+            let held = close_record(
+                conn,
+                LockRef::row(&row),
+                token,
+                EventKind::Released,
+                reg.now_ms(),
+                None,
+                None,
+            )?;
+            Ok(held)
+        })
+    }
+}
