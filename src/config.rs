@@ -13,14 +13,17 @@ use std::time::Duration;
 /// Name of the optional configuration file inside the storage directory.
 pub const CONFIG_FILE_NAME: &str = "lockledger.toml";
 
-/// Conversation fields exactly as the chat app's `Conversation.py` uses them.
-pub const CONVERSATION_FIELDS: [&str; 6] = [
+/// Conversation lock keys exactly as the chat app's `Conversation.py` uses them (seven
+/// since `artefacts` was added in 2026). A lock file of a conversation whose key is not
+/// configured is still reported (see `registry::lockdir`).
+pub const CONVERSATION_FIELDS: [&str; 7] = [
     "",
     "all",
     "message_operations",
     "memory",
     "messages",
     "uploaded_documents_list",
+    "artefacts",
 ];
 
 /// Document fields of the chat app's `DocIndex.py`.
@@ -383,7 +386,12 @@ mod tests {
         let c = Config::defaults("/tmp/x");
         c.validate().unwrap();
         assert_eq!(c.default_namespace().name, "conversation");
-        assert_eq!(c.default_namespace().fields.len(), 6);
+        assert_eq!(c.default_namespace().fields.len(), 7);
+        assert!(c
+            .default_namespace()
+            .fields
+            .iter()
+            .any(|f| f == "artefacts"));
         assert_eq!(c.max_hold, Duration::from_secs(600));
         assert_eq!(c.retention_age, Some(Duration::from_secs(90 * 86400)));
     }

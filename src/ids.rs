@@ -179,6 +179,32 @@ pub fn parse_file_name(ns: &Namespace, file_name: &str) -> Option<(String, Strin
     None
 }
 
+/// The key of a lock file of `owner` whose key is not configured: `file_name` is
+/// `{owner}_{key}.lock` (by the namespace's pattern) for a plain-word `key` that is not a
+/// configured field, and the name is not better read as a configured lock of another
+/// owner. Owner ids may contain `_`, so `conv42_x_messages.lock` could be conv42's key
+/// `x_messages` or owner `conv42_x`'s `messages` lock: the configured reading wins, as it
+/// does in [`parse_file_name`].
+pub fn unconfigured_key(ns: &Namespace, owner: &str, file_name: &str) -> Option<String> {
+    let with_owner = ns.pattern.replace("{owner}", owner);
+    let (prefix, suffix) = with_owner.split_once("{field}")?;
+    let key = file_name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if !is_word(key) || ns.fields.iter().any(|f| f == key) {
+        return None;
+    }
+    if parse_file_name(ns, file_name).is_some() {
+        return None;
+    }
+    Some(key.to_string())
+}
+
+/// The part of a lock-file name before the key, for `owner` (to find its files).
+pub fn owner_prefix(ns: &Namespace, owner: &str) -> Option<String> {
+    let with_owner = ns.pattern.replace("{owner}", owner);
+    let (prefix, _) = with_owner.split_once("{field}")?;
+    Some(prefix.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +310,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn unconfigured_keys_are_read_only_when_nothing_configured_fits() {
+        let ns = conv();
+        assert_eq!(
+            unconfigured_key(&ns, "conv42", "conv42_summaries.lock"),
+            Some("summaries".into())
+        );
+        // Configured keys are not "unconfigured".
+        assert_eq!(
+            unconfigured_key(&ns, "conv42", "conv42_messages.lock"),
+            None
+        );
+        // Another owner's configured lock, not conv42's key `x_messages`.
+        assert_eq!(
+            unconfigured_key(&ns, "conv42", "conv42_x_messages.lock"),
+            None
+        );
+        // Not a plain word, another owner, another pattern.
+        assert_eq!(unconfigured_key(&ns, "conv42", "conv42_A-b.lock"), None);
+        assert_eq!(
+            unconfigured_key(&ns, "conv42", "conv43_summaries.lock"),
+            None
+        );
+        assert_eq!(
+            unconfigured_key(&ns, "conv42", "conv42-summaries.lock"),
+            None
+        );
+        assert_eq!(unconfigured_key(&ns, "conv42", ".token-ceiling"), None);
+        assert_eq!(owner_prefix(&ns, "conv42").as_deref(), Some("conv42_"));
     }
 }

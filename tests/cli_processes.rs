@@ -783,7 +783,7 @@ fn many_processes_start_at_once_on_fresh_storage() {
             assert_eq!(exit_code(status), 0, "status {owner}: {stderr}");
             let locks: Vec<Value> = serde_json::from_str(&stdout)
                 .unwrap_or_else(|e| panic!("status {owner}: {e}: {stdout}"));
-            assert_eq!(locks.len(), 6, "status {owner}: {stdout}");
+            assert_eq!(locks.len(), 7, "status {owner}: {stdout}");
             assert!(locks.iter().all(|l| l["state"] == "free"), "{stdout}");
         }
         for h in &mut holders {

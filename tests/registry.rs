@@ -1108,7 +1108,7 @@ fn status_list_and_reads_change_nothing() {
     let unknown = reg.key(None, "never-seen", "messages").unwrap();
     for _ in 0..50 {
         let s = reg.status(None, "s8").unwrap();
-        assert_eq!(s.locks.len(), 6);
+        assert_eq!(s.locks.len(), 7);
         let state_of = |f: &str| {
             let l = s.locks.iter().find(|l| l.field == f).unwrap();
             (l.state, l.stale_reason)

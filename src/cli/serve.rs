@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// Extra Host names this service answers to (repeatable), e.g. chat.internal:8787
     #[arg(long)]
     pub allow_host: Vec<String>,
+    /// Browser origins accepted besides this service's own (repeatable), for a proxy that
+    /// passes the chat app's page requests on, e.g. https://chat.example.com
+    #[arg(long)]
+    pub allow_origin: Vec<String>,
     /// Demo mode: streamed chat replies hold leases; simulated stuck holders
     #[arg(long)]
     pub demo: bool,
@@ -42,6 +46,7 @@ pub fn serve(g: &GlobalOpts, a: ServeArgs) -> Result<i32, RegistryError> {
         user_token: a.token,
         admin_token: a.admin_token,
         allowed_hosts: a.allow_host,
+        allowed_origins: a.allow_origin,
         demo: a.demo,
         access_log: a.access_log,
         max_connections: a.max_connections,

@@ -53,6 +53,7 @@ pub struct ServeOptions {
     pub user_token: Option<String>,
     pub admin_token: Option<String>,
     pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
     /// Serve the demo chat and holder simulations (`serve --demo`).
     pub demo: bool,
     /// Log every request at info level (`--access-log`); otherwise only server errors.
@@ -179,6 +180,7 @@ pub fn app_for(registry: Registry, opts: &ServeOptions, port: u16) -> Result<Arc
             user_token: opts.user_token.clone(),
             admin_token,
             allowed_hosts: opts.allowed_hosts.clone(),
+            allowed_origins: opts.allowed_origins.clone(),
             port,
         },
         metrics: metrics::Metrics::default(),

@@ -28,6 +28,9 @@ pub struct SecurityPolicy {
     pub admin_token: String,
     /// Extra Host names allowed (exact `name` or `name:port`), from `--allow-host`.
     pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted besides this service's own (`--allow-origin`), e.g.
+    /// `https://chat.example.com` when a proxy passes the chat app's pages' requests on.
+    pub allowed_origins: Vec<String>,
     pub port: u16,
 }
 
@@ -128,10 +131,15 @@ impl SecurityPolicy {
         }
         if let Some(origin) = headers.get("origin") {
             let origin = origin.to_str().unwrap_or("");
-            let ok = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|h| self.host_allowed(h));
+            let listed = self
+                .allowed_origins
+                .iter()
+                .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin));
+            let ok = listed
+                || origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"))
+                    .is_some_and(|h| self.host_allowed(h));
             if !ok {
                 return Err(Denied::ForeignOrigin(origin.chars().take(100).collect()));
             }
@@ -177,6 +185,7 @@ mod tests {
             user_token: user.map(str::to_string),
             admin_token: "admin-secret".into(),
             allowed_hosts: vec!["chat.internal".into()],
+            allowed_origins: vec!["https://chat.example.com".into()],
             port: 8787,
         }
     }
@@ -223,6 +232,17 @@ mod tests {
             ("origin", "http://127.0.0.1:8787"),
         ]);
         assert!(p.check_origin(&same_origin).is_ok());
+        // A proxied page's origin, when listed with --allow-origin.
+        let proxied = headers(&[
+            ("host", "127.0.0.1:8787"),
+            ("origin", "https://chat.example.com"),
+        ]);
+        assert!(p.check_origin(&proxied).is_ok());
+        let lookalike = headers(&[
+            ("host", "127.0.0.1:8787"),
+            ("origin", "https://chat.example.com.evil.com"),
+        ]);
+        assert!(p.check_origin(&lookalike).is_err());
     }
 
     #[test]

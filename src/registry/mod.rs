@@ -30,6 +30,7 @@ pub mod error;
 pub mod grant;
 mod holdings;
 pub mod lease;
+mod lockdir;
 mod observe;
 pub mod register;
 pub mod report;
@@ -48,6 +49,7 @@ pub use report::{
     RecordedCounts,
 };
 pub use upkeep::ReconcileReport;
+pub use words::{html_safe, remaining_note};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Namespace};
@@ -99,6 +101,7 @@ struct Inner {
     holdings: Arc<Mutex<Holdings>>,
     waiters: Arc<WaitQueues>,
     busy: busy::BusyLog,
+    lock_dir: lockdir::LockDir,
     me: (i32, Option<u64>),
 }
 
@@ -174,6 +177,7 @@ impl Registry {
         ceiling: Option<Ceiling>,
     ) -> Registry {
         let holdings = holdings_for(&config.storage_dir);
+        let lock_dir = lockdir::LockDir::new(locks_dir.clone());
         let waiters = Arc::new(WaitQueues::new(
             config.max_waiters_per_lock,
             config.max_waiters,
@@ -190,6 +194,7 @@ impl Registry {
                 waiters,
                 holdings,
                 busy: busy::BusyLog::default(),
+                lock_dir,
                 me: process::current(),
             }),
         }

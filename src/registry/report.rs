@@ -54,6 +54,10 @@ pub struct LockReport {
     /// A process holding the new file at the lock path while the recorded holder holds
     /// the old one: two processes believe they hold this lock.
     pub conflict: Option<ConflictingHolder>,
+    /// Is `field` one of the namespace's configured keys? A lock file of the owner with a
+    /// key that is not configured is reported too (`false`), so a status is never "all
+    /// clear" while any lock file of the owner is held.
+    pub configured: bool,
     /// Would a safe clear from here clear it?
     pub clearable: bool,
     /// One line for humans: who holds it, or why it is stale.
@@ -141,6 +145,7 @@ impl Registry {
             revoke_requested: holder.is_some_and(|h| h.revoked_at.is_some()),
             file_replaced: seen.file_replaced,
             conflict: None,
+            configured: ns.fields.iter().any(|f| f == field),
             clearable: matches!(seen.plan(), Plan::Clear { .. }),
             note: String::new(),
         };
@@ -195,6 +200,22 @@ impl Registry {
                 row: row.as_ref(),
             };
             locks.push(self.report(subject, seen, &view, now));
+        }
+        // Lock files of this owner whose keys are not configured: reported, never hidden.
+        if let Some(prefix) = ids::owner_prefix(&ns, owner) {
+            for file in self.inner.lock_dir.names_with_prefix(&prefix) {
+                let Some(key) = ids::unconfigured_key(&ns, owner, &file) else {
+                    continue;
+                };
+                let seen = self.observe(None, &file, now, &view)?;
+                let subject = Subject {
+                    ns: &ns,
+                    owner,
+                    field: &key,
+                    row: None,
+                };
+                locks.push(self.report(subject, seen, &view, now));
+            }
         }
         Ok(OwnerStatus {
             namespace: ns.name.clone(),

@@ -137,6 +137,94 @@ pub(super) fn skip_reason(skip: Skip, h: Option<&HolderRow>) -> String {
     }
 }
 
+
+/// `text` without the characters that would make it markup when a page inserts it as
+/// HTML (the chat app's front end does, with jQuery `.html()`): `<`, `>`, `&` and quotes
+/// are dropped.
+pub fn html_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| !matches!(c, '<' | '>' | '&' | '"' | '\'' | '`'))
+        .collect()
+}
+
+/// "4 s", "3 min", "2 h": a duration for people.
+fn ago(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
+/// One sentence for a lock that is still held or stale after a clear: who holds it,
+/// doing what, for how long, and what will free it. Free of markup characters (the chat
+/// app inserts it as HTML); untrusted labels are stripped of them.
+pub fn remaining_note(r: &LockReport) -> String {
+    let lock = if r.field.is_empty() {
+        "the main lock".to_string()
+    } else if r.configured {
+        r.field.clone()
+    } else {
+        format!("{} (a key lockledger is not configured for)", r.field)
+    };
+    let pid = r.pid.map(|p| format!("pid {p}"));
+    let op = r.operation.as_deref().map(html_safe);
+    let age = r.age_s.map(ago);
+    let who = match r.kind {
+        Some(HolderKind::External) => {
+            let cmd = r.command.as_deref().map(html_safe);
+            match (pid, cmd) {
+                (Some(p), Some(c)) => format!("{p} ({c}), a process lockledger does not manage"),
+                (Some(p), None) => format!("{p}, a process lockledger does not manage"),
+                _ => "a process lockledger does not manage".to_string(),
+            }
+        }
+        _ => {
+            let name = r.holder.as_deref().map(html_safe).unwrap_or_default();
+            let detail: Vec<String> = [pid, op].into_iter().flatten().collect();
+            if detail.is_empty() {
+                name
+            } else {
+                format!("{name} ({})", detail.join(", "))
+            }
+        }
+    };
+    let frees = match (r.kind, r.state, r.stale_reason) {
+        (_, _, _) if r.revoke_requested => {
+            "it was force-cleared and its writes are refused; it frees when that process lets go or exits".to_string()
+        }
+        (Some(HolderKind::External), _, _) => {
+            "it frees when that process lets go or exits; lockledger cannot clear it".to_string()
+        }
+        (Some(HolderKind::Lease), LockState::Held, _) => match &r.expires_at {
+            Some(at) => format!(
+                "it frees when its client releases it, or when the lease runs out unrenewed (next at {})",
+                at.get(11..19).unwrap_or(at)
+            ),
+            None => "it frees when its client releases it".to_string(),
+        },
+        (_, LockState::Stale, Some(StaleReason::HeldTooLong)) => {
+            "its holder is alive but has not renewed for too long (hung?); an admin may force-clear it".to_string()
+        }
+        (_, LockState::Stale, Some(StaleReason::LeaseExpired)) => {
+            "its lease ran out; the service ends it within a second (or a clear does)".to_string()
+        }
+        (_, LockState::Stale, _) => {
+            "its holder is gone; the next clear (or lockledger itself, within seconds) frees it".to_string()
+        }
+        _ => "it frees when that process lets go of it or exits".to_string(),
+    };
+    let state = match r.state {
+        LockState::Stale => "stale, held",
+        _ => "held",
+    };
+    match age {
+        Some(a) => format!("{lock} is {state} by {who} for {a}; {frees}"),
+        None => format!("{lock} is {state} by {who}; {frees}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::without_paths;

@@ -542,7 +542,7 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     await page.waitForFunction((m) => document.querySelector(m).getAttribute("aria-busy") === "false", MODAL);
     // Every lock type is listed, and all are clear.
     const fields = await page.$$eval(`${MODAL} li.ll-lock`, (lis) => lis.map((li) => li.dataset.field));
-    assert.deepEqual(fields, ["", "all", "message_operations", "memory", "messages", "uploaded_documents_list"]);
+    assert.deepEqual(fields, ["", "all", "message_operations", "memory", "messages", "uploaded_documents_list", "artefacts"]);
     assert.equal((await lockItem(page, "").locator(".ll-lock-name").textContent()).trim(), "(main)");
     for (const f of fields) assert.equal(await badge(page, f), "CLEAR");
     assert.equal(await page.locator(`${MODAL} .ll-clear`).isVisible(), false, "nothing to clear: no Clear button");

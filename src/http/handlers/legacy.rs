@@ -7,11 +7,39 @@ use crate::http::decode::{optional_body, query, NoQuery};
 use crate::http::error::{json_response, ApiError, Response};
 use crate::http::offload::blocking;
 use crate::policy::stale::LockState;
-use crate::registry::{ForceCleared, LockReport, RegistryError, SkippedLock};
+use crate::registry::{
+    html_safe, remaining_note, ForceCleared, LockReport, RegistryError, SkippedLock,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use utoipa::ToSchema;
 use warp::http::StatusCode;
+
+/// Is this one of the chat app's own routes (whose front end reads `success` and
+/// `message`, also from errors)?
+pub fn is_legacy_path(path: &str) -> bool {
+    [
+        "/get_lock_status/",
+        "/ensure_locks_cleared/",
+        "/force_clear_locks/",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
+        || path.trim_end_matches('/') == "/clear_locks"
+}
+
+/// An error as the chat app's front end reads it: besides `{error: {code, message}}`,
+/// `success: false` and a top-level `message` ("Could not clear all locks: " + message).
+pub fn error(e: ApiError) -> ApiError {
+    let message = html_safe(&e.message);
+    let mut detail = match e.detail.clone() {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    detail.insert("success".into(), false.into());
+    detail.insert("message".into(), message.into());
+    e.with_detail(serde_json::Value::Object(detail))
+}
 
 /// The chat app's status shape: legacy booleans plus the per-lock detail.
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,10 +93,13 @@ pub struct LegacySkipped {
 /// `POST /ensure_locks_cleared` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LegacyCleared {
+    /// True only when nothing of the conversation is still held or stale after the call.
     pub success: bool,
     /// File names cleared.
     pub cleared: Vec<String>,
     pub skipped: Vec<LegacySkipped>,
+    /// In plain words: what was cleared, or what still holds which lock and what will
+    /// free it. Safe to insert as HTML (no `<`, `>`, `&` or quotes).
     pub message: String,
 }
 
@@ -79,17 +110,41 @@ pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let reg = cx.app.registry.clone();
     let who = cx.actor();
     let o = owner.clone();
-    let out = blocking(move || reg.clear(None, &o, b.tokens, &who)).await?;
+    // Clear, then look again: `success` means nothing of the conversation is held or
+    // stale now, whatever the clear did.
+    let (out, after) = blocking(move || {
+        let out = reg.clear(None, &o, b.tokens, &who)?;
+        Ok((out, reg.status(None, &o)?))
+    })
+    .await?;
     cx.app.metrics.clears.inc_by(out.cleared.len() as u64);
-    let message = match (out.cleared.len(), out.skipped.len()) {
-        (0, 0) => format!("no stuck locks on {owner}"),
-        (n, 0) => format!("cleared {n} stuck lock(s) on {owner}"),
-        (n, s) => format!("cleared {n} stuck lock(s) on {owner}; {s} lock(s) are held by live holders and were left alone"),
+    let remaining: Vec<&LockReport> = after
+        .locks
+        .iter()
+        .filter(|l| l.state != LockState::Free)
+        .collect();
+    let success = remaining.is_empty();
+    let message = match (success, out.cleared.len()) {
+        (true, 0) => format!("No stuck locks on {owner}: all clear."),
+        (true, n) => format!("Cleared {n} stuck lock(s) on {owner}: all clear now."),
+        (false, n) => {
+            let why: Vec<String> = remaining.iter().map(|l| remaining_note(l)).collect();
+            let cleared = if n > 0 {
+                format!("Cleared {n} stuck lock(s) on {owner}, but ")
+            } else {
+                String::new()
+            };
+            format!(
+                "{cleared}{} lock(s) of {owner} are still held: {}.",
+                remaining.len(),
+                why.join("; ")
+            )
+        }
     };
     Ok(json_response(
         StatusCode::OK,
         &LegacyCleared {
-            success: true,
+            success,
             cleared: out.cleared.into_iter().map(|c| c.file).collect(),
             skipped: out
                 .skipped
@@ -97,9 +152,9 @@ pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
                 .map(|s| LegacySkipped {
                     field: s.field,
                     file: s.file,
-                    reason: s.reason,
+                    reason: html_safe(&s.reason),
                     pid: s.pid,
-                    holder: s.holder,
+                    holder: s.holder.as_deref().map(html_safe),
                 })
                 .collect(),
             message,

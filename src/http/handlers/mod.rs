@@ -61,6 +61,7 @@ impl Ctx<'_> {
 pub async fn handle(app: &Arc<App>, req: Request) -> Response {
     match dispatch(app, &req).await {
         Ok(resp) => resp,
+        Err(e) if legacy::is_legacy_path(&req.path) => legacy::error(e).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -18,6 +18,7 @@ fn app(dir: &std::path::Path, demo: bool) -> Arc<App> {
         user_token: None,
         admin_token: Some("test-admin-token".into()),
         allowed_hosts: vec![],
+        allowed_origins: vec![],
         demo,
         access_log: false,
         max_connections: 64,
@@ -68,6 +69,7 @@ async fn legacy_status_has_the_chat_apps_keys() {
         [
             "",
             "all",
+            "artefacts",
             "memory",
             "message_operations",
             "messages",
