@@ -33,6 +33,13 @@ pub fn history_csv(rows: &[EventRow]) -> String {
     let mut out = String::with_capacity(64 * (rows.len() + 1));
     out.push_str(HISTORY_CSV_HEADER);
     out.push('\n');
+    out.push_str(&history_csv_rows(rows));
+    out
+}
+
+/// The CSV lines of `rows`, without the header (for streamed exports).
+pub fn history_csv_rows(rows: &[EventRow]) -> String {
+    let mut out = String::with_capacity(64 * rows.len());
     for r in rows {
         let cells = [
             r.event_id.to_string(),

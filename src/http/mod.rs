@@ -71,6 +71,8 @@ pub struct App {
     pub started: Instant,
     pub demo: Option<demo::DemoState>,
     pub access_log: bool,
+    /// One admin SQL statement at a time (there is one admin token).
+    pub sql_gate: tokio::sync::Semaphore,
 }
 
 /// The complete warp filter of the service.
@@ -187,6 +189,7 @@ pub fn app_for(registry: Registry, opts: &ServeOptions, port: u16) -> Result<Arc
         started: Instant::now(),
         demo: opts.demo.then(demo::DemoState::default),
         access_log: opts.access_log,
+        sql_gate: tokio::sync::Semaphore::new(1),
     }))
 }
 

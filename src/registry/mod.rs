@@ -74,6 +74,9 @@ pub struct FenceCheck {
     pub newest_token: i64,
 }
 
+/// Longest a registry read may run before it is interrupted.
+pub const READ_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest holder label / operation name kept (longer ones are refused).
 pub const MAX_LABEL_LEN: usize = 200;
 
@@ -279,7 +282,13 @@ impl Registry {
     ) -> Result<R, RegistryError> {
         self.check_store()?;
         let conn = self.inner.readers.get()?;
-        f(&conn)
+        // A read transaction is short by construction; one that is not (a huge history
+        // page, a slow disk) is stopped, so readers never hold the WAL back for long.
+        let deadline = std::time::Instant::now() + READ_TIME_LIMIT;
+        conn.progress_handler(10_000, Some(move || std::time::Instant::now() >= deadline))?;
+        let out = f(&conn);
+        conn.progress_handler(0, None::<fn() -> bool>)?;
+        out
     }
 
     /// Runs a job in the writer's transaction and returns once it is committed.

@@ -137,7 +137,6 @@ pub(super) fn skip_reason(skip: Skip, h: Option<&HolderRow>) -> String {
     }
 }
 
-
 /// `text` without the characters that would make it markup when a page inserts it as
 /// HTML (the chat app's front end does, with jQuery `.html()`): `<`, `>`, `&` and quotes
 /// are dropped.

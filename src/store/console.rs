@@ -6,8 +6,12 @@
 //! - an authorizer allows only reads, `SELECT`, plain functions and a short list of
 //!   schema pragmas without arguments; `ATTACH`, writes, transactions, `load_extension`
 //!   and every other pragma are denied while the statement is prepared;
-//! - results are capped in rows and the statement in time (a progress handler interrupts
-//!   it at the deadline).
+//! - results are capped in rows and in bytes, and the statement in time: a progress
+//!   handler stops it at the deadline, and a watchdog interrupts it there too (a single
+//!   long step, such as one huge function call, never reaches the progress handler);
+//! - SQLite's own limits bound what one statement can build: strings and blobs of at
+//!   most [`MAX_VALUE_BYTES`], and a process-wide hard heap limit of [`HEAP_LIMIT_BYTES`],
+//!   so no query can take more memory than that.
 
 use super::db;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -19,9 +23,17 @@ use std::time::{Duration, Instant};
 /// Longest SQL text accepted.
 pub const MAX_SQL_LEN: usize = 10_000;
 
+/// Longest string or blob a console statement may build (SQLite's length limit).
+pub const MAX_VALUE_BYTES: i32 = 16 * 1024 * 1024;
+
+/// SQLite's hard heap limit for the whole process, set when the console first runs.
+pub const HEAP_LIMIT_BYTES: i64 = 256 * 1024 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_rows: usize,
+    /// Roughly the size of the JSON answer: rows stop (truncated) past it.
+    pub max_bytes: usize,
     pub max_time: Duration,
 }
 
@@ -29,8 +41,44 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_rows: 1000,
+            max_bytes: 4 * 1024 * 1024,
             max_time: Duration::from_secs(2),
         }
+    }
+}
+
+/// Sets SQLite's process-wide hard heap limit once.
+fn limit_heap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_hard_heap_limit64 only sets a limit; it is safe to call at any
+        // time, from any thread.
+        unsafe {
+            rusqlite::ffi::sqlite3_hard_heap_limit64(HEAP_LIMIT_BYTES);
+        }
+    });
+}
+
+/// Interrupts a statement that runs past its deadline; stops when dropped.
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn arm(handle: rusqlite::InterruptHandle, after: Duration) -> Watchdog {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(after) {
+                handle.interrupt();
+            }
+        });
+        Watchdog { done: Some(done) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
     }
 }
 
@@ -57,6 +105,8 @@ pub struct SqlResult {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<serde_json::Value>>,
     pub truncated: bool,
+    /// Why rows stopped early: `rows` (the row cap) or `bytes` (the size cap).
+    pub truncated_by: Option<String>,
 }
 
 /// Schema pragmas that only read and reveal no server paths (`database_list` would).
@@ -130,13 +180,20 @@ pub fn run(db_path: &Path, sql: &str, limits: Limits) -> Result<SqlResult, SqlEr
     if sql.len() > MAX_SQL_LEN {
         return Err(SqlError::TooLong(sql.len()));
     }
+    limit_heap();
     let conn = db::open_read_only(db_path, Duration::from_millis(500))
         .map_err(|e| SqlError::Open(e.to_string()))?;
     conn.authorizer(Some(authorize))
         .map_err(|e| SqlError::Sqlite(e.to_string()))?;
+    conn.set_limit(
+        rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+        MAX_VALUE_BYTES,
+    )
+    .map_err(|e| SqlError::Sqlite(e.to_string()))?;
     let deadline = Instant::now() + limits.max_time;
-    conn.progress_handler(10_000, Some(move || Instant::now() >= deadline))
+    conn.progress_handler(1_000, Some(move || Instant::now() >= deadline))
         .map_err(|e| SqlError::Sqlite(e.to_string()))?;
+    let _watchdog = Watchdog::arm(conn.get_interrupt_handle(), limits.max_time);
 
     let mut stmt = conn.prepare(sql).map_err(|e| match e {
         rusqlite::Error::MultipleStatement => SqlError::MultipleStatements,
@@ -144,6 +201,11 @@ pub fn run(db_path: &Path, sql: &str, limits: Limits) -> Result<SqlResult, SqlEr
             if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied =>
         {
             SqlError::NotReadOnly(msg.unwrap_or_else(|| "not authorized".into()))
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            SqlError::Timeout(limits.max_time.as_millis())
         }
         other => SqlError::Sqlite(other.to_string()),
     })?;
@@ -153,7 +215,8 @@ pub fn run(db_path: &Path, sql: &str, limits: Limits) -> Result<SqlResult, SqlEr
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let width = columns.len();
     let mut rows_out = Vec::new();
-    let mut truncated = false;
+    let mut truncated_by = None;
+    let mut bytes = 0usize;
     let map_err = |e: rusqlite::Error| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::OperationInterrupted) => {
             SqlError::Timeout(limits.max_time.as_millis())
@@ -163,19 +226,30 @@ pub fn run(db_path: &Path, sql: &str, limits: Limits) -> Result<SqlResult, SqlEr
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(row) = rows.next().map_err(map_err)? {
         if rows_out.len() == limits.max_rows {
-            truncated = true;
+            truncated_by = Some("rows");
             break;
         }
         let mut out = Vec::with_capacity(width);
         for i in 0..width {
-            out.push(to_json(row.get_ref(i).map_err(map_err)?));
+            let value = row.get_ref(i).map_err(map_err)?;
+            bytes += match value {
+                ValueRef::Text(t) => t.len() + 2,
+                ValueRef::Blob(b) => b.len().min(64) * 2 + 4,
+                _ => 8,
+            };
+            out.push(to_json(value));
+        }
+        if bytes > limits.max_bytes {
+            truncated_by = Some("bytes");
+            break;
         }
         rows_out.push(out);
     }
     Ok(SqlResult {
         columns,
         rows: rows_out,
-        truncated,
+        truncated: truncated_by.is_some(),
+        truncated_by: truncated_by.map(str::to_string),
     })
 }
 
@@ -259,7 +333,7 @@ mod tests {
         let r = run(
             &path,
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 5000) SELECT i FROM n",
-            Limits { max_rows: 100, max_time: Duration::from_secs(5) },
+            Limits { max_rows: 100, max_time: Duration::from_secs(5), ..Limits::default() },
         )
         .unwrap();
         assert_eq!(r.rows.len(), 100);
@@ -267,7 +341,7 @@ mod tests {
         let slow = run(
             &path,
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
-            Limits { max_rows: 10, max_time: Duration::from_millis(200) },
+            Limits { max_rows: 10, max_time: Duration::from_millis(200), ..Limits::default() },
         );
         assert!(matches!(slow, Err(SqlError::Timeout(_))), "{slow:?}");
     }
@@ -284,5 +358,36 @@ mod tests {
             run(&path, &long, Limits::default()),
             Err(SqlError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn huge_values_are_refused_fast_and_results_are_capped_in_bytes() {
+        let (_d, path) = db();
+        for sql in [
+            "SELECT length(randomblob(1000000000))",
+            "SELECT hex(zeroblob(500000000))",
+            "SELECT length(printf('%.*c', 100000000, 'x'))",
+        ] {
+            let t = Instant::now();
+            let r = run(&path, sql, Limits::default());
+            assert!(r.is_err(), "{sql}: {r:?}");
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "{sql}: {:?}",
+                t.elapsed()
+            );
+        }
+        let r = run(
+            &path,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100)
+             SELECT printf('%.*c', 100000, 'x') FROM n",
+            Limits {
+                max_bytes: 1_000_000,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        assert!(r.truncated && r.rows.len() < 10, "{} rows", r.rows.len());
+        assert_eq!(r.truncated_by.as_deref(), Some("bytes"));
     }
 }

@@ -245,11 +245,20 @@ pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<Even
     rows.collect()
 }
 
-/// Deletes up to `batch` history rows that are older than `cutoff_ms` or beyond the
-/// newest `max_events`, never the `acquired` event of a current holder. Returns how many
-/// rows went; callers loop until it returns less than `batch`, so no single transaction
-/// holds the write lock for long. Each of the two conditions is its own index range
-/// (`at`, and the event id), so nothing scans the table when there is nothing to prune.
+/// Events of low value, pruned first when history is over its count: busy answers,
+/// sampled renewals and external holders seen by a clear.
+pub const LOW_VALUE: [EventKind; 3] = [
+    EventKind::WaitTimeout,
+    EventKind::Renewed,
+    EventKind::ObservedExternal,
+];
+
+/// Deletes up to `batch` history rows that are older than `cutoff_ms`, or, while there
+/// are more than `max_events` rows, the oldest rows beyond that count — low-value events
+/// ([`LOW_VALUE`]) before acquisitions, releases, clears and the rest — and never the
+/// `acquired` event of a current holder. Returns how many rows went; callers loop until
+/// it returns less than `batch`, so no single transaction holds the write lock for long.
+/// Every delete walks an index range (`at`; `event, event_id`; the event id).
 pub fn prune_events(
     conn: &Connection,
     cutoff_ms: Option<i64>,
@@ -268,22 +277,102 @@ pub fn prune_events(
         )?;
         deleted += stmt.execute(params![cutoff, batch as i64])?;
     }
-    if let Some(n) = max_events {
-        // Event ids are assigned in order, so "beyond the newest N" is "id <= max_id - N";
-        // gaps left by earlier pruning only make this keep fewer than N, never more.
-        let max_id: Option<i64> =
-            conn.query_row("SELECT max(event_id) FROM lock_events", [], |r| r.get(0))?;
-        if let Some(id_cutoff) = max_id.map(|m| m - n as i64) {
-            let mut stmt = conn.prepare_cached(
-                "DELETE FROM lock_events WHERE event_id IN (
-                     SELECT event_id FROM lock_events
-                     WHERE event_id <= ?1
-                       AND event_id NOT IN (SELECT acquired_event FROM holders
-                                            WHERE acquired_event IS NOT NULL)
-                     ORDER BY event_id LIMIT ?2)",
-            )?;
-            deleted += stmt.execute(params![id_cutoff, batch.saturating_sub(deleted) as i64])?;
+    let Some(max) = max_events else {
+        return Ok(deleted);
+    };
+    let total: i64 = conn.query_row("SELECT count(*) FROM lock_events", [], |r| r.get(0))?;
+    let mut excess = (total - max as i64)
+        .max(0)
+        .min(batch.saturating_sub(deleted) as i64);
+    for kind in LOW_VALUE {
+        if excess == 0 {
+            break;
         }
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM lock_events WHERE event_id IN (
+                 SELECT event_id FROM lock_events INDEXED BY lock_events_by_event
+                 WHERE event = ?1 ORDER BY event_id LIMIT ?2)",
+        )?;
+        let n = stmt.execute(params![kind.as_str(), excess])?;
+        deleted += n;
+        excess -= n as i64;
+    }
+    if excess > 0 {
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM lock_events WHERE event_id IN (
+                 SELECT event_id FROM lock_events
+                 WHERE event_id NOT IN (SELECT acquired_event FROM holders
+                                        WHERE acquired_event IS NOT NULL)
+                 ORDER BY event_id LIMIT ?1)",
+        )?;
+        deleted += stmt.execute(params![excess])?;
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn event(lock_id: i64, owner: &str, kind: EventKind, at: i64) -> NewEvent<'_> {
+        NewEvent {
+            at,
+            lock_id,
+            namespace: "conversation",
+            owner,
+            field: "messages",
+            event: Some(kind),
+            ..NewEvent::default()
+        }
+    }
+
+    #[test]
+    fn count_retention_prunes_low_value_events_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::db::open_and_migrate(&Config::defaults(dir.path())).unwrap();
+        conn.execute(
+            "INSERT INTO locks (lock_id, namespace, owner, field, file, created_at)
+             VALUES (1, 'conversation', 'x', 'messages', 'x_messages.lock', 0)",
+            [],
+        )
+        .unwrap();
+        // The unrelated conversation's grants come first (oldest), then a flood of busy
+        // answers and renewals.
+        for i in 0..25 {
+            insert_event(&conn, &event(1, "keep", EventKind::Acquired, i)).unwrap();
+            insert_event(&conn, &event(1, "keep", EventKind::Released, i)).unwrap();
+        }
+        for i in 0..400 {
+            let kind = if i % 2 == 0 {
+                EventKind::WaitTimeout
+            } else {
+                EventKind::Renewed
+            };
+            insert_event(&conn, &event(1, "noisy", kind, 100 + i)).unwrap();
+        }
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let mut total = 0;
+        loop {
+            let n = prune_events(&conn, None, Some(200), 64).unwrap();
+            total += n;
+            if n < 64 {
+                break;
+            }
+        }
+        assert_eq!(total, 250);
+        assert_eq!(count("SELECT count(*) FROM lock_events"), 200);
+        assert_eq!(
+            count("SELECT count(*) FROM lock_events WHERE owner = 'keep'"),
+            50,
+            "acquisitions and releases outlive busy answers and renewals"
+        );
+        // Once only valuable events are left, the oldest go.
+        prune_events(&conn, None, Some(10), 1000).unwrap();
+        assert_eq!(count("SELECT count(*) FROM lock_events"), 10);
+        assert_eq!(
+            count("SELECT count(*) FROM lock_events WHERE owner = 'keep'"),
+            10
+        );
+    }
 }

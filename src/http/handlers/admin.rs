@@ -22,6 +22,14 @@ pub struct SqlBody {
 pub async fn sql(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     query::<NoQuery>(&cx.req.query)?;
     let b: SqlBody = required_json(cx.req)?;
+    let Ok(_running) = cx.app.sql_gate.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "sql_busy",
+            "another admin query is running; one runs at a time",
+        )
+        .retry_after(1));
+    };
     let path = cx.app.registry.db_path();
     let limits = console::Limits {
         max_rows: b.max_rows.unwrap_or(1000).clamp(1, 10_000),

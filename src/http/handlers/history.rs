@@ -3,7 +3,7 @@
 use super::Ctx;
 use crate::clock;
 use crate::http::decode::{empty_as_none, query};
-use crate::http::error::{json_response, registry_error, text_response, ApiError, Response};
+use crate::http::error::{json_response, registry_error, ApiError, Response};
 use crate::http::offload::blocking;
 use crate::ids::{self, IdError};
 use crate::registry::RegistryError;
@@ -11,6 +11,7 @@ use crate::store::history::{EventKind, EventRow, HistoryQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warp::http::{HeaderValue, StatusCode};
+use warp::Reply;
 
 /// History filters; every one optional, an empty value means "any".
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -99,18 +100,21 @@ pub async fn history(cx: &Ctx<'_>) -> Result<Response, ApiError> {
             })
             .transpose()
     };
-    let limit = q.limit.unwrap_or(50);
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
         Some(_) => return Err(ApiError::bad_request("format must be json or csv")),
     };
-    let max = if csv { 100_000 } else { 1000 };
-    if limit == 0 || limit > max {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {max}"
-        )));
-    }
+    // A CSV export is every matching row unless a limit is given; a JSON page at most 1000.
+    let limit = match (q.limit, csv) {
+        (Some(0), _) => return Err(ApiError::bad_request("limit must be at least 1")),
+        (Some(n), false) if n > 1000 => {
+            return Err(ApiError::bad_request("limit must be between 1 and 1000"))
+        }
+        (Some(n), _) => n,
+        (None, false) => 50,
+        (None, true) => usize::MAX,
+    };
     if q.holder.as_ref().is_some_and(|h| h.len() > 200) {
         return Err(ApiError::bad_request("holder is too long"));
     }
@@ -125,20 +129,11 @@ pub async fn history(cx: &Ctx<'_>) -> Result<Response, ApiError> {
         before_event_id: q.cursor,
         limit,
     };
+    if csv {
+        return Ok(csv_export(cx, hq));
+    }
     let reg = cx.app.registry.clone();
     let rows = blocking(move || reg.history(&hq)).await?;
-    if csv {
-        let mut resp = text_response(
-            StatusCode::OK,
-            "text/csv; charset=utf-8",
-            crate::export::history_csv(&rows),
-        );
-        resp.headers_mut().insert(
-            "content-disposition",
-            HeaderValue::from_static("attachment; filename=\"lock-history.csv\""),
-        );
-        return Ok(resp);
-    }
     let next_cursor = if rows.len() == limit {
         rows.last().map(|r| r.event_id)
     } else {
@@ -151,4 +146,87 @@ pub async fn history(cx: &Ctx<'_>) -> Result<Response, ApiError> {
             next_cursor,
         },
     ))
+}
+
+/// Rows per page of a CSV export: each page is its own short read.
+const EXPORT_PAGE: usize = 5_000;
+
+/// Where a streamed export stands.
+struct Export {
+    registry: crate::registry::Registry,
+    query: HistoryQuery,
+    /// Rows still to send (the limit asked for, or all).
+    left: usize,
+    sent: u64,
+    done: bool,
+}
+
+/// Streams every matching row as CSV, newest first, a page at a time (no cap, no long
+/// read transaction), ending with a line `# rows: N` that says how many were sent (or
+/// `# export stopped: ...` if a page could not be read).
+fn csv_export(cx: &Ctx<'_>, query: HistoryQuery) -> Response {
+    let start = Export {
+        registry: cx.app.registry.clone(),
+        left: query.limit,
+        query,
+        sent: 0,
+        done: false,
+    };
+    let header = futures_util::stream::once(async {
+        Ok::<bytes::Bytes, std::convert::Infallible>(bytes::Bytes::from(format!(
+            "{}\n",
+            crate::export::HISTORY_CSV_HEADER
+        )))
+    });
+    let pages = futures_util::stream::unfold(start, |mut ex| async move {
+        if ex.done {
+            return None;
+        }
+        if ex.left == 0 {
+            ex.done = true;
+            let trailer = format!("# rows: {}\n", ex.sent);
+            return Some((Ok(bytes::Bytes::from(trailer)), ex));
+        }
+        let mut page = ex.query.clone();
+        page.limit = ex.left.min(EXPORT_PAGE);
+        let reg = ex.registry.clone();
+        let read = tokio::task::spawn_blocking(move || reg.history(&page)).await;
+        let chunk = match read {
+            Ok(Ok(rows)) => {
+                ex.left = if rows.len() < ex.left.min(EXPORT_PAGE) {
+                    0
+                } else {
+                    ex.left - rows.len()
+                };
+                ex.sent += rows.len() as u64;
+                ex.query.before_event_id = rows.last().map(|r| r.event_id);
+                if rows.is_empty() {
+                    ex.left = 0;
+                }
+                crate::export::history_csv_rows(&rows)
+            }
+            Ok(Err(e)) => {
+                ex.done = true;
+                format!("# export stopped after {} rows: {e}\n", ex.sent)
+            }
+            Err(_) => {
+                ex.done = true;
+                format!("# export stopped after {} rows: a worker failed\n", ex.sent)
+            }
+        };
+        Some((Ok(bytes::Bytes::from(chunk)), ex))
+    });
+    let mut resp =
+        warp::reply::stream(futures_util::StreamExt::chain(header, pages)).into_response();
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    h.insert(
+        "content-disposition",
+        HeaderValue::from_static("attachment; filename=\"lock-history.csv\""),
+    );
+    resp
 }
