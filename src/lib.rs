@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod export;
+pub mod fault;
 pub mod fence;
 pub mod http;
 pub mod ids;

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Most connections open at once (kept below the file-descriptor limit)
     #[arg(long, env = "LOCKLEDGER_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// How long a request head may take to arrive (also the keep-alive idle timeout)
+    #[arg(long, env = "LOCKLEDGER_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
 }
 
 pub fn serve(g: &GlobalOpts, a: ServeArgs) -> Result<i32, RegistryError> {
@@ -50,6 +53,7 @@ pub fn serve(g: &GlobalOpts, a: ServeArgs) -> Result<i32, RegistryError> {
         demo: a.demo,
         access_log: a.access_log,
         max_connections: a.max_connections,
+        header_timeout: Duration::from_millis(a.header_timeout_ms.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -90,6 +90,16 @@ impl Default for Metrics {
             m.stale.clone(),
         );
         r.register(
+            "locks_file_replaced",
+            "Holders whose lock file was deleted or replaced at its path",
+            m.file_replaced.clone(),
+        );
+        r.register(
+            "locks_conflicting",
+            "Locks where another process holds the new file at a live holder's lock path",
+            m.conflicts.clone(),
+        );
+        r.register(
             "waiting_acquirers",
             "Acquirers waiting in this service",
             m.waiting.clone(),

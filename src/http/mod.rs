@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub access_log: bool,
     /// Most connections open at once (also kept below the file-descriptor limit).
     pub max_connections: usize,
+    /// How long a request head may take to arrive (also the keep-alive idle timeout).
+    pub header_timeout: std::time::Duration,
 }
 
 /// Shared state of the running service.
@@ -273,6 +275,7 @@ pub async fn serve(registry: Registry, opts: ServeOptions) -> Result<(), ServeEr
         listener,
         warp::service(routes(Arc::clone(&app))),
         cap,
+        opts.header_timeout,
         async {
             shutdown_signal().await;
             log::info!("shutting down");

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-/// How long a request head may take to arrive (also the keep-alive idle timeout).
+/// How long a request head may take to arrive by default (also the keep-alive idle
+/// timeout); `serve --header-timeout-ms` changes it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// File descriptors kept free of connections (lock files, the database, /proc reads).
@@ -105,6 +106,7 @@ pub async fn run<S>(
     listener: TcpListener,
     service: S,
     max_connections: usize,
+    header_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     S: tower_service::Service<
@@ -141,7 +143,7 @@ pub async fn run<S>(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .keep_alive(true);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);
@@ -149,7 +151,7 @@ pub async fn run<S>(
                 _ = conn.as_mut() => {}
                 _ = close.notified() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn.as_mut()).await;
+                    let _ = tokio::time::timeout(header_timeout, conn.as_mut()).await;
                 }
             }
             tracker.leave(id);

@@ -180,7 +180,7 @@ impl Registry {
                 if release_handle {
                     self.release_handle(key, token);
                 }
-                fault_point("clear_after_fs_step");
+                crate::fault::point("clear_after_fs_step");
                 close_record(
                     conn,
                     LockRef::row(row),
@@ -255,7 +255,7 @@ impl Registry {
                     if release_handle {
                         reg.release_handle(&key, token);
                     }
-                    fault_point("clear_after_fs_step");
+                    crate::fault::point("clear_after_fs_step");
                     records::delete_holder(conn, row.lock_id, token)?;
                     false
                 }
@@ -283,21 +283,5 @@ impl Registry {
                 revocation_pending,
             })
         })
-    }
-}
-
-/// Crash-test hook: with `LOCKLEDGER_FAULT=<name>` in the environment, the process kills
-/// itself with SIGKILL when it reaches the fault point of that name. The one point,
-/// `clear_after_fs_step`, sits between a clear's filesystem step and its commit, so tests
-/// can show that reconciliation repairs a clear interrupted there.
-fn fault_point(name: &str) {
-    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let armed = FAULT.get_or_init(|| std::env::var("LOCKLEDGER_FAULT").ok());
-    if armed.as_deref() == Some(name) {
-        log::error!("fault point {name} reached: killing this process (LOCKLEDGER_FAULT)");
-        // SAFETY: getpid and kill have no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
     }
 }

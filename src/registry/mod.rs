@@ -105,6 +105,9 @@ struct Inner {
     waiters: Arc<WaitQueues>,
     busy: busy::BusyLog,
     lock_dir: lockdir::LockDir,
+    /// When a write last failed because another process held the database's write lock,
+    /// and the words it failed with (for `/healthz`).
+    last_write_busy: Mutex<Option<(std::time::Instant, String)>>,
     me: (i32, Option<u64>),
 }
 
@@ -198,6 +201,7 @@ impl Registry {
                 holdings,
                 busy: busy::BusyLog::default(),
                 lock_dir,
+                last_write_busy: Mutex::new(None),
                 me: process::current(),
             }),
         }
@@ -291,8 +295,38 @@ impl Registry {
         out
     }
 
+    /// Why writes are failing now, if one failed in the last 10 s because another
+    /// process holds the database's write lock (named, with its state, when it can be).
+    pub fn write_trouble(&self) -> Option<String> {
+        let last = self
+            .inner
+            .last_write_busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (at, words) = last?;
+        (at.elapsed() < std::time::Duration::from_secs(10)).then_some(words)
+    }
+
     /// Runs a job in the writer's transaction and returns once it is committed.
     fn write<R, F>(&self, f: F) -> Result<R, RegistryError>
+    where
+        F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let out = self.write_inner(f);
+        if let Err(RegistryError::Store(e @ (StoreError::Busy | StoreError::Locked(_)))) = &out {
+            *self
+                .inner
+                .last_write_busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), e.to_string()));
+        }
+        out
+    }
+
+    fn write_inner<R, F>(&self, f: F) -> Result<R, RegistryError>
     where
         F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
         R: Send + 'static,

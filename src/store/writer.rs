@@ -295,6 +295,7 @@ impl Committer {
                 _ => StoreError::CommitFailed(text.clone()),
             });
         }
+        crate::fault::point("inside_write");
         let alone = batch.len() == 1;
         let mut answered: Vec<(Reply, Arc<Ticket>)> = Vec::with_capacity(batch.len());
         let mut finished: Vec<Arc<Ticket>> = Vec::new();

@@ -65,14 +65,17 @@ pub async fn health(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     .await
     .err()
     .map(|e| e.message);
-    let status = match problem {
-        None => StatusCode::OK,
-        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    // Unusable (the database is gone or unreadable): 503. Reads working but writes
+    // refused because another process holds the write lock: degraded, naming it.
+    let (status, words) = match (problem, cx.app.registry.write_trouble()) {
+        (Some(p), _) => (StatusCode::SERVICE_UNAVAILABLE, p),
+        (None, Some(busy)) => (StatusCode::OK, format!("degraded: {busy}")),
+        (None, None) => (StatusCode::OK, "ok".to_string()),
     };
     Ok(json_response(
         status,
         &Health {
-            status: problem.unwrap_or_else(|| "ok".into()),
+            status: words,
             uptime_s: cx.app.started.elapsed().as_secs(),
             leases: cx.app.registry.leases_held().len(),
             waiting: cx.app.registry.waiting_count(),

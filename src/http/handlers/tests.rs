@@ -22,6 +22,7 @@ fn app(dir: &std::path::Path, demo: bool) -> Arc<App> {
         demo,
         access_log: false,
         max_connections: 64,
+        header_timeout: std::time::Duration::from_secs(10),
     };
     app_for(registry, &opts, 8787).unwrap()
 }
