@@ -256,6 +256,9 @@ impl Config {
         if let Some(v) = num("LOCKLEDGER_RETENTION_DAYS")? {
             self.retention_age = (v > 0).then(|| Duration::from_secs(v * 24 * 3600));
         }
+        if let Some(v) = num("LOCKLEDGER_BUSY_TIMEOUT_MS")? {
+            self.busy_timeout = Duration::from_millis(v);
+        }
         if let Some(v) = num("LOCKLEDGER_MAX_WAITERS_PER_LOCK")? {
             self.max_waiters_per_lock = v as usize;
         }

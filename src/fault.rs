@@ -9,8 +9,10 @@
 //!
 //! Invariant: without the variable, a fault point is one cached comparison.
 
-/// Stops or kills this process if `LOCKLEDGER_FAULT` names `point`.
+/// Stops or kills this process if `LOCKLEDGER_FAULT` names `point` (once per process: a
+/// stopped process that is resumed goes on).
 pub fn point(name: &str) {
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     static FAULT: std::sync::OnceLock<Option<(String, libc::c_int)>> = std::sync::OnceLock::new();
     let armed = FAULT.get_or_init(|| {
         let v = std::env::var("LOCKLEDGER_FAULT").ok()?;
@@ -20,7 +22,7 @@ pub fn point(name: &str) {
         })
     });
     if let Some((point, sig)) = armed {
-        if point == name {
+        if point == name && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst) {
             log::error!("fault point {name} reached: signalling this process (LOCKLEDGER_FAULT)");
             // SAFETY: getpid and kill have no memory-safety preconditions.
             unsafe {
