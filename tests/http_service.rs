@@ -423,9 +423,10 @@ fn legacy_routes_keep_their_exact_keys() {
     let r = srv.send(Req::post("/ensure_locks_cleared/c1").empty_json());
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
+    // The keys the chat app reads, plus the per-lock outcomes the widget shows.
     assert_eq!(
         keys(&v),
-        set(&["success", "cleared", "skipped", "message"]),
+        set(&["success", "cleared", "skipped", "message", "outcomes"]),
         "{v}"
     );
     // Something is still held: not a success, and the message says who holds what and

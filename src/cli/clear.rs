@@ -49,26 +49,24 @@ pub fn clear(g: &GlobalOpts, a: ClearArgs) -> Result<i32, RegistryError> {
         tokens.insert(f.to_string(), t);
     }
     let tokens = (!tokens.is_empty()).then_some(tokens);
-    let out = reg.clear(g.namespace(), &a.owner, tokens, &actor())?;
+    let out = reg.clear_and_look(g.namespace(), &a.owner, tokens, &actor())?;
     if a.json {
         print_json(&out)?;
     } else {
-        for c in &out.cleared {
-            println!(
-                "cleared  {} ({}, token {})",
-                c.file,
-                c.reason.as_str(),
-                c.token
-            );
+        // The same words as the API's `outcomes` and the Lock Status modal.
+        for o in &out.outcomes {
+            let what = if o.outcome == "cleared" {
+                "cleared"
+            } else {
+                "left"
+            };
+            println!("{what:<8} {}", o.note);
         }
-        for s in &out.skipped {
-            println!("skipped  {}: {}", s.file, s.reason);
-        }
-        if out.cleared.is_empty() && out.skipped.is_empty() {
-            println!("nothing to clear: no lock of {} is stale", a.owner);
+        if out.outcomes.is_empty() {
+            println!("nothing to clear: no lock of {} is held or stale", a.owner);
         }
     }
-    Ok(if out.skipped.is_empty() {
+    Ok(if out.success {
         EXIT_OK
     } else {
         EXIT_NOT_CLEARED
@@ -119,16 +117,8 @@ fn force_clear(reg: &Registry, ns: Option<&str>, a: ClearArgs) -> Result<i32, Re
     let done = reg.force_clear(&key, token, &reason, &actor())?;
     if a.json {
         print_json(&done)?;
-    } else if done.revocation_pending {
-        println!(
-            "force-cleared {} (token {} -> {}); the live holder was asked to let go and its writes are now refused",
-            done.file, done.token, done.new_token
-        );
     } else {
-        println!(
-            "force-cleared {} (token {} -> {})",
-            done.file, done.token, done.new_token
-        );
+        println!("{}", done.note);
     }
     Ok(EXIT_OK)
 }

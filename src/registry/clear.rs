@@ -5,13 +5,14 @@
 //! may be cleared is decided by `policy::stale::plan`, never here. Nothing here deletes a
 //! lock file.
 
-use super::words::{skip_reason, without_paths};
+use super::report::LockReport;
+use super::words::{display_field, remaining_note, skip_reason, without_paths};
 use super::{check_label, close_record, LockRef, Registry, RegistryError};
 use crate::ids::{self, LockKey};
 use crate::kernel::process;
 use crate::kernel::view::KernelView;
-use crate::policy::clear::{ForcePlan, Plan};
-use crate::policy::stale::StaleReason;
+use crate::policy::clear::{ForcePlan, Plan, Skip};
+use crate::policy::stale::{LockState, StaleReason};
 use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records;
 use rusqlite::Connection;
@@ -26,10 +27,27 @@ pub struct ClearedLock {
     pub token: i64,
 }
 
+/// Why a safe clear left a lock alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipKind {
+    /// A live holder within its limits.
+    Live,
+    /// A live holder silent for too long: only a force clear takes it.
+    HeldTooLong,
+    /// The token the caller was shown is not the holder's any more.
+    Changed,
+    /// Held by a process lockledger does not manage.
+    External,
+    /// A lease whose kernel lock another lockledger service holds.
+    LeasedElsewhere,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SkippedLock {
     pub field: String,
     pub file: String,
+    pub outcome: SkipKind,
     pub reason: String,
     pub holder: Option<String>,
     pub pid: Option<i32>,
@@ -48,9 +66,13 @@ pub struct ForceCleared {
     pub file: String,
     pub token: i64,
     pub new_token: i64,
-    /// True when the holder was a live library holder that was asked to let go (it still
-    /// holds the flock until it does).
+    /// True when the holder was a live library (or registered) holder that was asked to
+    /// let go: it still holds the kernel lock until it does.
     pub revocation_pending: bool,
+    /// The process that still holds the kernel lock, when `revocation_pending`.
+    pub still_held_by: Option<i32>,
+    /// What happened, in words every surface shows as is.
+    pub note: String,
 }
 
 impl Registry {
@@ -112,6 +134,7 @@ impl Registry {
                 out.skipped.push(SkippedLock {
                     field: key.field().to_string(),
                     file: file.to_string(),
+                    outcome: SkipKind::Changed,
                     reason: format!(
                         "changed since you looked: token {expected} is no longer the holder's (now {})",
                         holder.map(|h| h.token.to_string()).unwrap_or_else(|| "free".into())
@@ -133,6 +156,12 @@ impl Registry {
                 let mut skipped = SkippedLock {
                     field: key.field().to_string(),
                     file: file.to_string(),
+                    outcome: match skip {
+                        Skip::Live => SkipKind::Live,
+                        Skip::HeldTooLong => SkipKind::HeldTooLong,
+                        Skip::External => SkipKind::External,
+                        Skip::LeasedElsewhere => SkipKind::LeasedElsewhere,
+                    },
                     reason,
                     holder: holder.map(|h| h.holder.clone()),
                     pid: holder.and_then(|h| h.pid),
@@ -275,13 +304,141 @@ impl Registry {
             };
             history::insert_event(conn, &event)?;
             let new_token = records::next_token(conn, row.lock_id)?;
+            let still_held_by = revocation_pending.then_some(h.locker_pid);
+            let lock = format!("lock {key}");
+            let note = match still_held_by {
+                Some(pid) => format!(
+                    "{lock} was revoked (token {token} -> {new_token}), but process {pid} still holds the file lock; \
+                     its writes are now refused (fenced); the lock frees when that process lets go or ends"
+                ),
+                None => format!("{lock} was force-cleared (token {token} -> {new_token}); it is free now"),
+            };
             Ok(ForceCleared {
                 field: key.field().to_string(),
                 file: row.file.clone(),
                 token,
                 new_token,
                 revocation_pending,
+                still_held_by,
+                note,
             })
+        })
+    }
+}
+
+/// What a safe clear did to one lock and what it is now, in words every surface shows.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct LockOutcome {
+    pub field: String,
+    pub file: String,
+    /// `cleared`, or why it was left alone: `live`, `held_too_long`, `changed`,
+    /// `external`, `leased_elsewhere`.
+    pub outcome: String,
+    /// Its state after the clear.
+    pub state_now: LockState,
+    /// One sentence, free of markup characters.
+    pub note: String,
+}
+
+/// A safe clear and a fresh look at the owner afterwards.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClearReport {
+    /// Nothing of the owner is held or stale any more.
+    pub success: bool,
+    pub cleared: Vec<ClearedLock>,
+    pub skipped: Vec<SkippedLock>,
+    /// One line per lock the clear touched or left, plus any still held or stale.
+    pub outcomes: Vec<LockOutcome>,
+    /// The locks still held or stale afterwards.
+    #[serde(skip)]
+    pub remaining: Vec<LockReport>,
+}
+
+impl Registry {
+    /// A safe clear ([`Registry::clear`]) followed by a fresh status, so the answer says
+    /// what really happened to each lock and what it is now.
+    pub fn clear_and_look(
+        &self,
+        namespace: Option<&str>,
+        owner: &str,
+        tokens: Option<BTreeMap<String, i64>>,
+        actor: &str,
+    ) -> Result<ClearReport, RegistryError> {
+        let out = self.clear(namespace, owner, tokens, actor)?;
+        let after = self.status(namespace, owner)?;
+        let now_of = |field: &str| after.locks.iter().find(|l| l.field == field);
+        let mut outcomes = Vec::new();
+        for c in &out.cleared {
+            let state_now = now_of(&c.field).map_or(LockState::Free, |l| l.state);
+            outcomes.push(LockOutcome {
+                field: c.field.clone(),
+                file: c.file.clone(),
+                outcome: "cleared".into(),
+                state_now,
+                note: format!(
+                    "{}: cleared ({}, token {})",
+                    display_field(&c.field),
+                    c.reason.as_str().replace('_', " "),
+                    c.token
+                ),
+            });
+        }
+        for s in &out.skipped {
+            let now = now_of(&s.field);
+            let state_now = now.map_or(LockState::Free, |l| l.state);
+            let name = display_field(&s.field);
+            let note = match (s.outcome, now.filter(|l| l.state != LockState::Free)) {
+                (SkipKind::Changed, None) => {
+                    format!("{name}: changed since you looked; it is free now")
+                }
+                (SkipKind::Changed, Some(l)) => {
+                    format!(
+                        "{name}: changed since you looked; now {}",
+                        remaining_note(l)
+                    )
+                }
+                (_, None) => format!("{name}: left alone, and it is free now"),
+                (_, Some(l)) => remaining_note(l),
+            };
+            let outcome = serde_json::to_value(s.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            outcomes.push(LockOutcome {
+                field: s.field.clone(),
+                file: s.file.clone(),
+                outcome,
+                state_now,
+                note,
+            });
+        }
+        let remaining: Vec<LockReport> = after
+            .locks
+            .into_iter()
+            .filter(|l| l.state != LockState::Free)
+            .collect();
+        // Held or stale locks the clear had nothing to say about (keys not configured).
+        for l in &remaining {
+            if !outcomes.iter().any(|o| o.field == l.field) {
+                outcomes.push(LockOutcome {
+                    field: l.field.clone(),
+                    file: l.file.clone(),
+                    outcome: if l.kind == Some(crate::policy::stale::HolderKind::External) {
+                        "external".into()
+                    } else {
+                        "live".into()
+                    },
+                    state_now: l.state,
+                    note: remaining_note(l),
+                });
+            }
+        }
+        Ok(ClearReport {
+            success: remaining.is_empty(),
+            cleared: out.cleared,
+            skipped: out.skipped,
+            outcomes,
+            remaining,
         })
     }
 }

@@ -38,7 +38,9 @@ pub mod upkeep;
 pub mod waitq;
 mod words;
 
-pub use clear::{ClearOutcome, ClearedLock, ForceCleared, SkippedLock};
+pub use clear::{
+    ClearOutcome, ClearReport, ClearedLock, ForceCleared, LockOutcome, SkipKind, SkippedLock,
+};
 pub use error::RegistryError;
 pub use grant::{AcquireOptions, LockGuard};
 pub use holdings::LeaseInfo;

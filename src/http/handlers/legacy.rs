@@ -8,7 +8,7 @@ use crate::http::error::{json_response, ApiError, Response};
 use crate::http::offload::blocking;
 use crate::policy::stale::LockState;
 use crate::registry::{
-    html_safe, remaining_note, ForceCleared, LockReport, RegistryError, SkippedLock,
+    html_safe, remaining_note, ForceCleared, LockOutcome, LockReport, RegistryError, SkippedLock,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,6 +101,8 @@ pub struct LegacyCleared {
     /// In plain words: what was cleared, or what still holds which lock and what will
     /// free it. Safe to insert as HTML (no `<`, `>`, `&` or quotes).
     pub message: String,
+    /// Per lock: what the clear did and what it is now (the widget shows these).
+    pub outcomes: Vec<LockOutcome>,
 }
 
 pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
@@ -110,43 +112,35 @@ pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let reg = cx.app.registry.clone();
     let who = cx.actor();
     let o = owner.clone();
-    // Clear, then look again: `success` means nothing of the conversation is held or
-    // stale now, whatever the clear did.
-    let (out, after) = blocking(move || {
-        let out = reg.clear(None, &o, b.tokens, &who)?;
-        Ok((out, reg.status(None, &o)?))
-    })
-    .await?;
-    cx.app.metrics.clears.inc_by(out.cleared.len() as u64);
-    let remaining: Vec<&LockReport> = after
-        .locks
-        .iter()
-        .filter(|l| l.state != LockState::Free)
-        .collect();
-    let success = remaining.is_empty();
-    let message = match (success, out.cleared.len()) {
-        (true, 0) => format!("No stuck locks on {owner}: all clear."),
-        (true, n) => format!("Cleared {n} stuck lock(s) on {owner}: all clear now."),
-        (false, n) => {
-            let why: Vec<String> = remaining.iter().map(|l| remaining_note(l)).collect();
-            let cleared = if n > 0 {
-                format!("Cleared {n} stuck lock(s) on {owner}, but ")
-            } else {
-                String::new()
-            };
-            format!(
-                "{cleared}{} lock(s) of {owner} are still held: {}.",
-                remaining.len(),
-                why.join("; ")
-            )
+    // `success` means nothing of the conversation is held or stale now, whatever the
+    // clear did.
+    let report = blocking(move || reg.clear_and_look(None, &o, b.tokens, &who)).await?;
+    cx.app.metrics.clears.inc_by(report.cleared.len() as u64);
+    let n = report.cleared.len();
+    let message = if report.success {
+        match n {
+            0 => format!("No stuck locks on {owner}: all clear."),
+            n => format!("Cleared {n} stuck lock(s) on {owner}: all clear now."),
         }
+    } else {
+        let why: Vec<String> = report.remaining.iter().map(remaining_note).collect();
+        let cleared = if n > 0 {
+            format!("Cleared {n} stuck lock(s) on {owner}, but ")
+        } else {
+            String::new()
+        };
+        format!(
+            "{cleared}{} lock(s) of {owner} are still held: {}.",
+            report.remaining.len(),
+            why.join("; ")
+        )
     };
     Ok(json_response(
         StatusCode::OK,
         &LegacyCleared {
-            success,
-            cleared: out.cleared.into_iter().map(|c| c.file).collect(),
-            skipped: out
+            success: report.success,
+            cleared: report.cleared.into_iter().map(|c| c.file).collect(),
+            skipped: report
                 .skipped
                 .into_iter()
                 .map(|s| LegacySkipped {
@@ -158,6 +152,7 @@ pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
                 })
                 .collect(),
             message,
+            outcomes: report.outcomes,
         },
     ))
 }

@@ -9,7 +9,9 @@ use crate::http::error::{json_response, registry_error, ApiError, Response};
 use crate::http::offload::blocking;
 use crate::ids::{self, LockKey};
 use crate::policy::stale::LockState;
-use crate::registry::{ClearedLock, ForceCleared, LeaseRequest, LockReport, SkippedLock};
+use crate::registry::{
+    ClearedLock, ForceCleared, LeaseRequest, LockOutcome, LockReport, SkippedLock,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -242,9 +244,12 @@ pub struct ClearBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Cleared {
+    /// Nothing of the owner is held or stale after the clear.
     pub success: bool,
     pub cleared: Vec<ClearedLock>,
     pub skipped: Vec<SkippedLock>,
+    /// Per lock: what the clear did and what it is now, in words.
+    pub outcomes: Vec<LockOutcome>,
 }
 
 pub async fn clear(cx: &Ctx<'_>) -> Result<Response, ApiError> {
@@ -253,14 +258,16 @@ pub async fn clear(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let owner = cx.arg(0).to_string();
     let reg = cx.app.registry.clone();
     let who = cx.actor();
-    let out = blocking(move || reg.clear(q.namespace.as_deref(), &owner, b.tokens, &who)).await?;
+    let out = blocking(move || reg.clear_and_look(q.namespace.as_deref(), &owner, b.tokens, &who))
+        .await?;
     cx.app.metrics.clears.inc_by(out.cleared.len() as u64);
     Ok(json_response(
         StatusCode::OK,
         &Cleared {
-            success: true,
+            success: out.success,
             cleared: out.cleared,
             skipped: out.skipped,
+            outcomes: out.outcomes,
         },
     ))
 }
