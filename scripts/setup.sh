@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what lockledger needs on a fresh machine (idempotent).
 #   ./scripts/setup.sh          what building and running the service needs
-#   ./scripts/setup.sh --tests  also what the tests need (Python filelock, Chromium,
-#                               playwright-core)
+#   ./scripts/setup.sh --tests  also what the tests need (Python filelock, the
+#                               virtualenv .venv for the Python client's tests,
+#                               Chromium, playwright-core)
 # The Rust toolchain comes with the machine; everything else is installed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,24 @@ if ! python3 -c 'import filelock' 2>/dev/null; then
   echo "setup: installing the Python package filelock"
   python3 -m pip install --quiet --disable-pip-version-check "filelock>=3.12"
 fi
+
+# The Python client's tests run from the package installed in a virtualenv, .venv
+# (Debian's python3 refuses pip installs outside one: PEP 668). Reinstalled every time,
+# so the tests always run what clients/python holds now.
+if [ ! -x .venv/bin/pip ]; then
+  rm -rf .venv
+  if ! python3 -m venv .venv >/dev/null 2>&1; then
+    echo "setup: installing python3-venv"
+    rm -rf .venv
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .venv
+  fi
+  echo '*' > .venv/.gitignore
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check "./clients/python[filelock,flask]" pytest
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./clients/python
 
 # Browser tests drive Debian's Chromium with playwright-core (no browser download).
 if ! command -v chromium >/dev/null 2>&1; then

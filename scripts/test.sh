@@ -10,8 +10,9 @@ cargo test --locked --workspace --all-targets
 # The web UI in real Chromium, against the real binary.
 cargo build --locked
 (cd tests/browser && LOCKLEDGER_BIN="$PWD/../../target/debug/lockledger" node run.mjs)
-# The Python client for the chat app, against the real service.
-LOCKLEDGER_BIN="$PWD/target/debug/lockledger" python3 -m unittest discover -s tests/python
+# The Python client for the chat app (installed in .venv by setup.sh), against the real
+# service: leases, the drop-in FileLock, and a miniature chat app driven through Flask.
+LOCKLEDGER_BIN="$PWD/target/debug/lockledger" .venv/bin/python -m pytest tests/python -q
 # Chaos, quick mode: real crashes, pauses, revocations and service restarts, with the
 # invariants checked at the end (see BENCHMARKS.md for the long run). The tools are the
 # workspace member lockledger-tools (tools/); they run the service binary built beside them.

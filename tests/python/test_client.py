@@ -1,591 +1,573 @@
-"""Tests of clients/python/lockledger_client.py against a real lockledger service.
-
-Run from the repository root (builds nothing):
-
-    LOCKLEDGER_BIN=target/debug/lockledger python3 -m unittest discover -s tests/python -v
-
-Each test class starts its own service on a temporary storage directory and port 0.
-Every wait is bounded by a deadline.
-"""
+"""Leases, the streaming guard and the five operations, against a real lockledger
+service (one per module; one owner per test). Every wait is bounded by a deadline."""
 
 from __future__ import annotations
 
 import gc
+import http.server
 import json
 import logging
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import unittest
 import urllib.request
-from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, Iterator, List, Tuple
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT_DIR = ROOT / "clients" / "python"
-sys.path.insert(0, str(CLIENT_DIR))
+import pytest
 
-from lockledger_client import (  # noqa: E402
-    LeaseLost,
-    LockBusy,
-    LockLedger,
-    LockLedgerError,
-)
+from lockledger_client import LeaseLost, LockBusy, LockLedger, LockLedgerError
+
+from support import Service, lock_state, read_json_line, wait_until
 
 
-# Lost-lease warnings are expected in several tests; keep the test output readable.
-logging.getLogger("lockledger_client").setLevel(logging.ERROR)
+@pytest.fixture(autouse=True)
+def quiet_lost_leases() -> Iterator[None]:
+    # Lost-lease warnings are expected in several tests; keep the output readable.
+    logger = logging.getLogger("lockledger_client")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
 
 
-def binary() -> Path:
-    env = os.environ.get("LOCKLEDGER_BIN")
-    path = Path(env) if env else ROOT / "target" / "debug" / "lockledger"
-    return path.resolve()
+@pytest.fixture
+def ll(service: Service) -> LockLedger:
+    return service.client()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Polls ``pred`` until it is true or ``timeout`` seconds pass; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+@pytest.fixture
+def kept() -> Iterator[List[Any]]:
+    """Leases released at the end of the test, whatever happened."""
+    leases: List[Any] = []
+    yield leases
+    for lease in leases:
+        lease.release()
 
 
-class ServiceTestCase(unittest.TestCase):
-    """Starts one lockledger service per test class (temp storage, port 0)."""
-
-    service_env: Dict[str, str] = {}
-
-    base_url: str
-    admin_token: str
-    storage: str
-    proc: subprocess.Popen
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        exe = binary()
-        if not exe.is_file():
-            raise RuntimeError(
-                "lockledger binary not found at %s: build it (cargo build) or set "
-                "LOCKLEDGER_BIN" % exe)
-        cls.storage = tempfile.mkdtemp(prefix="lockledger-pytest-")
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "warn")
-        env.update(cls.service_env)
-        out_path = os.path.join(cls.storage, "service.out")
-        cls._out = open(out_path, "wb")
-        cls._err = open(os.path.join(cls.storage, "service.err"), "wb")
-        cls.proc = subprocess.Popen(
-            [str(exe), "--storage", cls.storage, "serve", "--bind", "127.0.0.1:0"],
-            stdout=cls._out, stderr=cls._err, stdin=subprocess.DEVNULL, env=env)
-        url = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and url is None:
-            if cls.proc.poll() is not None:
-                break
-            with open(out_path, "rb") as f:
-                for line in f.read().decode(errors="replace").splitlines():
-                    if "listening on " in line:
-                        url = line.split("listening on ", 1)[1].strip()
-            if url is None:
-                time.sleep(0.02)
-        if url is None:
-            cls._stop_service()
-            raise RuntimeError("lockledger did not start: %s" % cls._service_log())
-        cls.base_url = url
-        with open(os.path.join(cls.storage, "admin-token")) as f:
-            cls.admin_token = f.read().strip()
-
-    @classmethod
-    def _service_log(cls) -> str:
-        try:
-            with open(os.path.join(cls.storage, "service.err"), "rb") as f:
-                return f.read()[-2000:].decode(errors="replace")
-        except OSError:
-            return "(no log)"
-
-    @classmethod
-    def _stop_service(cls) -> None:
-        if cls.proc.poll() is None:
-            cls.proc.terminate()
-            try:
-                cls.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                cls.proc.kill()
-                cls.proc.wait(timeout=5)
-        cls._out.close()
-        cls._err.close()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._stop_service()
-        shutil.rmtree(cls.storage, ignore_errors=True)
-
-    def setUp(self) -> None:
-        # One owner per test, so tests of a class never see each other's locks.
-        self.owner = "t-%s" % self._testMethodName.replace("test_", "")[:60]
-        self.ll = self.client()
-        self._leases: List[Any] = []
-
-    def tearDown(self) -> None:
-        for lease in self._leases:
-            lease.release()
-
-    def client(self, **kw: Any) -> LockLedger:
-        kw.setdefault("timeout", 10)
-        return LockLedger(self.base_url, **kw)
-
-    def admin(self) -> LockLedger:
-        return self.client(admin_token=self.admin_token, holder="test-admin")
-
-    def keep(self, lease: Any) -> Any:
-        self._leases.append(lease)
-        return lease
-
-    def lock_state(self, owner: str, field: str) -> Dict[str, Any]:
-        for lk in self.ll.status(owner)["locks"]:
-            if lk["field"] == field:
-                return lk
-        self.fail("no lock %s/%r in status" % (owner, field))
-
-    def assert_released_soon(self, owner: str, timeout: float = 2.0) -> None:
-        ok = wait_until(lambda: not self.ll.is_any_lock_held(owner), timeout)
-        self.assertTrue(ok, "locks of %s still held after %.1f s: %s"
-                        % (owner, timeout, self.ll.status(owner)["locks_status"]))
-
-    def raw_acquire(self, owner: str, field: str, ttl_ms: int) -> Dict[str, Any]:
-        """A lease taken with plain urllib and never renewed (a hung client)."""
-        req = urllib.request.Request(
-            "%s/api/v1/locks/%s/%s/acquire" % (self.base_url, owner, field),
-            data=json.dumps({"holder": "hung-client", "operation": "hang",
-                             "ttl_ms": ttl_ms}).encode(),
-            method="POST", headers={"Content-Type": "application/json"})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(req, timeout=10) as r:
-            return json.load(r)
+def assert_released_soon(ll: LockLedger, owner: str, timeout: float = 2.0) -> None:
+    ok = wait_until(lambda: not ll.is_any_lock_held(owner), timeout)
+    assert ok, "locks of %s still held after %.1f s: %s" % (
+        owner, timeout, ll.status(owner)["locks_status"])
 
 
-class LeaseTests(ServiceTestCase):
-
-    def test_context_manager_acquires_renews_and_releases(self) -> None:
-        with self.ll.lock(self.owner, "messages", "send_message", ttl_ms=600) as lease:
-            self.assertIsInstance(lease.token, int)
-            self.assertEqual(lease.field, "messages")
-            self.assertEqual(lease.file, "%s_messages.lock" % self.owner)
-            lk = self.lock_state(self.owner, "messages")
-            self.assertEqual((lk["state"], lk["kind"], lk["holder"], lk["operation"]),
-                             ("held", "lease", "chat-app", "send_message"))
-            self.assertEqual(lk["pid"], os.getpid())
-            self.assertEqual(lk["token"], lease.token)
-            first_expiry = lease.expires_at
-            self.assertTrue(wait_until(lambda: lease.renewals >= 2, 2.0), "no renewals")
-            self.assertNotEqual(lease.expires_at, first_expiry)
-            self.assertTrue(lease.check_fence())
-        self.assertTrue(lease.released)
-        self.assertFalse(lease.lost)
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
-        events = [(e["event"], e["token"]) for e in self.ll.history(self.owner, field="messages")]
-        self.assertIn(("acquired", lease.token), events)
-        self.assertIn(("released", lease.token), events)
-        self.assertEqual(events[0], ("released", lease.token))  # newest first
-        # release is idempotent
-        self.assertFalse(lease.release())
-
-    def test_renewal_keeps_a_600ms_lease_alive_for_2s(self) -> None:
-        with self.ll.lock(self.owner, "messages", "long_stream", ttl_ms=600) as lease:
-            time.sleep(2.0)
-            self.assertFalse(lease.lost, lease.lost_reason)
-            self.assertGreaterEqual(lease.renewals, 5)
-            lk = self.lock_state(self.owner, "messages")
-            self.assertEqual((lk["state"], lk["token"]), ("held", lease.token))
-            self.assertTrue(lease.check_fence())
-        events = [e["event"] for e in self.ll.history(self.owner)]
-        self.assertNotIn("expired", events)
-        self.assertEqual(events[0], "released")
-
-    def test_exception_inside_with_releases(self) -> None:
-        with self.assertRaises(ZeroDivisionError):
-            with self.ll.lock(self.owner, "memory", "save_local") as lease:
-                self.assertTrue(self.ll.is_any_lock_held(self.owner))
-                1 / 0
-        self.assertTrue(lease.released)
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
-        self.assertEqual(self.ll.history(self.owner)[0]["event"], "released")
-
-    def test_busy_lock_raises_lock_busy_with_the_holder(self) -> None:
-        other = self.client(holder="other-worker")
-        with other.lock(self.owner, "messages", "send_message") as held:
-            started = time.monotonic()
-            with self.assertRaises(LockBusy) as cm:
-                self.ll.lock(self.owner, "messages", "save_local", wait_ms=150)
-            waited = time.monotonic() - started
-            self.assertGreaterEqual(waited, 0.14)
-            self.assertLess(waited, 3.0)
-            err = cm.exception
-            self.assertEqual((err.status, err.code), (409, "busy"))
-            self.assertEqual(err.holder["holder"], "other-worker")
-            self.assertEqual(err.holder["operation"], "send_message")
-            self.assertEqual(err.holder["pid"], os.getpid())
-            self.assertEqual(err.holder["token"], held.token)
-            self.assertEqual(err.holder["kind"], "lease")
-            self.assertIsInstance(err, LockLedgerError)
-
-    def test_main_lock_aliases_and_bad_input(self) -> None:
-        for spelling in ("", None, "main"):
-            with self.ll.lock(self.owner, spelling, "load_conversation") as lease:
-                self.assertEqual(lease.field, "")
-                self.assertEqual(lease.file, "%s_.lock" % self.owner)
-                self.assertEqual(self.lock_state(self.owner, "")["state"], "held")
-                self.assertTrue(lease.check_fence())
-        with self.assertRaises(LockLedgerError) as cm:
-            self.ll.lock(self.owner, "no_such_field", "x", wait_ms=0)
-        self.assertEqual((cm.exception.status, cm.exception.code), (400, "invalid_id"))
-        with self.assertRaises(LockLedgerError) as cm:
-            self.ll.lock("../etc", "messages", "x", wait_ms=0)
-        self.assertEqual(cm.exception.status, 400)
-        down = LockLedger("http://127.0.0.1:9", timeout=2)
-        with self.assertRaises(LockLedgerError) as cm:
-            down.status(self.owner)
-        self.assertEqual((cm.exception.code, cm.exception.status), ("unreachable", None))
-
-    def test_dropped_lease_is_released(self) -> None:
-        with self.assertLogs("lockledger_client", "WARNING") as logs:
-            self.ll.lock(self.owner, "memory", "leaky_thread", ttl_ms=3000)  # no reference
-            gc.collect()
-            self.assert_released_soon(self.owner, 1.5)
-        self.assertIn("dropped without release", "\n".join(logs.output))
-
-    def test_child_process_killed_with_sigkill_loses_its_lease(self) -> None:
-        code = (
-            "import json, sys, time\n"
-            "sys.path.insert(0, %r)\n"
-            "from lockledger_client import LockLedger\n"
-            "ll = LockLedger(%r, holder='child')\n"
-            "lease = ll.lock(%r, 'messages', 'send_message', ttl_ms=30000)\n"
-            "print(json.dumps({'token': lease.token, 'lease_id': lease.lease_id}), flush=True)\n"
-            "time.sleep(60)\n" % (str(CLIENT_DIR), self.base_url, self.owner))
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL)
-        try:
-            ready, _, _ = select.select([child.stdout], [], [], 10)
-            self.assertTrue(ready, "child did not report its lease")
-            grant = json.loads(child.stdout.readline())
-            lk = self.lock_state(self.owner, "messages")
-            self.assertEqual((lk["state"], lk["pid"], lk["token"]),
-                             ("held", child.pid, grant["token"]))
-            killed = time.monotonic()
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=5)
-            freed = wait_until(
-                lambda: self.lock_state(self.owner, "messages")["state"] == "free", 1.5)
-            ended_in = time.monotonic() - killed
-            self.assertTrue(freed, "lease of a killed client still there after %.2f s: %s"
-                            % (ended_in, self.lock_state(self.owner, "messages")))
-            self.assertLess(ended_in, 1.5)
-            self.assertFalse(self.ll.is_any_lock_held(self.owner))
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=5)
-            child.stdout.close()
-        events = [(e["event"], e["token"]) for e in self.ll.history(self.owner)]
-        closing = [ev for ev, tok in events if tok == grant["token"] and ev != "acquired"]
-        self.assertEqual(len(closing), 1, events)
-        self.assertIn(closing[0], ("expired", "reconciled", "cleared"))
-        # and the lock can be taken again at once
-        with self.ll.lock(self.owner, "messages", "after_crash", wait_ms=0) as lease:
-            self.assertGreater(lease.token, grant["token"])
+def raw_acquire(service: Service, owner: str, field: str, ttl_ms: int) -> Dict[str, Any]:
+    """A lease taken with plain urllib and never renewed (a hung client)."""
+    req = urllib.request.Request(
+        "%s/api/v1/locks/%s/%s/acquire" % (service.base_url, owner, field),
+        data=json.dumps({"holder": "hung-client", "operation": "hang",
+                         "ttl_ms": ttl_ms}).encode(),
+        method="POST", headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=10) as r:
+        out: Dict[str, Any] = json.load(r)
+        return out
 
 
-class StreamTests(ServiceTestCase):
-
-    FIELDS = ["messages", "message_operations"]
-
-    def both_held(self) -> bool:
-        st = self.ll.status(self.owner)["locks_status"]
-        return all(st[f] for f in self.FIELDS)
-
-    def test_lock_order_is_fixed(self) -> None:
-        self.assertEqual(LockLedger.lock_order(["messages", "main", "all", "messages"]),
-                         ["", "all", "messages"])
-        self.assertEqual(LockLedger.lock_order("memory"), ["memory"])
-        self.assertEqual(LockLedger.lock_order(None), [""])
-
-    def test_released_on_normal_end(self) -> None:
-        seen: List[bool] = []
-
-        def body():
-            for i in range(3):
-                seen.append(self.both_held())
-                yield "chunk %d" % i
-
-        chunks = list(self.ll.locked_stream(self.owner, self.FIELDS, "send_message", body()))
-        self.assertEqual(chunks, ["chunk 0", "chunk 1", "chunk 2"])
-        self.assertEqual(seen, [True, True, True])
-        self.assert_released_soon(self.owner)
-
-    def test_released_on_exception(self) -> None:
-        def body():
-            yield "first"
-            raise RuntimeError("model failed")
-
-        stream = self.ll.locked_stream(self.owner, self.FIELDS, "send_message", body())
-        self.assertEqual(next(stream), "first")
-        self.assertTrue(self.both_held())
-        with self.assertRaises(RuntimeError):
-            next(stream)
-        self.assert_released_soon(self.owner)
-
-    def test_released_on_close_mid_stream(self) -> None:
-        finally_saw_lock: List[bool] = []
-
-        def body():
-            try:
-                i = 0
-                while True:
-                    yield "chunk %d" % i
-                    i += 1
-            finally:  # runs on GeneratorExit, while the locks are still held
-                finally_saw_lock.append(self.both_held())
-
-        stream = self.ll.locked_stream(self.owner, self.FIELDS, "send_message", body())
-        self.assertEqual([next(stream) for _ in range(3)], ["chunk 0", "chunk 1", "chunk 2"])
-        stream.close()  # what werkzeug does when the client disconnects
-        self.assertEqual(finally_saw_lock, [True])
-        self.assert_released_soon(self.owner)
-
-    def test_released_on_cancel_event(self) -> None:
-        cancel = threading.Event()
-        produced: List[int] = []
-
-        def body():
-            for i in range(1000):
-                produced.append(i)
-                yield i
-                time.sleep(0.01)
-
-        got: List[int] = []
-        errors: List[BaseException] = []
-
-        def consume() -> None:
-            try:
-                for chunk in self.ll.locked_stream(self.owner, self.FIELDS, "send_message",
-                                                   body(), cancel=cancel):
-                    got.append(chunk)
-            except BaseException as e:  # pragma: no cover - reported below
-                errors.append(e)
-
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
-        self.assertTrue(wait_until(lambda: len(got) >= 3, 5.0))
-        self.assertTrue(self.both_held())
-        cancel.set()
-        t.join(timeout=5)
-        self.assertFalse(t.is_alive(), "stream did not stop after cancel")
-        self.assertEqual(errors, [])
-        self.assertLess(len(got), 1000)
-        self.assertLessEqual(len(got), len(produced))
-        self.assert_released_soon(self.owner)
-
-    def test_factory_gets_the_leases(self) -> None:
-        tokens: Dict[str, int] = {}
-
-        def body(leases):
-            tokens.update({f: lease.token for f, lease in leases.items()})
-            yield "ok" if all(lease.check_fence() for lease in leases.values()) else "fenced"
-
-        out = list(self.ll.locked_stream(self.owner, self.FIELDS, "send_message", body))
-        self.assertEqual(out, ["ok"])
-        self.assertEqual(sorted(tokens), sorted(self.FIELDS))
-        self.assert_released_soon(self.owner)
-
-    def test_busy_stream_raises_and_holds_nothing(self) -> None:
-        other = self.client(holder="other-stream")
-        closed: List[bool] = []
-
-        def body():
-            try:
-                yield "never"
-            finally:
-                closed.append(True)
-
-        with other.lock(self.owner, "messages", "send_message"):
-            stream = self.ll.locked_stream(self.owner, self.FIELDS, "send_message", body(),
-                                           wait_ms=100)
-            with self.assertRaises(LockBusy):
-                next(stream)
-            # message_operations (locked first in sorted order) was given back
-            self.assertFalse(self.ll.status(self.owner)["locks_status"]["message_operations"])
-        self.assert_released_soon(self.owner)
-
-    def test_lost_lease_stops_the_stream(self) -> None:
-        def body():
-            while True:
-                yield "x"
-                time.sleep(0.02)
-
-        stream = self.ll.locked_stream(self.owner, ["messages"], "send_message", body(),
-                                       ttl_ms=600)
-        next(stream)
-        self.admin().force_clear_all_locks(self.owner, "test: revoke a stream")
-        with self.assertRaises(LeaseLost):
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                next(stream)
-        self.assert_released_soon(self.owner)
+# --------------------------------------------------------------------------- leases
 
 
-class OperationTests(ServiceTestCase):
+def test_context_manager_acquires_renews_and_releases(ll: LockLedger, owner: str) -> None:
+    with ll.lock(owner, "messages", "send_message", ttl_ms=600) as lease:
+        assert isinstance(lease.token, int)
+        assert lease.field == "messages"
+        assert lease.file == "%s_messages.lock" % owner
+        lk = lock_state(ll, owner, "messages")
+        assert (lk["state"], lk["kind"], lk["holder"], lk["operation"]) == (
+            "held", "lease", "chat-app", "send_message")
+        assert lk["pid"] == os.getpid()
+        assert lk["token"] == lease.token
+        first_expiry = lease.expires_at
+        assert wait_until(lambda: lease.renewals >= 2, 2.0), "no renewals"
+        assert lease.expires_at != first_expiry
+        assert lease.check_fence()
+    assert lease.released
+    assert not lease.lost
+    assert not ll.is_any_lock_held(owner)
+    events = [(e["event"], e["token"]) for e in ll.history(owner, field="messages")]
+    assert ("acquired", lease.token) in events
+    assert ("released", lease.token) in events
+    assert events[0] == ("released", lease.token)  # newest first
+    assert lease.release() is False  # idempotent
 
-    def test_wait_for_lock_release(self) -> None:
-        lease = self.ll.lock(self.owner, "messages", "send_message")
-        self.keep(lease)
+
+def test_renewal_keeps_a_600ms_lease_alive_for_2s(ll: LockLedger, owner: str) -> None:
+    with ll.lock(owner, "messages", "long_stream", ttl_ms=600) as lease:
+        time.sleep(2.0)
+        assert not lease.lost, lease.lost_reason
+        assert lease.renewals >= 5
+        lk = lock_state(ll, owner, "messages")
+        assert (lk["state"], lk["token"]) == ("held", lease.token)
+        assert lease.check_fence()
+    events = [e["event"] for e in ll.history(owner)]
+    assert "expired" not in events
+    assert events[0] == "released"
+
+
+def test_exception_inside_with_releases(ll: LockLedger, owner: str) -> None:
+    with pytest.raises(ZeroDivisionError):
+        with ll.lock(owner, "memory", "save_local") as lease:
+            assert ll.is_any_lock_held(owner)
+            1 / 0
+    assert lease.released
+    assert not ll.is_any_lock_held(owner)
+    assert ll.history(owner)[0]["event"] == "released"
+
+
+def test_busy_lock_raises_lock_busy_with_the_holder(service: Service, ll: LockLedger,
+                                                     owner: str) -> None:
+    other = service.client(holder="other-worker")
+    with other.lock(owner, "messages", "send_message") as held:
         started = time.monotonic()
-        self.assertFalse(self.ll.wait_for_lock_release(self.owner, timeout=0.3, poll=0.05))
-        self.assertLess(time.monotonic() - started, 2.0)
-        # a free field does not wait
-        self.assertTrue(self.ll.wait_for_lock_release(self.owner, ["memory"], timeout=0.3))
-        timer = threading.Timer(0.3, lease.release)
-        timer.start()
+        with pytest.raises(LockBusy) as info:
+            ll.lock(owner, "messages", "save_local", wait_ms=150)
+        waited = time.monotonic() - started
+        assert 0.14 <= waited < 3.0
+        err = info.value
+        assert (err.status, err.code) == (409, "busy")
+        assert err.holder["holder"] == "other-worker"
+        assert err.holder["operation"] == "send_message"
+        assert err.holder["pid"] == os.getpid()
+        assert err.holder["token"] == held.token
+        assert err.holder["kind"] == "lease"
+        assert isinstance(err, LockLedgerError)
+
+
+def test_main_lock_aliases_and_bad_input(ll: LockLedger, owner: str) -> None:
+    for spelling in ("", None, "main"):
+        with ll.lock(owner, spelling, "load_conversation") as lease:
+            assert lease.field == ""
+            assert lease.file == "%s_.lock" % owner
+            assert lock_state(ll, owner, "")["state"] == "held"
+            assert lease.check_fence()
+    with pytest.raises(LockLedgerError) as info:
+        ll.lock(owner, "no_such_field", "x", wait_ms=0)
+    assert (info.value.status, info.value.code) == (400, "invalid_id")
+    with pytest.raises(LockLedgerError) as info:
+        ll.lock("../etc", "messages", "x", wait_ms=0)
+    assert info.value.status == 400
+    down = LockLedger("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(LockLedgerError) as info:
+        down.status(owner)
+    assert (info.value.code, info.value.status) == ("unreachable", None)
+    assert info.value.unavailable
+
+
+def test_dropped_lease_is_released(ll: LockLedger, owner: str,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="lockledger_client"):
+        ll.lock(owner, "memory", "leaky_thread", ttl_ms=3000)  # no reference kept
+        gc.collect()
+        assert_released_soon(ll, owner, 1.5)
+    assert "dropped without release" in caplog.text
+
+
+def test_child_process_killed_with_sigkill_loses_its_lease(service: Service, ll: LockLedger,
+                                                           owner: str) -> None:
+    code = (
+        "import json, time\n"
+        "from lockledger_client import LockLedger\n"
+        "ll = LockLedger(%r, holder='child')\n"
+        "lease = ll.lock(%r, 'messages', 'send_message', ttl_ms=30000)\n"
+        "print(json.dumps({'token': lease.token, 'lease_id': lease.lease_id}), flush=True)\n"
+        "time.sleep(60)\n" % (service.base_url, owner))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL)
+    try:
+        grant = read_json_line(child)
+        lk = lock_state(ll, owner, "messages")
+        assert (lk["state"], lk["pid"], lk["token"]) == ("held", child.pid, grant["token"])
+        killed = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=5)
+        freed = wait_until(lambda: lock_state(ll, owner, "messages")["state"] == "free", 1.5)
+        ended_in = time.monotonic() - killed
+        assert freed, "lease of a killed client still there after %.2f s: %s" % (
+            ended_in, lock_state(ll, owner, "messages"))
+        assert ended_in < 1.5
+        assert not ll.is_any_lock_held(owner)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=5)
+        assert child.stdout is not None
+        child.stdout.close()
+    events = [(e["event"], e["token"]) for e in ll.history(owner)]
+    closing = [ev for ev, tok in events if tok == grant["token"] and ev != "acquired"]
+    assert len(closing) == 1, events
+    assert closing[0] in ("expired", "reconciled", "cleared")
+    # and the lock can be taken again at once
+    with ll.lock(owner, "messages", "after_crash", wait_ms=0) as lease:
+        assert lease.token > grant["token"]
+
+
+# --------------------------------------------------------------------------- streams
+
+FIELDS = ["messages", "message_operations"]
+
+
+def both_held(ll: LockLedger, owner: str) -> bool:
+    st = ll.status(owner)["locks_status"]
+    return all(st[f] for f in FIELDS)
+
+
+def test_lock_order_is_fixed() -> None:
+    assert LockLedger.lock_order(["messages", "main", "all", "messages"]) == [
+        "", "all", "messages"]
+    assert LockLedger.lock_order("memory") == ["memory"]
+    assert LockLedger.lock_order(None) == [""]
+
+
+def test_released_on_normal_end(ll: LockLedger, owner: str) -> None:
+    seen: List[bool] = []
+
+    def body() -> Iterator[str]:
+        for i in range(3):
+            seen.append(both_held(ll, owner))
+            yield "chunk %d" % i
+
+    chunks = list(ll.locked_stream(owner, FIELDS, "send_message", body()))
+    assert chunks == ["chunk 0", "chunk 1", "chunk 2"]
+    assert seen == [True, True, True]
+    assert_released_soon(ll, owner)
+
+
+def test_released_on_exception(ll: LockLedger, owner: str) -> None:
+    def body() -> Iterator[str]:
+        yield "first"
+        raise RuntimeError("model failed")
+
+    stream = ll.locked_stream(owner, FIELDS, "send_message", body())
+    assert next(stream) == "first"
+    assert both_held(ll, owner)
+    with pytest.raises(RuntimeError):
+        next(stream)
+    assert_released_soon(ll, owner)
+
+
+def test_released_on_close_mid_stream(ll: LockLedger, owner: str) -> None:
+    finally_saw_lock: List[bool] = []
+
+    def body() -> Iterator[str]:
         try:
-            started = time.monotonic()
-            self.assertTrue(self.ll.wait_for_lock_release(self.owner, ["messages"], timeout=5))
-            self.assertLess(time.monotonic() - started, 3.0)
+            i = 0
+            while True:
+                yield "chunk %d" % i
+                i += 1
+        finally:  # runs on GeneratorExit, while the locks are still held
+            finally_saw_lock.append(both_held(ll, owner))
+
+    stream = ll.locked_stream(owner, FIELDS, "send_message", body())
+    assert [next(stream) for _ in range(3)] == ["chunk 0", "chunk 1", "chunk 2"]
+    stream.close()  # type: ignore[attr-defined]  # what werkzeug does on disconnect
+    assert finally_saw_lock == [True]
+    assert_released_soon(ll, owner)
+
+
+def test_released_on_cancel_event(ll: LockLedger, owner: str) -> None:
+    cancel = threading.Event()
+    produced: List[int] = []
+
+    def body() -> Iterator[int]:
+        for i in range(1000):
+            produced.append(i)
+            yield i
+            time.sleep(0.01)
+
+    got: List[int] = []
+    errors: List[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for chunk in ll.locked_stream(owner, FIELDS, "send_message", body(),
+                                          cancel=cancel):
+                got.append(chunk)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    assert wait_until(lambda: len(got) >= 3, 5.0)
+    assert both_held(ll, owner)
+    cancel.set()
+    t.join(timeout=5)
+    assert not t.is_alive(), "stream did not stop after cancel"
+    assert errors == []
+    assert len(got) < 1000
+    assert len(got) <= len(produced)
+    assert_released_soon(ll, owner)
+
+
+def test_factory_gets_the_leases(ll: LockLedger, owner: str) -> None:
+    tokens: Dict[str, int] = {}
+
+    def body(leases: Dict[str, Any]) -> Iterator[str]:
+        tokens.update({f: lease.token for f, lease in leases.items()})
+        yield "ok" if all(lease.check_fence() for lease in leases.values()) else "fenced"
+
+    out = list(ll.locked_stream(owner, FIELDS, "send_message", body))
+    assert out == ["ok"]
+    assert sorted(tokens) == sorted(FIELDS)
+    assert_released_soon(ll, owner)
+
+
+def test_busy_stream_raises_and_holds_nothing(service: Service, ll: LockLedger,
+                                              owner: str) -> None:
+    other = service.client(holder="other-stream")
+    closed: List[bool] = []
+
+    def body() -> Iterator[str]:
+        try:
+            yield "never"
         finally:
-            timer.cancel()
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
+            closed.append(True)
 
-    def test_force_clear_needs_admin_and_fences_the_old_holder(self) -> None:
-        lease = self.keep(self.ll.lock(self.owner, "messages", "send_message", ttl_ms=600))
-        with self.assertRaises(LockLedgerError) as cm:
-            self.ll.force_clear_all_locks(self.owner, "not an admin")
-        self.assertIn(cm.exception.status, (401, 403))
-        self.assertTrue(self.ll.is_any_lock_held(self.owner))
-        self.assertFalse(lease.lost)
-
-        out = self.admin().force_clear_all_locks(self.owner, "test: stream hung")
-        self.assertTrue(out["success"], out)
-        self.assertEqual(out["cleared"], ["%s_messages.lock" % self.owner])
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
-        self.assertTrue(wait_until(lambda: lease.lost, 2.0), "renewal did not notice")
-        self.assertFalse(lease.check_fence())
-        with self.assertRaises(LeaseLost):
-            lease.raise_if_lost()
-        events = self.ll.history(self.owner, event="force_cleared")
-        self.assertEqual(len(events), 1)
-        self.assertEqual(events[0]["token"], lease.token)
-        self.assertIn("admin", events[0]["actor"])
-        # the next holder gets a newer token; releasing the old lease is harmless
-        with self.ll.lock(self.owner, "messages", "retry", wait_ms=0) as fresh:
-            self.assertGreater(fresh.token, lease.token)
-            self.assertFalse(lease.release())
-            self.assertTrue(fresh.check_fence())
-        # nothing left to clear
-        self.assertEqual(self.admin().force_clear_all_locks(self.owner, "again")["cleared"], [])
-
-    def test_cleanup_on_cancellation_releases_this_clients_leases(self) -> None:
-        mine = [self.keep(self.ll.lock(self.owner, f, "send_message"))
-                for f in ("messages", "message_operations")]
-        elsewhere = self.keep(self.ll.lock(self.owner + "-other", "messages", "x"))
-        other_client = self.client(holder="other-client")
-        theirs = self.keep(other_client.lock(self.owner, "memory", "save_memory"))
-
-        out = self.ll.cleanup_on_cancellation(self.owner)
-        self.assertEqual(sorted(out["released"]),
-                         sorted("%s_%s.lock" % (self.owner, f)
-                                for f in ("messages", "message_operations")))
-        for lease in mine:
-            self.assertTrue(lease.released)
-            self.assertTrue(lease.lost)
-        # another owner's lease, and another client's lease, are untouched
-        self.assertTrue(elsewhere.active)
-        self.assertTrue(theirs.active)
-        self.assertEqual([s["field"] for s in out["skipped"]], ["memory"])
-        st = self.ll.status(self.owner)["locks_status"]
-        self.assertEqual((st["messages"], st["message_operations"], st["memory"]),
-                         (False, False, True))
-        theirs.release()
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
-        # idempotent
-        self.assertEqual(self.ll.cleanup_on_cancellation(self.owner)["released"], [])
+    with other.lock(owner, "messages", "send_message"):
+        stream = ll.locked_stream(owner, FIELDS, "send_message", body(), wait_ms=100)
+        with pytest.raises(LockBusy):
+            next(stream)
+        # message_operations (locked first in sorted order) was given back
+        assert not ll.status(owner)["locks_status"]["message_operations"]
+    assert_released_soon(ll, owner)
 
 
-class NoAutoExpireTests(ServiceTestCase):
-    """Expired leases and dead holders stay stale until cleared (auto_expire = false,
-    no periodic reconciliation)."""
+def test_lost_lease_stops_the_stream(service: Service, ll: LockLedger, owner: str) -> None:
+    def body() -> Iterator[str]:
+        while True:
+            yield "x"
+            time.sleep(0.02)
 
-    service_env = {"LOCKLEDGER_AUTO_EXPIRE": "0", "LOCKLEDGER_RECONCILE_PERIOD_MS": "0"}
+    stream = ll.locked_stream(owner, ["messages"], "send_message", body(), ttl_ms=600)
+    next(stream)
+    service.admin().force_clear_all_locks(owner, "test: revoke a stream")
+    with pytest.raises(LeaseLost):
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            next(stream)
+    assert_released_soon(ll, owner)
 
-    def test_crashed_library_holder_is_stale_but_not_held(self) -> None:
-        env = dict(os.environ, RUST_LOG="warn")
-        env.update(self.service_env)
-        hold = subprocess.Popen(
-            [str(binary()), "--storage", self.storage, "hold", self.owner, "memory",
-             "--operation", "save_memory"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            env=env)
-        try:
-            ready, _, _ = select.select([hold.stdout], [], [], 10)
-            self.assertTrue(ready, "lockledger hold did not report")
-            held = json.loads(hold.stdout.readline())
-            self.assertEqual(held["event"], "held")
-            lk = self.lock_state(self.owner, "memory")
-            self.assertEqual((lk["state"], lk["kind"]), ("held", "library"))
-            self.assertTrue(self.ll.is_any_lock_held(self.owner))
-            hold.send_signal(signal.SIGKILL)
+
+def test_bad_on_lost_is_refused_at_once(ll: LockLedger, owner: str) -> None:
+    with pytest.raises(ValueError):
+        ll.locked_stream(owner, FIELDS, "send_message", iter(()), on_lost="maybe")
+
+
+# --------------------------------------------------------------------------- the five operations
+
+
+def test_wait_for_lock_release(ll: LockLedger, owner: str, kept: List[Any]) -> None:
+    lease = ll.lock(owner, "messages", "send_message")
+    kept.append(lease)
+    started = time.monotonic()
+    assert not ll.wait_for_lock_release(owner, timeout=0.3, poll=0.05)
+    assert time.monotonic() - started < 2.0
+    # a free field does not wait
+    assert ll.wait_for_lock_release(owner, ["memory"], timeout=0.3)
+    timer = threading.Timer(0.3, lease.release)
+    timer.start()
+    try:
+        started = time.monotonic()
+        assert ll.wait_for_lock_release(owner, ["messages"], timeout=5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        timer.cancel()
+    assert not ll.is_any_lock_held(owner)
+
+
+def test_force_clear_needs_admin_and_fences_the_old_holder(service: Service, ll: LockLedger,
+                                                           owner: str,
+                                                           kept: List[Any]) -> None:
+    lease = ll.lock(owner, "messages", "send_message", ttl_ms=600)
+    kept.append(lease)
+    with pytest.raises(LockLedgerError) as info:
+        ll.force_clear_all_locks(owner, "not an admin")
+    assert info.value.status in (401, 403)
+    assert ll.is_any_lock_held(owner)
+    assert not lease.lost
+
+    out = service.admin().force_clear_all_locks(owner, "test: stream hung")
+    assert out["success"], out
+    assert out["cleared"] == ["%s_messages.lock" % owner]
+    assert not ll.is_any_lock_held(owner)
+    assert wait_until(lambda: lease.lost, 2.0), "renewal did not notice"
+    assert not lease.check_fence()
+    with pytest.raises(LeaseLost):
+        lease.raise_if_lost()
+    events = ll.history(owner, event="force_cleared")
+    assert len(events) == 1
+    assert events[0]["token"] == lease.token
+    assert "admin" in events[0]["actor"]
+    # the next holder gets a newer token; releasing the old lease is harmless
+    with ll.lock(owner, "messages", "retry", wait_ms=0) as fresh:
+        assert fresh.token > lease.token
+        assert lease.release() is False
+        assert fresh.check_fence()
+    # nothing left to clear
+    assert service.admin().force_clear_all_locks(owner, "again")["cleared"] == []
+
+
+def test_cleanup_on_cancellation_releases_this_clients_leases(service: Service,
+                                                              ll: LockLedger, owner: str,
+                                                              kept: List[Any]) -> None:
+    mine = [ll.lock(owner, f, "send_message") for f in ("messages", "message_operations")]
+    kept.extend(mine)
+    elsewhere = ll.lock(owner + "-other", "messages", "x")
+    kept.append(elsewhere)
+    other_client = service.client(holder="other-client")
+    theirs = other_client.lock(owner, "memory", "save_memory")
+    kept.append(theirs)
+
+    out = ll.cleanup_on_cancellation(owner)
+    assert sorted(out["released"]) == sorted(
+        "%s_%s.lock" % (owner, f) for f in ("messages", "message_operations"))
+    for lease in mine:
+        assert lease.released
+        assert lease.lost
+    # another owner's lease, and another client's lease, are untouched
+    assert elsewhere.active
+    assert theirs.active
+    assert [s["field"] for s in out["skipped"]] == ["memory"]
+    st = ll.status(owner)["locks_status"]
+    assert (st["messages"], st["message_operations"], st["memory"]) == (False, False, True)
+    theirs.release()
+    assert not ll.is_any_lock_held(owner)
+    # idempotent
+    assert ll.cleanup_on_cancellation(owner)["released"] == []
+
+
+# --------------------------------------------------------------------------- no automatic expiry
+
+
+def test_crashed_library_holder_is_stale_but_not_held(service_no_expire: Service,
+                                                      owner: str) -> None:
+    service = service_no_expire
+    ll = service.client()
+    hold = subprocess.Popen(
+        [str(service.exe), "--storage", service.storage, "hold", owner, "memory",
+         "--operation", "save_memory"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        env=service.env)
+    try:
+        held = read_json_line(hold)
+        assert held["event"] == "held"
+        lk = lock_state(ll, owner, "memory")
+        assert (lk["state"], lk["kind"]) == ("held", "library")
+        assert ll.is_any_lock_held(owner)
+        hold.send_signal(signal.SIGKILL)
+        hold.wait(timeout=5)
+    finally:
+        if hold.poll() is None:
+            hold.kill()
             hold.wait(timeout=5)
-        finally:
-            if hold.poll() is None:
-                hold.kill()
-                hold.wait(timeout=5)
-            hold.stdout.close()
-        file = "%s_memory.lock" % self.owner
-        self.assertTrue(wait_until(lambda: self.ll.get_stale_locks(self.owner) == [file], 3.0))
-        self.assertEqual(self.lock_state(self.owner, "memory")["stale_reason"], "holder_dead")
-        # the kernel dropped the flock with the process: nothing holds it
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
-        self.assertTrue(self.ll.wait_for_lock_release(self.owner, timeout=1))
-        out = self.ll.cleanup_on_cancellation(self.owner)
-        self.assertEqual((out["released"], out["cleared"]), ([], [file]))
-        self.assertEqual(self.ll.get_stale_locks(self.owner), [])
-
-    def test_get_stale_locks_lists_an_expired_lease(self) -> None:
-        self.assertEqual(self.ll.get_stale_locks(self.owner), [])
-        grant = self.raw_acquire(self.owner, "messages", ttl_ms=300)
-        file = "%s_messages.lock" % self.owner
-        self.assertTrue(wait_until(lambda: self.ll.get_stale_locks(self.owner) == [file], 3.0))
-        lk = self.lock_state(self.owner, "messages")
-        self.assertEqual((lk["state"], lk["stale_reason"], lk["token"]),
-                         ("stale", "lease_expired", grant["token"]))
-        self.assertTrue(lk["clearable"])
-        # still taken: the service keeps the flock until someone clears it
-        self.assertTrue(self.ll.is_any_lock_held(self.owner))
-        self.assertFalse(self.ll.wait_for_lock_release(self.owner, timeout=0.2))
-        with self.assertRaises(LockBusy):
-            self.ll.lock(self.owner, "messages", "x", wait_ms=50)
-        # a stale token is refused, the right one clears
-        out = self.ll.ensure_locks_cleared(self.owner, {"messages": grant["token"] + 1})
-        self.assertEqual(out["cleared"], [])
-        out = self.ll.ensure_locks_cleared(self.owner, {"messages": grant["token"]})
-        self.assertEqual(out["cleared"], [file])
-        self.assertEqual(self.ll.get_stale_locks(self.owner), [])
-        self.assertFalse(self.ll.is_any_lock_held(self.owner))
-
-    def test_renewed_lease_does_not_go_stale(self) -> None:
-        with self.ll.lock(self.owner, "memory", "save_memory", ttl_ms=400) as lease:
-            time.sleep(1.0)
-            self.assertEqual(self.ll.get_stale_locks(self.owner), [])
-            self.assertFalse(lease.lost)
+        assert hold.stdout is not None
+        hold.stdout.close()
+    file = "%s_memory.lock" % owner
+    assert wait_until(lambda: ll.get_stale_locks(owner) == [file], 3.0)
+    assert lock_state(ll, owner, "memory")["stale_reason"] == "holder_dead"
+    # the kernel dropped the flock with the process: nothing holds it
+    assert not ll.is_any_lock_held(owner)
+    assert ll.wait_for_lock_release(owner, timeout=1)
+    out = ll.cleanup_on_cancellation(owner)
+    assert (out["released"], out["cleared"]) == ([], [file])
+    assert ll.get_stale_locks(owner) == []
 
 
-if __name__ == "__main__":
-    unittest.main()
+def test_get_stale_locks_lists_an_expired_lease(service_no_expire: Service,
+                                                owner: str) -> None:
+    service = service_no_expire
+    ll = service.client()
+    assert ll.get_stale_locks(owner) == []
+    grant = raw_acquire(service, owner, "messages", ttl_ms=300)
+    file = "%s_messages.lock" % owner
+    assert wait_until(lambda: ll.get_stale_locks(owner) == [file], 3.0)
+    lk = lock_state(ll, owner, "messages")
+    assert (lk["state"], lk["stale_reason"], lk["token"]) == (
+        "stale", "lease_expired", grant["token"])
+    assert lk["clearable"]
+    # still taken: the service keeps the flock until someone clears it
+    assert ll.is_any_lock_held(owner)
+    assert not ll.wait_for_lock_release(owner, timeout=0.2)
+    with pytest.raises(LockBusy):
+        ll.lock(owner, "messages", "x", wait_ms=50)
+    # a stale token is refused, the right one clears
+    out = ll.ensure_locks_cleared(owner, {"messages": grant["token"] + 1})
+    assert out["cleared"] == []
+    out = ll.ensure_locks_cleared(owner, {"messages": grant["token"]})
+    assert out["cleared"] == [file]
+    assert ll.get_stale_locks(owner) == []
+    assert not ll.is_any_lock_held(owner)
+
+
+def test_renewed_lease_does_not_go_stale(service_no_expire: Service, owner: str) -> None:
+    ll = service_no_expire.client()
+    with ll.lock(owner, "memory", "save_memory", ttl_ms=400) as lease:
+        time.sleep(1.0)
+        assert ll.get_stale_locks(owner) == []
+        assert not lease.lost
+
+
+# --------------------------------------------------------------------------- tokens on the wire
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every request with ``{}`` and records its method, path and token."""
+
+    seen: List[Tuple[str, str, str]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        type(self).seen.append((self.command, self.path.split("?")[0],
+                                self.headers.get("Authorization") or ""))
+        body = b'{"tokens": {}, "locks": [], "events": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Tuple[str, List[Tuple[str, str, str]]]]:
+    _Recorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield "http://127.0.0.1:%d" % server.server_address[1], _Recorder.seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_admin_token_is_sent_only_on_admin_calls(
+        recorder: Tuple[str, List[Tuple[str, str, str]]]) -> None:
+    url, seen = recorder
+    # No user token: routine calls carry no token at all (not the admin one).
+    ll = LockLedger(url, admin_token="ADMIN-SECRET", timeout=5)
+    ll.status("c1")
+    ll.ensure_locks_cleared("c1")
+    ll.fence_check("c1", "messages", 3)
+    ll.history("c1")
+    ll.register("c1", "messages", "op")
+    ll.unregister("r1")
+    ll.force_clear("c1", {"messages": 3}, "test")
+    ll.sql("select 1")
+    assert [tok for _, _, tok in seen] == [""] * 6 + ["Bearer ADMIN-SECRET"] * 2
+    assert [p for _, p, _ in seen][-2:] == ["/force_clear_locks/c1", "/api/v1/sql"]
+    # With a user token: routine calls carry it, admin calls the admin token.
+    seen.clear()
+    ll = LockLedger(url, token="USER", admin_token="ADMIN-SECRET", timeout=5)
+    ll.status("c1")
+    ll.force_clear("c1", {"messages": 3}, "test")
+    assert [tok for _, _, tok in seen] == ["Bearer USER", "Bearer ADMIN-SECRET"]
+    # An admin call without an admin token sends the user token (and gets 403).
+    seen.clear()
+    LockLedger(url, token="USER", timeout=5).sql("select 1")
+    assert [tok for _, _, tok in seen] == ["Bearer USER"]
