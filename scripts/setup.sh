@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lockledger needs on a fresh machine (idempotent).
 #   ./scripts/setup.sh          what building and running the service needs
-#   ./scripts/setup.sh --tests  also what the tests need (Python filelock, the
-#                               virtualenv .venv for the Python client's tests,
+#   ./scripts/setup.sh --tests  also what the tests need (the virtualenv .venv with
+#                               the Python client, filelock, Flask and pytest;
 #                               Chromium, playwright-core)
 # The Rust toolchain comes with the machine; everything else is installed here.
 set -euo pipefail
@@ -13,14 +13,10 @@ if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
 fi
 [ "${1:-}" = "--tests" ] || exit 0
 
-if ! python3 -c 'import filelock' 2>/dev/null; then
-  echo "setup: installing the Python package filelock"
-  python3 -m pip install --quiet --disable-pip-version-check "filelock>=3.12"
-fi
-
-# The Python client's tests run from the package installed in a virtualenv, .venv
-# (Debian's python3 refuses pip installs outside one: PEP 668). Reinstalled every time,
-# so the tests always run what clients/python holds now.
+# Everything Python runs from a virtualenv, .venv (Debian's python3 refuses pip installs
+# outside one: PEP 668): the client's tests, and the Rust tests and chaos run that start
+# Python filelock holders (test.sh puts .venv/bin first on PATH). The client is
+# reinstalled every time, so the tests always run what clients/python holds now.
 if [ ! -x .venv/bin/pip ]; then
   rm -rf .venv
   if ! python3 -m venv .venv >/dev/null 2>&1; then

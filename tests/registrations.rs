@@ -103,3 +103,36 @@ fn unregistering_closes_exactly_that_grant() {
     assert_eq!(all.token, Some(second.token));
     again.kill();
 }
+
+#[test]
+fn a_registrant_on_a_replaced_file_is_refused_and_the_replacement_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(Config::defaults(dir.path())).unwrap();
+    let key = reg.key(None, "conv9", "messages").unwrap();
+    let guard = reg
+        .acquire(&key, &lockledger::AcquireOptions::new("indexer", "reindex"))
+        .unwrap();
+    std::fs::remove_file(dir.path().join("locks/conv9_messages.lock")).unwrap();
+    let mut intruder = external_holder(dir.path(), "conv9", "messages");
+    let err = reg
+        .register(&key, intruder.pid(), "app", "save")
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Busy { .. }) && err.to_string().contains("two processes"),
+        "{err}"
+    );
+    let events = reg
+        .history(&lockledger::store::history::HistoryQuery {
+            owner: Some("conv9".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.event == "file_replaced").count(),
+        1,
+        "{events:?}"
+    );
+    intruder.kill();
+    drop(guard);
+}

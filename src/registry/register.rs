@@ -95,16 +95,17 @@ impl Registry {
             registration_id: Some(registration_id.clone()),
             ..spec
         };
-        let granted = self.write(move |reg, conn| {
-            reg.record_grant(conn, &k, &f, spec, id, None)?
-                .ok_or_else(|| RegistryError::Busy {
-                    message: format!(
-                        "lock {k} is recorded as held by another live holder whose lock file was \
-                         replaced; pid {pid} holds the new file: two processes believe they hold it"
-                    ),
-                    holder: None,
-                })
-        })?;
+        // A refusal (a live holder's lock file was replaced) commits its `file_replaced`
+        // event; the error is made after the commit.
+        let granted = self
+            .write(move |reg, conn| reg.record_grant(conn, &k, &f, spec, id, None))?
+            .ok_or_else(|| RegistryError::Busy {
+                message: format!(
+                    "lock {key} is recorded as held by another live holder whose lock file was \
+                     replaced; pid {pid} holds the new file: two processes believe they hold it"
+                ),
+                holder: None,
+            })?;
         Ok(Registration {
             registration_id,
             token: granted.token,
