@@ -377,6 +377,14 @@
         container: $("settings-quick-actions"),
         getConversationId: function () {
           return state.currentId;
+        },
+        // The user token typed on the history page (same tab), when the service needs one.
+        token: function () {
+          try {
+            return window.sessionStorage.getItem("lockledger.userToken") || "";
+          } catch (e) {
+            return "";
+          }
         }
       });
     }

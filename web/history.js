@@ -1,7 +1,10 @@
-/* lockledger lock-history audit page: filtered, paginated events (GET /api/v1/history),
- * a timeline of the holds matching the filters (drawn by timeline.js; clicking a hold
- * filters the table to it), CSV export of the current filters, and an admin SQL console
- * (POST /api/v1/sql).
+/* lockledger lock-history audit page: filtered, paginated events (GET /api/v1/history;
+ * folded busy answers show their count, "wait_timeout ×37"), a timeline of the holds
+ * matching the filters (drawn by timeline.js; clicking a hold filters the table to it), CSV
+ * export of the current filters (fetched with the token header and saved as a Blob; the
+ * "# rows: N" trailer tells a complete export from a cut one), and an admin SQL console
+ * (POST /api/v1/sql). A service started with --token answers 401 without the user token:
+ * the page then asks for it and keeps it in sessionStorage only.
  * Filters are read from and written to the page URL (?owner=&field=&event=&holder=&since=
  * &until=&limit=), so links such as /ui/history?owner=conv42 work. Every value from the
  * service is untrusted and set with textContent only. */
@@ -58,16 +61,50 @@
     return err;
   }
 
-  function request(method, path, body, admin) {
-    var headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+  // ------------------------------------------------------------------ the user token
+  // A service started with --token answers 401 without it. It is typed on this page when
+  // needed and kept in sessionStorage only (the chat page's Lock Status modal reads it too).
+  var USER_KEY = "lockledger.userToken";
+  var memoryUserToken = "";
+
+  function readUserToken() {
+    try {
+      return window.sessionStorage.getItem(USER_KEY) || "";
+    } catch (e) {
+      return memoryUserToken;
+    }
+  }
+
+  function storeUserToken(v) {
+    memoryUserToken = v;
+    try {
+      if (v) window.sessionStorage.setItem(USER_KEY, v);
+      else window.sessionStorage.removeItem(USER_KEY);
+    } catch (e) {
+      /* storage disabled: keep it in memory */
+    }
+  }
+
+  /** Headers for a call: the admin token for admin calls, else the user token if any. */
+  function authHeaders(headers, admin) {
     if (admin) headers.Authorization = "Bearer " + readToken();
+    else if (readUserToken()) headers["X-Lockledger-Token"] = readUserToken();
+    return headers;
+  }
+
+  function request(method, path, body, admin) {
+    var headers = authHeaders({ Accept: "application/json" }, admin);
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     var init = { method: method, headers: headers, cache: "no-store" };
     if (body !== undefined) init.body = JSON.stringify(body);
     return fetch(path, init).then(
       function (resp) {
         return resp.text().then(function (text) {
-          if (!resp.ok) throw apiError(resp, text);
+          if (!resp.ok) {
+            var err = apiError(resp, text);
+            if (resp.status === 401 && !admin) needUserToken(err);
+            throw err;
+          }
           return text ? JSON.parse(text) : null;
         });
       },
@@ -215,11 +252,185 @@
     window.history.replaceState(null, "", window.location.pathname + (s ? "?" + s : "") + window.location.hash);
   }
 
-  function updateCsvLink() {
+  /** A user call was refused for want of a token: show where to type it. */
+  function needUserToken(err) {
+    var form = $("user-token-form");
+    var state = $("user-token-state");
+    var had = !!readUserToken();
+    form.hidden = false;
+    state.hidden = false;
+    state.textContent = had
+      ? "The access token of this tab was refused (" + err.message + "). Type the right one."
+      : "This lockledger needs an access token (its user token, given with --token). Type it to see the history.";
+    $("user-token-forget").disabled = !had;
+    var active = document.activeElement;
+    if (!active || active === document.body) $("user-token").focus();
+  }
+
+  function setupUserToken() {
+    var form = $("user-token-form");
+    var state = $("user-token-state");
+    var input = $("user-token");
+    function shown() {
+      var t = readUserToken();
+      form.hidden = !t && form.hidden;
+      $("user-token-forget").disabled = !t;
+      if (t) {
+        state.hidden = false;
+        state.textContent = "Using the access token kept for this tab.";
+      }
+    }
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var t = input.value.trim();
+      if (!t) {
+        state.hidden = false;
+        state.textContent = "Type the token first.";
+        input.focus();
+        return;
+      }
+      storeUserToken(t);
+      input.value = "";
+      shown();
+      state.textContent = "Token set for this tab; loading\u2026";
+      applyFilters(true).then(function () {
+        if ($("events-error").hidden) state.textContent = "Using the access token kept for this tab.";
+      });
+    });
+    $("user-token-forget").addEventListener("click", function () {
+      storeUserToken("");
+      state.textContent = "Token forgotten.";
+      $("user-token-forget").disabled = true;
+      input.focus();
+    });
+    if (readUserToken()) form.hidden = false;
+    shown();
+  }
+
+  // ------------------------------------------------------------------ CSV export
+  // fetch (with the token header) and a Blob saved through an object URL: a bare link
+  // would be refused (401) when the service needs a token. The service streams every
+  // matching row and ends with "# rows: N", which tells a complete export from a cut one.
+  var csv = { controller: null, lastShown: 0 };
+
+  function kb(bytes) {
+    return bytes < 1024 ? bytes + " bytes" : bytes < 1048576 ? (bytes / 1024).toFixed(1) + " KB" : (bytes / 1048576).toFixed(1) + " MB";
+  }
+
+  function csvFileName() {
+    var owner = $("f-owner").value.trim().replace(/[^A-Za-z0-9@+_.-]/g, "_").slice(0, 80);
+    var d = new Date();
+    var stamp = d.getFullYear() + pad(d.getMonth() + 1) + pad(d.getDate()) + "-" + pad(d.getHours()) + pad(d.getMinutes()) + pad(d.getSeconds());
+    return "lock-history" + (owner ? "-" + owner : "") + "-" + stamp + ".csv";
+  }
+
+  function saveBlob(blob, name) {
+    var url = URL.createObjectURL(blob);
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    a.hidden = true;
+    document.body.appendChild(a);
+    a.click();
+    // The download has its own copy once it started.
+    setTimeout(function () {
+      URL.revokeObjectURL(url);
+      a.remove();
+    }, 30000);
+  }
+
+  function setCsvBusy(on) {
+    $("csv-export").disabled = on;
+    $("csv-export").setAttribute("aria-busy", on ? "true" : "false");
+    $("csv-cancel").hidden = !on;
+  }
+
+  function exportCsv() {
+    if (csv.controller) return;
+    var status = $("csv-status");
     var p = filterParams();
-    p.set("limit", "100000");
     p.set("format", "csv");
-    $("csv-link").href = "/api/v1/history?" + p.toString();
+    var controller = typeof AbortController === "function" ? new AbortController() : null;
+    csv.controller = controller || { abort: function () {} };
+    var cancelled = false;
+    csv.cancel = function () {
+      cancelled = true;
+      csv.controller.abort();
+    };
+    setCsvBusy(true);
+    status.className = "muted csv-status";
+    status.textContent = "Exporting the events that match these filters\u2026";
+    var received = 0;
+    var lines = 0;
+    var tail = "";
+    var decoder = new TextDecoder();
+    var chunks = [];
+    function progress(force) {
+      var now = Date.now();
+      if (!force && now - csv.lastShown < 400) return;
+      csv.lastShown = now;
+      status.textContent = "Exporting\u2026 " + Math.max(0, lines - 1) + " lines (" + kb(received) + ") so far.";
+    }
+    function take(value) {
+      chunks.push(value);
+      received += value.length;
+      for (var i = 0; i < value.length; i++) if (value[i] === 10) lines += 1;
+      tail = (tail + decoder.decode(value, { stream: true })).slice(-200);
+      progress(false);
+    }
+    var init = { headers: authHeaders({ Accept: "text/csv" }, false), cache: "no-store" };
+    if (controller) init.signal = controller.signal;
+    fetch("/api/v1/history?" + p.toString(), init)
+      .then(function (resp) {
+        if (!resp.ok) {
+          return resp.text().then(function (text) {
+            var err = apiError(resp, text);
+            if (resp.status === 401) needUserToken(err);
+            throw err;
+          });
+        }
+        if (!resp.body || !resp.body.getReader) {
+          return resp.arrayBuffer().then(function (buf) {
+            take(new Uint8Array(buf));
+          });
+        }
+        var reader = resp.body.getReader();
+        function pump() {
+          return reader.read().then(function (r) {
+            if (r.done) return null;
+            take(r.value);
+            return pump();
+          });
+        }
+        return pump();
+      })
+      .then(function () {
+        tail += decoder.decode();
+        var m = /# rows: (\d+)\s*$/.exec(tail);
+        if (!m) {
+          var e = new Error("the export was cut off after " + kb(received) + " (it has no \u201c# rows\u201d line at its end); nothing was saved, try again");
+          e.code = "incomplete";
+          throw e;
+        }
+        var n = Number(m[1]);
+        var name = csvFileName();
+        saveBlob(new Blob(chunks, { type: "text/csv;charset=utf-8" }), name);
+        status.className = "muted csv-status is-done";
+        status.textContent = "Exported " + n + " row" + (n === 1 ? "" : "s") + " to " + name + " (" + kb(received) + ").";
+      })
+      .catch(function (err) {
+        status.className = "error csv-status";
+        if (cancelled) {
+          status.className = "muted csv-status";
+          status.textContent = "Export cancelled; nothing was saved.";
+        } else {
+          status.textContent = "Could not export: " + describe(err);
+        }
+      })
+      .then(function () {
+        csv.controller = null;
+        setCsvBusy(false);
+      });
   }
 
   function cell(row, text, className) {
@@ -244,6 +455,18 @@
     return e.namespace === h.namespace && e.owner === h.owner && e.field === h.field && e.token === h.token;
   }
 
+  /** The event's name; a folded row (busy answers) says how many it stands for. */
+  function eventBadge(e) {
+    var badge = el("span", "event event--" + String(e.event).replace(/[^a-z_]/g, ""), e.event);
+    var n = typeof e.count === "number" ? e.count : 1;
+    if (n > 1) {
+      badge.appendChild(el("span", "event-count", " \u00d7" + n));
+      badge.appendChild(el("span", "visually-hidden", " (" + n + " in this row)"));
+      badge.title = n + " " + (e.event === "wait_timeout" ? "busy answers" : "events") + " folded into this row";
+    }
+    return badge;
+  }
+
   function renderEvents(events) {
     var body = $("events-body");
     clear(body);
@@ -266,7 +489,7 @@
       when.appendChild(el("span", "when-time", at.toLocaleTimeString()));
       when.appendChild(el("span", "when-date", at.toLocaleDateString()));
       cell(tr, when, "nowrap");
-      cell(tr, el("span", "event event--" + String(e.event).replace(/[^a-z_]/g, ""), e.event));
+      cell(tr, eventBadge(e));
       var lock = el("td", "lock-cell");
       lock.setAttribute("data-label", COLUMNS[3]);
       var ownerLink = el("a", "owner", e.owner);
@@ -345,7 +568,6 @@
     page.index = 0;
     if (keepHighlight !== true) page.highlight = null;
     writeUrl();
-    updateCsvLink();
     loadTimeline();
     return loadEvents();
   }
@@ -415,7 +637,7 @@
   /** A hold or mark picked on the timeline: filter the table to its lock and time. */
   function selectItem(item) {
     var from = item.type === "hold" ? item.start : item.at;
-    var to = item.type === "hold" ? (item.ending === "held" || item.ending === "open" ? null : item.end) : item.at;
+    var to = item.type === "hold" ? (item.ending === "held" || item.ending === "open" || item.stillHeld ? null : item.end) : item.at;
     // The inputs hold whole seconds and `until` is exclusive: round outwards.
     var since = Math.floor(from / 1000) * 1000;
     $("f-owner").value = item.owner;
@@ -433,7 +655,10 @@
 
   function setupEvents() {
     readUrl();
-    updateCsvLink();
+    $("csv-export").addEventListener("click", exportCsv);
+    $("csv-cancel").addEventListener("click", function () {
+      if (csv.cancel) csv.cancel();
+    });
     $("filters").addEventListener("submit", function (ev) {
       ev.preventDefault();
       applyFilters();
@@ -599,6 +824,7 @@
         { onSelect: selectItem }
       );
     }
+    setupUserToken();
     setupSql();
     setupTabs();
     setupEvents();

@@ -5,7 +5,9 @@
  * lanes first, at most MAX_LANES. A hold is a bar from its `acquired` event to the event
  * that ended it, matched by namespace + owner + field + token, coloured and patterned by
  * how it ended; a hold with no closing event that the current status still shows is "still
- * held" and reaches to now. `wait_timeout` and `observed_external` events are marks. Every
+ * held" and reaches to now; a force-cleared hold whose holder still holds the file lock
+ * (the status shows its grant, revoke_requested) says so and reaches to now too.
+ * `wait_timeout` and `observed_external` events are marks (with their count when folded). Every
  * bar and mark is a focusable button whose details show in a tooltip on hover and focus;
  * Enter or a click hands the item to the page (which filters the events table to it). The
  * same holds are listed in a table for screen readers. Every value from the service is
@@ -192,6 +194,7 @@
           host: e.host,
           actor: e.actor,
           reason: e.reason,
+          count: typeof e.count === "number" && e.count > 1 ? e.count : 1,
           eventId: e.event_id
         });
       }
@@ -200,6 +203,19 @@
     var limit = opts.until !== null && opts.until !== undefined ? Math.min(opts.until, now) : now;
     var anyHeld = false;
     holds.forEach(function (h) {
+      if (h.ending === "force_cleared") {
+        // Revoked, but a holder that keeps its kernel lock still holds the file: the
+        // status still shows its grant, asked to let go. The bar goes on to now.
+        var r = liveByKey[[h.namespace, h.owner, h.field, h.token].join("\u0000")];
+        if (r && r.revoke_requested) {
+          h.stillHeld = true;
+          h.stillHeldBy = r.pid;
+          h.revokedAt = h.end;
+          h.end = Math.max(limit, h.end);
+          anyHeld = true;
+        }
+        return;
+      }
       if (h.ending) return;
       var l = liveByKey[[h.namespace, h.owner, h.field, h.token].join("\u0000")];
       if (l) {
@@ -364,8 +380,18 @@
   }
 
   // ------------------------------------------------------------------ text for an item
+  function stillHeldWords(h) {
+    var who = h.stillHeldBy !== null && h.stillHeldBy !== undefined ? "process " + h.stillHeldBy : "its holder";
+    return "revoked, but " + who + " still holds the file lock; its writes are refused (fenced); the lock frees when that process lets go or ends";
+  }
+
+  function markLabel(m) {
+    return MARKS[m.kind].label + (m.count > 1 ? " \u00d7" + m.count : "");
+  }
+
   function endingText(h) {
     var e = ENDING[h.ending];
+    if (h.stillHeld) return e.label + " \u2014 " + stillHeldWords(h) + " (" + e.cue + ", arrow at the end)";
     var s = e.label;
     if (h.ending === "held" && h.stale) s += ", but STALE" + (h.staleReason ? " (" + h.staleReason + ")" : "");
     return s + " \u2014 " + e.help + " (" + e.cue + ")";
@@ -381,11 +407,13 @@
       rows.push(["PID", pidText(item)]);
       rows.push(["Token", item.token === null || item.token === undefined ? "\u2014" : String(item.token)]);
       rows.push(["Acquired", fullTime(item.start) + (item.startKnown ? "" : " (from the held time; before the loaded events)")]);
-      if (item.ending === "held") rows.push(["Ended", "not yet: still held"]);
+      if (item.stillHeld) rows.push(["Revoked", fullTime(item.revokedAt) + "; not ended yet: still held"]);
+      else if (item.ending === "held") rows.push(["Ended", "not yet: still held"]);
       else if (item.ending === "open") rows.push(["Ended", "not in the loaded events"]);
       else rows.push(["Ended", fullTime(item.end)]);
       var held = item.ending === "open" ? "at least " + formatDuration(item.end - item.start) : formatDuration(typeof item.heldMs === "number" ? item.heldMs : item.end - item.start);
-      rows.push(["Held for", held + (item.ending === "held" ? " so far" : "")]);
+      if (item.stillHeld) held = formatDuration(item.end - item.start);
+      rows.push(["Held for", held + (item.ending === "held" || item.stillHeld ? " so far" : "")]);
       rows.push(["How it ended", endingText(item)]);
       if (item.actor) rows.push(["By", item.actor]);
       if (item.reason) rows.push(["Reason", item.reason]);
@@ -396,8 +424,11 @@
       rows.push(["Operation", item.operation || "\u2014"]);
       rows.push(["PID", pidText(item)]);
       if (item.token !== null && item.token !== undefined) rows.push(["Token", String(item.token)]);
+      if (item.count > 1) {
+        rows.push(["Count", "\u00d7" + item.count + " (" + item.count + (item.kind === "wait_timeout" ? " busy answers" : " events") + " folded into one row)"]);
+      }
       if (item.reason) rows.push(["Reason", item.reason]);
-      rows.push(["Mark", MARKS[item.kind].label + " (" + MARKS[item.kind].cue + ")"]);
+      rows.push(["Mark", markLabel(item) + " (" + MARKS[item.kind].cue + ")"]);
     }
     return rows;
   }
@@ -409,12 +440,15 @@
   }
 
   function titleOf(item) {
-    if (item.type === "hold") return fieldLabel(item.field) + " held by " + (item.holder || "unknown holder") + ": " + ENDING[item.ending].label.toLowerCase();
-    return MARKS[item.kind].label + " on " + fieldLabel(item.field);
+    if (item.type === "hold") {
+      return fieldLabel(item.field) + " held by " + (item.holder || "unknown holder") + ": " + ENDING[item.ending].label.toLowerCase() +
+        (item.stillHeld ? ", still held" : "");
+    }
+    return markLabel(item) + " on " + fieldLabel(item.field);
   }
 
   function accessibleName(item) {
-    var parts = [item.type === "hold" ? "Hold" : MARKS[item.kind].label];
+    var parts = [item.type === "hold" ? "Hold" : markLabel(item)];
     details(item).forEach(function (r) {
       parts.push(r[0] + ": " + r[1]);
     });
@@ -670,6 +704,7 @@
           tabindex: 0,
           role: "button",
           "data-kind": mk.kind,
+          "data-count": mk.count,
           "data-key": mk.key,
           "aria-label": accessibleName(mk)
         }, g);
@@ -694,7 +729,7 @@
           "aria-label": accessibleName(h)
         }, g);
         svg("rect", { class: "tl-hit", x: h.hx0, y: top + 1, width: h.hx1 - h.hx0, height: rowH - 2, rx: 4 }, item);
-        var arrow = h.ending === "held" && !h.cutEnd ? Math.min(8, (h.x1 - h.x0) / 2) : 0;
+        var arrow = (h.ending === "held" || h.stillHeld) && !h.cutEnd ? Math.min(8, (h.x1 - h.x0) / 2) : 0;
         svg("rect", {
           class: "tl-bar",
           x: h.x0 + 0.5,
@@ -707,6 +742,12 @@
         if (arrow >= 3) {
           var ax = h.x1 - arrow - 1;
           svg("polygon", { class: "tl-arrow", points: ax + "," + (by - 2) + " " + (h.x1 + 2) + "," + (by + barH / 2) + " " + ax + "," + (by + barH + 2) }, item);
+        }
+        if (h.stillHeld) {
+          item.setAttribute("data-still-held", "true");
+          item.classList.add("tl-still-held");
+          var rx = clampX(scale(h.revokedAt));
+          svg("line", { class: "tl-revoked-at", x1: rx, y1: by - 3, x2: rx, y2: by + barH + 3 }, item);
         }
         // A bar cut by the edge of the view says so with a small notch.
         if (h.cutStart) svg("polygon", { class: "tl-cut", points: x0 + "," + by + " " + (x0 + 5) + "," + (by + barH / 2) + " " + x0 + "," + (by + barH) }, item);
@@ -797,18 +838,20 @@
           var how = el("span", "tl-table-swatch");
           how.appendChild(swatch(h.ending));
           var e = ENDING[h.ending];
-          how.appendChild(el("span", null, e.label + (h.ending === "held" && h.stale ? " (STALE)" : "") + ": " + e.help));
+          how.appendChild(el("span", null, e.label + (h.ending === "held" && h.stale ? " (STALE)" : "") + ": " + (h.stillHeld ? stillHeldWords(h) : e.help)));
           var who = el("span");
           who.appendChild(el("span", "holder", h.holder || "\u2014"));
           who.appendChild(el("span", "where", pidText(h)));
-          var held = h.ending === "open" ? "at least " + formatDuration(h.end - h.start) : formatDuration(typeof h.heldMs === "number" ? h.heldMs : h.end - h.start);
+          var held = h.ending === "open" || h.stillHeld ? (h.stillHeld ? "" : "at least ") + formatDuration(h.end - h.start) : formatDuration(typeof h.heldMs === "number" ? h.heldMs : h.end - h.start);
           var span = el("span");
           span.appendChild(el("span", "tl-line", when(h.start) + (h.startKnown ? "" : " (from the held time)")));
-          span.appendChild(el("span", "tl-line", "\u2192 " + (h.ending === "held" ? "still held" : h.ending === "open" ? "not loaded" : when(h.end))));
+          span.appendChild(
+            el("span", "tl-line", "\u2192 " + (h.stillHeld ? "revoked " + when(h.revokedAt) + ", still held" : h.ending === "held" ? "still held" : h.ending === "open" ? "not loaded" : when(h.end)))
+          );
           return [
             showButton(h, lockName(h), "token " + h.token + " on " + h.owner + " / " + fieldLabel(h.field)),
             who, h.operation, h.token, span,
-            held + (h.ending === "held" ? " so far" : ""), how
+            held + (h.ending === "held" || h.stillHeld ? " so far" : ""), how
           ];
         }),
         "tl-holds-table",
@@ -822,7 +865,7 @@
         marks.map(function (m) {
           return [
             when(m.at), showButton(m, lockName(m), "this " + MARKS[m.kind].short.toLowerCase() + " event"),
-            MARKS[m.kind].label, m.holder, m.operation, m.reason
+            markLabel(m), m.holder, m.operation, m.reason
           ];
         }),
         "tl-marks-table",

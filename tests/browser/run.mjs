@@ -15,7 +15,9 @@
 // second one with `--demo` for the demo tests; those are skipped, saying so, when the binary has
 // no demo mode, i.e. GET /demo/status is 404). Locks are held by real child processes
 // (`lockledger hold`), killed with real signals, or by leases taken over the HTTP API. Uses only
-// node's built-in test runner and playwright-core driving the system Chromium; about 45 s.
+// node's built-in test runner and playwright-core driving the system Chromium; about 60 s.
+// One test holds a lock file with Python's filelock (as the chat app does); it is skipped,
+// saying so, when `python3 -c "import filelock"` fails.
 //
 // Services run with LOCKLEDGER_RECONCILE_PERIOD_MS=0 so that a holder_dead lock stays STALE until
 // the test clears it (the default service repairs dead holders' records every 5 s by itself).
@@ -41,10 +43,20 @@
 // computed colours: named controls, badges, links and muted text >= 4.5:1, control edges >= 3:1,
 // and every visible text swept. In demo mode: a streamed reply holds messages and
 // message_operations, Stop or closing the tab releases them, simulated holders show correctly.
+// What a clear really did, per lock, from real situations: cleared (a SIGKILLed holder), left
+// alone (a live `hold`: who, doing what, how long, what frees it), changed since you looked (a
+// lease released, or a reconcile, after the modal showed it), with success styling only when
+// nothing is held or stale afterwards; a force clear of a `hold` that keeps its file lock says
+// "revoked, process N still holds the file lock" (no success styling, Check again, the lock's
+// history; the timeline says it too) while a lease is free at once; a lock file of a key that
+// is not configured, held by a Python filelock process, is HELD with "not configured"; a
+// deleted-and-replaced lock file and a second holder on the new file are warnings; with
+// --token the history page asks for the token, then CSV export fetches with it and saves every
+// row ("# rows: N"); folded busy answers show "wait_timeout ×5" in the table and timeline.
 
 import { test, before, after, describe } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -131,11 +143,12 @@ function lineMatching(child, re, what, timeoutMs = 15000) {
   });
 }
 
-async function startService({ demo = false } = {}) {
+async function startService({ demo = false, token = null } = {}) {
   const startedAt = Date.now();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lockledger-ui-"));
   const args = ["--storage", dir, "serve", "--bind", "127.0.0.1:0"];
   if (demo) args.push("--demo");
+  if (token) args.push("--token", token);
   const proc = track(spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn", LOCKLEDGER_RECONCILE_PERIOD_MS: "0" } }));
   let stderr = "";
   proc.stderr.setEncoding("utf8");
@@ -151,6 +164,8 @@ async function startService({ demo = false } = {}) {
     url,
     dir,
     adminToken,
+    /** The user token (--token), when the service needs one; api() sends it. */
+    userToken: token,
     startedAt,
     /** The services here run with LOCKLEDGER_RECONCILE_PERIOD_MS=0, so a holder_dead
      * lock stays STALE until it is cleared (no race with periodic reconciliation); this
@@ -178,6 +193,45 @@ async function hold(svc, owner, field, extra = []) {
   return { child, pid: child.pid, token: held.token };
 }
 
+const HAVE_FILELOCK = spawnSync("python3", ["-c", "import filelock"], { stdio: "ignore" }).status === 0;
+
+/**
+ * A process outside lockledger holding `file` with Python's filelock (as the chat app does),
+ * for 60 s or until killed; resolves once it holds it. Note the FileLock object is kept in a
+ * variable: a bare `FileLock(p).acquire()` is released as soon as it is garbage-collected.
+ */
+async function fileLockHolder(file) {
+  const code = "import filelock,sys,time\nl = filelock.FileLock(sys.argv[1])\nl.acquire()\nprint('held', flush=True)\ntime.sleep(60)";
+  const child = track(spawn("python3", ["-c", code, file], { stdio: ["ignore", "pipe", "inherit"] }));
+  await lineMatching(child, /^held$/m, `filelock holder of ${path.basename(file)}`, 10000);
+  return { child, pid: child.pid };
+}
+
+async function stopChild(h) {
+  if (!h || h.child.exitCode !== null || h.child.signalCode !== null) return;
+  h.child.kill("SIGTERM");
+  await exited(h.child);
+}
+
+/** Waits until the Lock Status modal is not busy. */
+async function modalIdle(page) {
+  await page.waitForFunction((m) => document.querySelector(m).getAttribute("aria-busy") === "false", MODAL, { timeout: 10000 });
+}
+
+/** The outcomes listed in the modal's result: field, outcome, word, state now, note. */
+function outcomesIn(page) {
+  return page.$$eval(`${MODAL} .ll-result .ll-outcome`, (lis) =>
+    lis.map((li) => ({
+      field: li.dataset.field,
+      outcome: li.dataset.outcome,
+      word: li.querySelector(".ll-outcome-word").textContent,
+      now: li.querySelector(".ll-now .ll-badge")?.textContent ?? null,
+      tag: li.querySelector(".ll-tag")?.textContent ?? null,
+      note: li.querySelector(".ll-outcome-note")?.textContent ?? "",
+    }))
+  );
+}
+
 /** Runs fn with a service of its own (for steps that race the 5 s reconcile). */
 async function withService(opts, fn) {
   const svc = await startService(opts);
@@ -197,6 +251,7 @@ async function api(svc, method, p, { body, admin = false } = {}) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (admin) headers.Authorization = `Bearer ${svc.adminToken}`;
+  else if (svc.userToken) headers["X-Lockledger-Token"] = svc.userToken;
   const resp = await fetch(svc.url + p, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await resp.text();
   let data = null;
@@ -282,7 +337,12 @@ async function makeHolds(svc, conv) {
     body: { holder: "busy-asker", operation: "op-busy", wait_ms: 0 },
   });
   assert.equal(busy.status, 409, JSON.stringify(busy.data));
-  const ev = (await api(svc, "GET", `/api/v1/history?owner=${conv}&limit=100`)).data.events;
+  // Busy answers are counted in memory and written with the next write or by the upkeep
+  // (every reaper period, 250 ms): one wait_timeout row.
+  const ev = await eventually(async () => {
+    const events = (await api(svc, "GET", `/api/v1/history?owner=${conv}&limit=100`)).data.events;
+    return events.some((e) => e.event === "wait_timeout") && events;
+  }, "the busy answer to be recorded", 5000, 100);
   assert.equal(ev.filter((e) => e.event === "wait_timeout").length, 1, "the busy answer is recorded");
   for (const e of ["reconciled", "cleared", "force_cleared", "released"]) {
     assert.equal(ev.filter((x) => x.event === e).length, 1, `one ${e} event: ${JSON.stringify(ev)}`);
@@ -596,6 +656,10 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     await page.waitForFunction((m) => document.querySelector(m).getAttribute("aria-busy") === "false", MODAL);
     assert.match(await result.locator(".ll-result-cleared").textContent(), /t-stale_messages\.lock/);
     assert.equal(await result.getAttribute("aria-live"), "polite");
+    // Everything is clear afterwards (success): success styling and words.
+    assert.match(await result.getAttribute("class"), /\bll-result--ok\b/);
+    assert.equal((await result.locator(".ll-result-title").textContent()).trim(), "Cleared 1 stuck lock: all clear now");
+    assert.match(await result.locator('.ll-outcome[data-field="messages"] .ll-outcome-note').textContent(), /^messages: cleared \(holder dead, token \d+\)$/);
     assert.equal(await badge(page, "messages"), "CLEAR", "the fresh status shows it clear");
     assert.equal(await clearBtn.isVisible(), false);
     assert.equal((await lockOf(svc, conv, "messages")).state, "free");
@@ -710,13 +774,15 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     assert.equal(await badge(page, "messages"), "CLEAR", "a revoked lease is released at once");
     assert.equal((await api(svc, "POST", `/api/v1/leases/${lease.data.lease_id}/renew`, { body: {} })).status, 410);
 
-    // The library holder is asked to let go; `hold` sees it on its next renewal and exits 5.
+    // The library holder is asked to let go (the answer says it still holds the file lock);
+    // `hold` sees it on its next renewal and exits 5.
     await lockItem(page, "memory").locator(".ll-force").click();
     const panel2 = lockItem(page, "memory").locator(".ll-force-panel");
     await panel2.locator(".ll-force-confirm").fill("FORCE");
     await panel2.locator(".ll-force-reason").fill("memory writer hung");
     await panel2.locator(".ll-force-go").click();
-    await result.locator(".ll-result-cleared").waitFor();
+    await result.locator(".ll-result-revoked").waitFor();
+    assert.match(await result.locator(".ll-result-revoked").textContent(), new RegExp(`process ${lib.pid} still holds the file lock`));
     assert.equal((await exited(lib.child)).code, 5, "the revoked holder exits with code 5");
     await refreshUntil(page, "memory", "CLEAR");
 
@@ -750,7 +816,12 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     await page.click(`${MODAL} .ll-confirm-yes`);
     await page.locator(`${MODAL} .ll-result-skipped`).waitFor();
     svc.assertBeforeReconcile("the clear");
-    assert.ok((await page.locator(`${MODAL} .ll-result-skipped`).textContent()).includes(XSS));
+    // The clear answer's sentences come without markup characters (the chat app inserts
+    // them as HTML); the widget shows them as text all the same.
+    const skippedText = await page.locator(`${MODAL} .ll-result-skipped`).textContent();
+    assert.ok(skippedText.includes("img src=x onerror=alert(1)"), skippedText);
+    assert.ok(skippedText.includes("messages"), skippedText);
+    assert.ok((await lockItem(page, "messages").textContent()).includes(XSS), "the status still shows the label as it is");
     assert.equal(await page.locator("img").count(), 0);
 
     // The history page and the SQL console show it as text as well.
@@ -850,16 +921,17 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     assert.match(page.url(), /owner=t-hist/);
     assert.match(page.url(), /holder=alice/);
 
-    // CSV export of the current filters downloads text with the CSV header.
-    const csvHref = await page.getAttribute("#csv-link", "href");
-    assert.match(csvHref, /format=csv/);
-    assert.match(csvHref, /holder=alice/);
-    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#csv-link")]);
+    // CSV export of the current filters (fetched, saved as a Blob) downloads text with the
+    // CSV header, the 3 filtered events and the "# rows: 3" trailer, and says how many rows.
+    const [download] = await Promise.all([page.waitForEvent("download", { timeout: 10000 }), page.click("#csv-export")]);
+    assert.match(download.suggestedFilename(), /^lock-history-t-hist-\d{8}-\d{6}\.csv$/);
     const csv = fs.readFileSync(await download.path(), "utf8");
     assert.ok(csv.startsWith("event_id,at,"), csv.slice(0, 80));
     const lines = csv.trim().split("\n");
-    assert.equal(lines.length, 1 + 3, "header plus the 3 filtered events");
-    assert.ok(lines.slice(1).every((l) => l.includes(",t-hist,messages,released,")), csv);
+    assert.equal(lines.length, 1 + 3 + 1, "header, the 3 filtered events and the trailer");
+    assert.equal(lines[4], "# rows: 3");
+    assert.ok(lines.slice(1, 4).every((l) => l.includes(",t-hist,messages,released,")), csv);
+    await page.waitForFunction(() => /Exported 3 rows/.test(document.querySelector("#csv-status").textContent), null, { timeout: 5000 });
 
     // A time window after every event matches nothing; a bad owner shows the service's error.
     await page.fill("#f-since", "2999-01-01T00:00:00");
@@ -1009,6 +1081,371 @@ describe("Lock Status modal and history page (service without --demo)", () => {
     console.log(`# screenshot: ${file}`);
     live.child.kill("SIGTERM");
     await exited(live.child);
+    await page.done();
+  }));
+});
+
+describe("what a clear really did, per lock (each test on a service of its own)", () => {
+  test("a safe clear says per lock: cleared, left alone (live holder: who, doing what, how long, what frees it), changed since you looked", () => withService({}, async (svc) => {
+    const conv = "t-outcomes";
+    const dead = await hold(svc, conv, "messages", ["--operation", "send_message"]);
+    await kill9(dead);
+    const live = await hold(svc, conv, "memory", ["--operation", "save_memory", "--holder", "memory-writer"]);
+    const page = await newPage();
+    try {
+      const lease = await api(svc, "POST", `/api/v1/locks/${conv}/all/acquire`, {
+        body: { holder: "stream", operation: "stream_reply", ttl_ms: 600000 },
+      });
+      assert.equal(lease.status, 200, JSON.stringify(lease.data));
+      await openChat(page, svc, conv);
+      await openLockStatus(page);
+      assert.equal(await badge(page, "messages"), "STALE");
+      assert.equal(await badge(page, "memory"), "HELD");
+      assert.equal(await badge(page, "all"), "HELD");
+
+      // Behind the modal's back: the lease is released after the user looked.
+      assert.equal((await api(svc, "DELETE", `/api/v1/leases/${lease.data.lease_id}`, { body: {} })).status, 200);
+      await page.click(`${MODAL} .ll-clear`);
+      await page.click(`${MODAL} .ll-confirm-yes`);
+      const result = page.locator(`${MODAL} .ll-result`);
+      await result.locator(".ll-outcome").first().waitFor({ timeout: 10000 });
+      svc.assertBeforeReconcile("the clear");
+      await modalIdle(page);
+
+      const outcomes = await outcomesIn(page);
+      assert.deepEqual(
+        outcomes.map((o) => [o.field, o.outcome]).sort(),
+        [["all", "changed"], ["memory", "live"], ["messages", "cleared"]],
+        JSON.stringify(outcomes)
+      );
+      const by = Object.fromEntries(outcomes.map((o) => [o.field, o]));
+      assert.equal(by.messages.word, "Cleared");
+      assert.equal(by.messages.note, `messages: cleared (holder dead, token ${dead.token})`);
+      assert.equal(by.memory.word, "Left alone: live holder");
+      assert.equal(by.memory.now, "now HELD");
+      for (const want of ["memory-writer", `pid ${live.pid}`, "save_memory", "frees when that process lets go"]) {
+        assert.ok(by.memory.note.includes(want), `the live note says ${want}: ${by.memory.note}`);
+      }
+      assert.match(by.memory.note, / for \d+ s;/, "how long it has been held");
+      assert.equal(by.all.word, "Changed since you looked: free now");
+      assert.equal(by.all.note, "all: changed since you looked; it is free now");
+      assert.equal(by.all.now, "now CLEAR");
+
+      // Not everything is clear: no success styling, and the heading says what is left.
+      assert.match(await result.getAttribute("class"), /\bll-result--warn\b/);
+      assert.doesNotMatch(await result.getAttribute("class"), /ll-result--ok/);
+      assert.equal((await result.locator(".ll-result-title").textContent()).trim(), "Cleared 1 lock, but 1 lock is still held");
+      // The fresh status agrees.
+      assert.equal(await badge(page, "messages"), "CLEAR");
+      assert.equal(await badge(page, "memory"), "HELD");
+      assert.equal(await badge(page, "all"), "CLEAR");
+
+      const shot = path.join(SHOT_DIR, "lockledger-clear-outcomes.png");
+      await result.screenshot({ path: shot });
+      console.log(`# screenshot: ${shot}`);
+      // The result reads at 360 px without sideways scroll.
+      await page.setViewportSize({ width: 360, height: 740 });
+      assertNoOverflow(await page.evaluate(overflowIn, MODAL), "Lock Status modal with a clear result at 360 px");
+      assert.deepEqual(await page.evaluate(smallTargetsIn, { rootSel: MODAL, min: 44 }), [], "tap targets under 44 px");
+    } finally {
+      await stopChild(live);
+    }
+    await page.done();
+  }));
+
+  test("a clear that a reconcile raced says 'changed since you looked; it is free now', with success styling", () => withService({}, async (svc) => {
+    const conv = "t-raced";
+    const dead = await hold(svc, conv, "messages");
+    await kill9(dead);
+    const page = await newPage();
+    await openChat(page, svc, conv);
+    await openLockStatus(page);
+    assert.equal(await badge(page, "messages"), "STALE");
+    // The service's reconciler frees the dead holder's record after the user looked.
+    const rc = await api(svc, "POST", "/api/v1/reconcile", { body: {}, admin: true });
+    assert.equal(rc.status, 200, JSON.stringify(rc.data));
+    assert.equal((await lockOf(svc, conv, "messages")).state, "free");
+
+    await page.click(`${MODAL} .ll-clear`);
+    await page.click(`${MODAL} .ll-confirm-yes`);
+    const result = page.locator(`${MODAL} .ll-result`);
+    await result.locator(".ll-outcome").first().waitFor({ timeout: 10000 });
+    await modalIdle(page);
+    const outcomes = await outcomesIn(page);
+    assert.deepEqual(outcomes.map((o) => [o.field, o.outcome, o.note]), [["messages", "changed", "messages: changed since you looked; it is free now"]]);
+    assert.match(await result.getAttribute("class"), /\bll-result--ok\b/, "nothing is held or stale: success");
+    assert.equal((await result.locator(".ll-result-title").textContent()).trim(), "Nothing needed clearing: all clear now");
+    assert.doesNotMatch(await result.textContent(), /live holder|still held/, "it does not claim a live holder");
+    assert.equal(await badge(page, "messages"), "CLEAR");
+    await page.done();
+  }));
+
+  test("force clear of a holder that keeps its file lock: revoked, process N still holds it (no success styling), next steps; a lease is free at once", () => withService({}, async (svc) => {
+    const conv = "t-revoked";
+    // A library holder that never renews: it keeps its kernel lock and does not learn of
+    // the revocation by itself.
+    const lib = await hold(svc, conv, "messages", ["--operation", "send_message", "--holder", "chat-worker", "--renew-ms", "0"]);
+    const page = await newPage({ viewport: { width: 360, height: 740 } });
+    try {
+      const lease = await api(svc, "POST", `/api/v1/locks/${conv}/memory/acquire`, {
+        body: { holder: "stream", operation: "stream_reply", ttl_ms: 600000 },
+      });
+      assert.equal(lease.status, 200, JSON.stringify(lease.data));
+      await openChat(page, svc, conv);
+      await page.evaluate((t) => sessionStorage.setItem("lockledger.adminToken", t), svc.adminToken);
+      await openLockStatus(page);
+      const result = page.locator(`${MODAL} .ll-result`);
+      const force = async (field, reason) => {
+        await lockItem(page, field).locator(".ll-force").click();
+        const panel = lockItem(page, field).locator(".ll-force-panel");
+        await panel.locator(".ll-force-confirm").fill("FORCE");
+        await panel.locator(".ll-force-reason").fill(reason);
+        await panel.locator(".ll-force-go").click();
+      };
+
+      // The lease: the service holds its file lock and lets go at once.
+      await force("memory", "stream stuck");
+      await result.locator('.ll-result-cleared .ll-outcome[data-field="memory"]').waitFor({ timeout: 10000 });
+      await modalIdle(page);
+      assert.match(await result.getAttribute("class"), /\bll-result--ok\b/);
+      assert.equal((await result.locator(".ll-result-title").textContent()).trim(), "Force-cleared memory: it is free now");
+      let outcomes = await outcomesIn(page);
+      assert.equal(outcomes[0].word, "Force-cleared: free now");
+      assert.match(outcomes[0].note, /^lock t-revoked\/memory was force-cleared \(token \d+ -> \d+\); it is free now$/);
+      assert.equal(await badge(page, "memory"), "CLEAR");
+
+      // The library holder: revoked, but it still holds the file lock.
+      await force("messages", "worker hung");
+      await result.locator(".ll-result-revoked").waitFor({ timeout: 10000 });
+      await modalIdle(page);
+      const heading = (await result.locator(".ll-result-title").textContent()).trim();
+      assert.equal(heading, `Revoked messages, but process ${lib.pid} still holds the file lock`);
+      assert.doesNotMatch(heading, /cleared/i);
+      assert.match(await result.getAttribute("class"), /\bll-result--warn\b/);
+      assert.doesNotMatch(await result.getAttribute("class"), /ll-result--ok/, "no success styling");
+      assert.equal(await result.locator(".ll-result-cleared").count(), 0, "nothing is listed as cleared");
+      const item = result.locator('.ll-outcome[data-field="messages"]');
+      assert.equal(await item.getAttribute("data-still-held-by"), String(lib.pid));
+      outcomes = await outcomesIn(page);
+      assert.equal(outcomes[0].word, `Revoked: still held by process ${lib.pid}`);
+      assert.match(
+        outcomes[0].note,
+        new RegExp(`^lock t-revoked/messages was revoked \\(token ${lib.token} -> \\d+\\), but process ${lib.pid} still holds the file lock; its writes are now refused \\(fenced\\); the lock frees when that process lets go or ends$`)
+      );
+      // Next steps: the fresh status, a button to check again, the lock's history.
+      await page.waitForFunction((m) => /still held by process \d+/.test(document.querySelector(`${m} .ll-recheck`).textContent), MODAL, { timeout: 5000 });
+      assert.match(await item.locator(".ll-recheck").textContent(), new RegExp(`still held by process ${lib.pid}`));
+      assert.equal(await item.locator(".ll-recheck-button").isVisible(), true);
+      assert.equal(await item.locator(".ll-lock-history").getAttribute("href"), `/ui/history?owner=${conv}&field=messages`);
+      // The status: HELD, "asked to let go", no second force clear.
+      assert.equal(await badge(page, "messages"), "HELD");
+      assert.equal((await lockItem(page, "messages").locator(".ll-tag--revoke").textContent()).trim(), "asked to let go");
+      assert.match(await lockItem(page, "messages").textContent(), new RegExp(`process ${lib.pid} was asked to let go but still holds the file lock`));
+      assert.equal(await lockItem(page, "messages").locator(".ll-force").count(), 0);
+
+      for (const scheme of ["light", "dark"]) {
+        await page.emulateMedia({ colorScheme: scheme });
+        const shot = path.join(SHOT_DIR, `lockledger-force-revoked-${scheme}.png`);
+        await result.screenshot({ path: shot });
+        console.log(`# screenshot: ${shot}`);
+      }
+      // 360 px: no sideways scroll, 44 px tap targets; WCAG AA in dark and light mode.
+      assertNoOverflow(await page.evaluate(overflowIn, MODAL), "force clear result at 360 px");
+      assert.deepEqual(await page.evaluate(smallTargetsIn, { rootSel: MODAL, min: 44 }), [], "tap targets under 44 px");
+      for (const scheme of ["dark", "light"]) {
+        await page.emulateMedia({ colorScheme: scheme });
+        const r = await page.evaluate(contrastIn, {
+          named: {
+            "revoked word": `${MODAL} .ll-result-revoked .ll-outcome-word`,
+            "re-check line": `${MODAL} .ll-recheck`,
+            "asked to let go tag": `${MODAL} .ll-tag--revoke`,
+            "history link": `${MODAL} .ll-lock-history`,
+          },
+          borders: { "Check again": `${MODAL} .ll-recheck-button` },
+          sweepSel: MODAL,
+        });
+        for (const [name, v] of Object.entries(r.named)) assert.ok(typeof v === "number" && v >= 4.5, `${scheme}: ${name} is ${v}:1`);
+        for (const [name, v] of Object.entries(r.borders)) assert.ok(typeof v === "number" && v >= 3, `${scheme}: edge of ${name} is ${v}:1`);
+        assert.deepEqual(r.failures, [], `${scheme}: text under AA`);
+        console.log(`# contrast ${scheme} revoked result: ${Object.entries(r.named).map(([k, v]) => `${k} ${v}`).join(", ")}; ${r.checked} texts swept`);
+      }
+      await page.emulateMedia({ colorScheme: "light" });
+
+      // The history page's timeline says the same: revoked, still held, bar to now.
+      const hist = await newPage();
+      await hist.goto(`${svc.url}/ui/history?owner=${conv}`);
+      await timelineReady(hist);
+      const bar = hist.locator('#timeline-chart .tl-hold[data-field="messages"]');
+      assert.equal(await bar.getAttribute("data-ending"), "force_cleared");
+      assert.equal(await bar.getAttribute("data-still-held"), "true");
+      assert.ok((await bar.getAttribute("aria-label")).includes(`process ${lib.pid} still holds the file lock`));
+      await bar.focus();
+      await hist.locator("#timeline-tip").waitFor({ state: "visible", timeout: 5000 });
+      assert.match(await hist.textContent("#timeline-tip"), new RegExp(`revoked, but process ${lib.pid} still holds the file lock`));
+      await hist.done();
+
+      // The holder lets go: Check again says the lock is free.
+      await stopChild(lib);
+      await eventually(async () => {
+        await item.locator(".ll-recheck-button").click();
+        await modalIdle(page);
+        return /is free now/.test(await item.locator(".ll-recheck").textContent());
+      }, "the re-check to say free", 5000, 150);
+      assert.equal(await badge(page, "messages"), "CLEAR");
+    } finally {
+      await stopChild(lib);
+    }
+    await page.done();
+  }));
+
+  test("a lock file whose key is not configured, held by another process, is listed HELD with 'not configured'; a replaced file and a second holder are warnings", async (t) => {
+    if (!HAVE_FILELOCK) {
+      t.skip("python3 filelock is not installed (python3 -m pip install --break-system-packages filelock)");
+      return;
+    }
+    await withService({}, async (svc) => {
+      const conv = "t-unconf";
+      const locks = path.join(svc.dir, "locks");
+      const holders = [];
+      const page = await newPage();
+      try {
+        const summaries = await fileLockHolder(path.join(locks, `${conv}_summaries.lock`));
+        holders.push(summaries);
+        // A lease whose lock file is deleted, then created and locked again by another process.
+        const lease = await api(svc, "POST", `/api/v1/locks/${conv}/messages/acquire`, { body: { holder: "stream", operation: "stream_reply", ttl_ms: 600000 } });
+        assert.equal(lease.status, 200, JSON.stringify(lease.data));
+        fs.rmSync(path.join(locks, `${conv}_messages.lock`));
+        const other = await fileLockHolder(path.join(locks, `${conv}_messages.lock`));
+        holders.push(other);
+        const dead = await hold(svc, conv, "memory");
+        await kill9(dead);
+
+        await openChat(page, svc, conv);
+        await openLockStatus(page);
+        const fields = await page.$$eval(`${MODAL} li.ll-lock`, (lis) => lis.map((li) => li.dataset.field));
+        assert.deepEqual(fields, ["", "all", "message_operations", "memory", "messages", "uploaded_documents_list", "artefacts", "summaries"]);
+        const item = lockItem(page, "summaries");
+        assert.equal(await badge(page, "summaries"), "HELD");
+        assert.equal((await item.locator(".ll-lock-name").textContent()).trim(), "summaries");
+        assert.equal((await item.locator(".ll-tag--unconfigured").textContent()).trim(), "not configured");
+        assert.equal(await item.getAttribute("data-configured"), "false");
+        assert.equal(await item.locator('[data-fact="pid"] dd').textContent(), String(summaries.pid));
+        assert.match(await item.textContent(), /lockledger does not manage/);
+        assert.match(await page.textContent(`${MODAL} .ll-summary`), /1 on a key that is not configured/);
+        assert.equal(await lockItem(page, "messages").locator(".ll-tag--unconfigured").count(), 0, "configured keys have no tag");
+
+        const messages = lockItem(page, "messages");
+        assert.match(await messages.locator(".ll-file-replaced").textContent(), /Warning: Its lock file was deleted or replaced while it was held/);
+        const conflict = await messages.locator(".ll-conflict").textContent();
+        assert.match(conflict, /Two processes believe they hold this lock/);
+        assert.ok(conflict.includes(`process ${other.pid}`), conflict);
+        assert.match(conflict, /python3/);
+
+        // A clear: memory is cleared; summaries is left alone and still held, so no success.
+        await page.click(`${MODAL} .ll-clear`);
+        await page.click(`${MODAL} .ll-confirm-yes`);
+        const result = page.locator(`${MODAL} .ll-result`);
+        await result.locator(".ll-outcome").first().waitFor({ timeout: 10000 });
+        svc.assertBeforeReconcile("the clear");
+        await modalIdle(page);
+        const by = Object.fromEntries((await outcomesIn(page)).map((o) => [o.field, o]));
+        assert.equal(by.memory.outcome, "cleared");
+        assert.equal(by.summaries.outcome, "external");
+        assert.equal(by.summaries.word, "Left alone: held outside lockledger");
+        assert.equal(by.summaries.tag, "not configured");
+        assert.equal(by.summaries.now, "now HELD");
+        assert.ok(by.summaries.note.includes(`pid ${summaries.pid}`) && /not configured/.test(by.summaries.note), by.summaries.note);
+        assert.match(await result.getAttribute("class"), /\bll-result--warn\b/);
+        assert.equal(await badge(page, "summaries"), "HELD", "still listed after the clear");
+        assertNoOverflow(await page.evaluate(overflowIn, MODAL), "modal with warnings");
+        const shot = path.join(SHOT_DIR, "lockledger-replaced-and-conflict.png");
+        await lockItem(page, "messages").screenshot({ path: shot });
+        console.log(`# screenshot: ${shot}`);
+      } finally {
+        for (const h of holders) await stopChild(h);
+      }
+      await page.done();
+    });
+  });
+
+  test("history page with a user token: it asks for the token, then loads; CSV export sends it and saves every row with the count", () => withService({ token: "browser-user-token-1" }, async (svc) => {
+    const conv = "t-csvtoken";
+    for (let i = 0; i < 6; i++) {
+      const g = await api(svc, "POST", `/api/v1/locks/${conv}/messages/acquire`, { body: { holder: `h${i}`, operation: "op" } });
+      assert.equal(g.status, 200, JSON.stringify(g.data));
+      assert.equal((await api(svc, "DELETE", `/api/v1/leases/${g.data.lease_id}`, { body: {} })).status, 200);
+    }
+    // A bare link (no token header) is refused: that is why the page fetches.
+    assert.equal((await fetch(`${svc.url}/api/v1/history?owner=${conv}&format=csv`)).status, 401);
+
+    const page = await newPage();
+    await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+    await page.locator("#user-token-form").waitFor({ state: "visible", timeout: 5000 });
+    assert.match(await page.textContent("#user-token-state"), /needs an access token/);
+    await page.locator("#events-error").waitFor({ timeout: 5000 });
+    assert.equal(await page.evaluate(() => document.activeElement.id), "user-token", "focus goes to the token field");
+    await page.fill("#user-token", svc.userToken);
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.querySelectorAll("#events-body tr[data-event-id]").length === 12, null, { timeout: 5000 });
+    assert.equal(await page.isVisible("#events-error"), false);
+    await timelineReady(page);
+    assert.equal(await page.locator("#timeline-chart .tl-hold").count(), 6);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("lockledger.userToken")), svc.userToken);
+    assert.equal(await page.evaluate(() => localStorage.length), 0, "never in localStorage");
+
+    const [download] = await Promise.all([page.waitForEvent("download", { timeout: 10000 }), page.click("#csv-export")]);
+    const csv = fs.readFileSync(await download.path(), "utf8");
+    const lines = csv.trim().split("\n");
+    assert.ok(lines[0].startsWith("event_id,at,"), lines[0]);
+    assert.equal(lines.length, 1 + 12 + 1, csv);
+    assert.equal(lines[13], "# rows: 12");
+    assert.ok(lines.slice(1, 13).every((l) => l.includes(`,${conv},messages,`)), csv);
+    await page.waitForFunction(() => /^Exported 12 rows to lock-history-t-csvtoken-\d{8}-\d{6}\.csv/.test(document.querySelector("#csv-status").textContent), null, { timeout: 5000 });
+    assert.equal(await page.isDisabled("#csv-export"), false);
+    assert.equal(await page.isVisible("#csv-cancel"), false);
+
+    // The chat page's Lock Status modal in the same tab uses the same token.
+    await openChat(page, svc, conv);
+    await openLockStatus(page);
+    assert.equal(await page.isVisible(`${MODAL} .ll-error`), false);
+    assert.equal(await badge(page, "messages"), "CLEAR");
+    await page.done();
+  }));
+
+  test("folded busy answers show their count: 'wait_timeout ×5' in the table and in the timeline mark; the lock filter offers artefacts", () => withService({}, async (svc) => {
+    const conv = "t-folded";
+    const lease = await api(svc, "POST", `/api/v1/locks/${conv}/messages/acquire`, { body: { holder: "writer", operation: "op", ttl_ms: 600000 } });
+    assert.equal(lease.status, 200, JSON.stringify(lease.data));
+    // One row per lock, asker and minute: keep the five answers inside one minute.
+    const s = new Date().getSeconds();
+    if (s >= 57) await new Promise((r) => setTimeout(r, (61 - s) * 1000));
+    for (let i = 0; i < 5; i++) {
+      const busy = await api(svc, "POST", `/api/v1/locks/${conv}/messages/acquire`, { body: { holder: "busy-asker", operation: "op-busy", wait_ms: 0 } });
+      assert.equal(busy.status, 409, JSON.stringify(busy.data));
+    }
+    await eventually(async () => {
+      const ev = (await api(svc, "GET", `/api/v1/history?owner=${conv}&event=wait_timeout`)).data.events;
+      return ev.length === 1 && ev[0].count === 5;
+    }, "one wait_timeout row with count 5", 5000, 100);
+
+    const page = await newPage();
+    await page.goto(`${svc.url}/ui/history?owner=${conv}`);
+    await timelineReady(page);
+    await page.waitForFunction(() => document.querySelector("#events-table").getAttribute("aria-busy") === "false");
+    assert.equal(await page.locator('#f-field option[value="artefacts"]').count(), 1);
+    const cell = page.locator("#events-body .event--wait_timeout");
+    assert.equal(await cell.count(), 1);
+    assert.match(await cell.textContent(), /^wait_timeout ×5/);
+    assert.equal(await cell.getAttribute("title"), "5 busy answers folded into this row");
+    const mark = page.locator('#timeline-chart .tl-mark[data-kind="wait_timeout"]');
+    assert.equal(await mark.getAttribute("data-count"), "5");
+    assert.match(await mark.getAttribute("aria-label"), /×5/);
+    await mark.focus();
+    await page.locator("#timeline-tip").waitFor({ state: "visible", timeout: 5000 });
+    const tip = await page.textContent("#timeline-tip");
+    assert.ok(tip.includes("×5") && tip.includes("5 busy answers folded into one row"), tip);
+    await page.click("#timeline-details summary");
+    assert.match(await page.textContent("#timeline-tables .tl-marks-table"), /Busy answer or wait timed out ×5/);
     await page.done();
   }));
 });

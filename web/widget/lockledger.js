@@ -9,13 +9,17 @@
  *       container: document.querySelector("#settings-quick-actions"),
  *       getConversationId: () => currentConversationId,
  *       adminToken: undefined,                        // optional; else typed in the modal (sessionStorage only)
- *       token: undefined,                             // optional user token, when the service requires one
+ *       token: undefined,                             // optional user token (or a function returning it), when the service requires one
  *     });
  *     // lockStatus.open(), lockStatus.close(), lockStatus.refresh()
  *   </script>
  *
  * It adds the Lock Status button (id "settings-lock-status-modal-open-button") to the
- * container and creates the <dialog id="lock-status-modal"> itself. Everything that
+ * container and creates the <dialog id="lock-status-modal"> itself. Every clear answer is
+ * shown per lock as the service states it (outcomes[].note, details[].note): success
+ * styling only when the service says nothing is held or stale any more, and a force clear
+ * whose holder still holds its file lock says "revoked, still held by process N", never
+ * "cleared". Lock files of keys that are not configured are listed with a tag. Everything that
  * comes from the service (lock fields, holder labels, command lines, reasons) is
  * untrusted and is only ever set with textContent / attributes, never innerHTML.
  */
@@ -32,6 +36,15 @@
     holder_dead: "Stale: the process that held it is gone (crashed or killed), but it was never released.",
     lease_expired: "Stale: the lease was not renewed in time.",
     held_too_long: "Stale: held by a live process that has stopped renewing for too long (hung)."
+  };
+  /** What a safe clear did to a lock, by `outcomes[].outcome`: the word shown and its tone. */
+  var OUTCOME_WORDS = {
+    cleared: { word: "Cleared", tone: "ok" },
+    live: { word: "Left alone: live holder", tone: "held" },
+    held_too_long: { word: "Left alone: hung holder (admin may force clear)", tone: "stale" },
+    changed: { word: "Changed since you looked", tone: "neutral" },
+    external: { word: "Left alone: held outside lockledger", tone: "held" },
+    leased_elsewhere: { word: "Left alone: leased through another lockledger service", tone: "held" }
   };
   var KIND_WORDS = {
     lease: "service lease",
@@ -164,7 +177,12 @@
     var getConversationId =
       typeof opts.getConversationId === "function" ? opts.getConversationId : function () { return ""; };
     var pageAdminToken = opts.adminToken ? String(opts.adminToken) : "";
-    var userToken = opts.token ? String(opts.token) : "";
+    // The user token: a string, or a function asked before each call (so a page can let
+    // the user type it later).
+    function userToken() {
+      var t = typeof opts.token === "function" ? opts.token() : opts.token;
+      return t ? String(t) : "";
+    }
 
     if (!container || !container.appendChild) {
       throw new Error("LockLedger.mount: options.container must be an element");
@@ -178,7 +196,7 @@
       var headers = { Accept: "application/json", "X-Lockledger-Actor": "lock-status-modal" };
       if (body !== undefined) headers["Content-Type"] = "application/json";
       if (asAdmin) headers.Authorization = "Bearer " + adminToken();
-      else if (userToken) headers["X-Lockledger-Token"] = userToken;
+      else if (userToken()) headers["X-Lockledger-Token"] = userToken();
       var init = { method: method, headers: headers, cache: "no-store", credentials: "same-origin" };
       if (body !== undefined) init.body = JSON.stringify(body);
       var request;
@@ -356,12 +374,14 @@
       result.hidden = false;
       result.className = "ll-result" + (kind ? " ll-result--" + kind : "");
       resultHeading.textContent = heading;
+      recheck = [];
       clear(resultBody);
       append(resultBody, nodes);
     }
 
     function hideResult() {
       result.hidden = true;
+      recheck = [];
       clear(resultBody);
     }
 
@@ -388,7 +408,16 @@
       dl.appendChild(el("div", { className: "ll-fact", "data-fact": key }, el("dt", { text: name }), el("dd", null, value)));
     }
 
+    function revokedWords(lock) {
+      var who = lock.pid ? "process " + lock.pid : "its holder";
+      return (
+        "Force-cleared: " + who + " was asked to let go but still holds the file lock. Its writes are refused (fenced); " +
+        "the lock frees when that process lets go or ends."
+      );
+    }
+
     function lockDescription(lock) {
+      if (lock.state !== "free" && lock.revoke_requested) return revokedWords(lock);
       if (lock.state === "stale") {
         return STALE_WORDS[lock.stale_reason] || "Stale" + (lock.stale_reason ? " (" + lock.stale_reason + ")." : ".");
       }
@@ -406,9 +435,45 @@
         !!adminToken() &&
         lock.state !== "free" &&
         lock.kind !== "external" &&
+        !lock.revoke_requested &&
         lock.token !== null &&
         lock.token !== undefined
       );
+    }
+
+    /** A warning line: a visible sign and the word "Warning" for screen readers. */
+    function warnLine(className, parts) {
+      return el(
+        "p",
+        { className: "ll-warn " + className },
+        el("span", { className: "ll-warn-sign", "aria-hidden": "true", text: "\u26a0" }),
+        el("span", { className: "ll-warn-text" }, el("span", { className: "ll-visually-hidden", text: "Warning: " }), parts)
+      );
+    }
+
+    /** file_replaced and conflict: shown whatever the lock's state. */
+    function warnings(lock) {
+      var out = [];
+      if (lock.file_replaced) {
+        out.push(
+          warnLine("ll-file-replaced", [
+            "Its lock file was deleted or replaced while it was held. ",
+            "The holder still holds the old file; lockledger grants this lock again only after that holder ends."
+          ])
+        );
+      }
+      if (lock.conflict) {
+        var c = lock.conflict;
+        out.push(
+          warnLine("ll-conflict", [
+            el("strong", { text: "Two processes believe they hold this lock: " }),
+            c.pid !== null && c.pid !== undefined ? "process " + c.pid : "another process",
+            c.command ? [" (", el("code", { className: "ll-command", text: c.command }), ")"] : "",
+            " holds the new file at this path, while the holder shown here holds the old one."
+          ])
+        );
+      }
+      return out;
     }
 
     function renderLock(lock) {
@@ -416,8 +481,25 @@
       var li = el("li", { className: "ll-lock ll-lock--" + state, "data-field": lock.field });
       var name = el("span", { className: "ll-lock-name", text: fieldLabel(lock.field) });
       var badge = el("span", { className: "ll-badge ll-badge--" + state, text: STATE_LABEL[state] });
-      var head = el("div", { className: "ll-lock-head" }, name, badge, el("span", { className: "ll-lock-file", text: lock.file || "" }));
+      var tags = [];
+      if (lock.configured === false) {
+        li.setAttribute("data-configured", "false");
+        tags.push(
+          el("span", {
+            className: "ll-tag ll-tag--unconfigured",
+            title: "Not one of this conversation's configured lock keys; its lock file is listed so nothing held is hidden",
+            text: "not configured"
+          })
+        );
+      }
+      if (lock.state !== "free" && lock.revoke_requested) {
+        tags.push(el("span", { className: "ll-tag ll-tag--revoke", text: "asked to let go" }));
+      }
+      var head = el("div", { className: "ll-lock-head" }, name, badge, tags, el("span", { className: "ll-lock-file", text: lock.file || "" }));
       li.appendChild(head);
+      warnings(lock).forEach(function (w) {
+        li.appendChild(w);
+      });
       if (lock.state === "free") return li;
 
       var desc = lockDescription(lock);
@@ -445,9 +527,6 @@
       fact(dl, "Token", lock.token === null || lock.token === undefined ? "" : String(lock.token));
       fact(dl, "Command", lock.command ? el("code", { className: "ll-command", text: lock.command }) : "");
       li.appendChild(dl);
-      if (lock.revoke_requested) {
-        li.appendChild(el("p", { className: "ll-muted", text: "A force clear asked this holder to let go; it has not yet." }));
-      }
       if (lock.note) li.appendChild(el("p", { className: "ll-note", text: lock.note }));
 
       if (canForce(lock)) {
@@ -472,9 +551,13 @@
       var locks = Array.isArray(data.locks) ? data.locks : [];
       var held = 0;
       var stale = 0;
+      var unconfigured = 0;
+      var revoked = 0;
       locks.forEach(function (lock) {
         if (lock.state === "held") held += 1;
         if (lock.state === "stale") stale += 1;
+        if (lock.configured === false && lock.state !== "free") unconfigured += 1;
+        if (lock.state !== "free" && lock.revoke_requested) revoked += 1;
         lockList.appendChild(renderLock(lock));
       });
       var when = new Date().toLocaleTimeString();
@@ -484,6 +567,8 @@
         var parts = [];
         if (held) parts.push(held + " held");
         if (stale) parts.push(stale + " stale");
+        if (revoked) parts.push(revoked + " force-cleared but not yet let go");
+        if (unconfigured) parts.push(unconfigured + " on a key that is not configured");
         text = locks.length + " locks: " + parts.join(", ") + ".";
         if (data.can_cleanup) text += " Stuck locks can be cleared safely.";
         else if (!stale) text += " Nothing to clear: live holders are left alone.";
@@ -492,6 +577,7 @@
       summary.textContent = text + " Checked " + when + ".";
       clearBtn.hidden = !data.can_cleanup;
       if (!data.can_cleanup) hideConfirm();
+      updateRecheck();
     }
 
     function refresh() {
@@ -565,37 +651,8 @@
       hideConfirm();
       api("POST", "/ensure_locks_cleared/" + encodeURIComponent(id), { tokens: shownTokens() })
         .then(function (out) {
-          var nodes = [];
-          if (out.message) nodes.push(el("p", { text: out.message }));
-          var cleared = out.cleared || [];
-          var skipped = out.skipped || [];
-          if (cleared.length) {
-            nodes.push(el("h4", { text: "Cleared" }));
-            nodes.push(el("ul", { className: "ll-result-cleared" }, cleared.map(function (f) { return el("li", null, el("code", { text: f })); })));
-          }
-          if (skipped.length) {
-            nodes.push(el("h4", { text: "Skipped" }));
-            nodes.push(
-              el(
-                "ul",
-                { className: "ll-result-skipped" },
-                skipped.map(function (s) {
-                  var who = [];
-                  if (s.holder) who.push("holder " + s.holder);
-                  if (s.pid) who.push("pid " + s.pid);
-                  return el(
-                    "li",
-                    null,
-                    el("span", { className: "ll-lock-name", text: fieldLabel(s.field) }),
-                    s.file ? el("span", { className: "ll-lock-file", text: " " + s.file }) : null,
-                    ": " + (s.reason || "skipped") + (who.length ? " (" + who.join(", ") + ")" : "")
-                  );
-                })
-              )
-            );
-          }
-          if (!cleared.length && !skipped.length) nodes.push(el("p", { text: "Nothing needed clearing." }));
-          showResult(cleared.length ? "Cleared " + cleared.length + " lock" + (cleared.length === 1 ? "" : "s") : "Nothing cleared", nodes, skipped.length ? "partial" : "ok");
+          var r = clearResult(out || {});
+          showResult(r.heading, r.nodes, r.kind);
           setBusy(false);
           return refresh();
         })
@@ -608,8 +665,232 @@
         });
     }
 
+    /** Was this lock, as the status showed it, on a key that is not configured? */
+    function isUnconfigured(field) {
+      var locks = (status && status.locks) || [];
+      for (var i = 0; i < locks.length; i++) {
+        if (locks[i].field === field) return locks[i].configured === false;
+      }
+      return false;
+    }
+
+    function nowBadge(state) {
+      var s = STATE_LABEL[state] ? state : "held";
+      return el(
+        "span",
+        { className: "ll-now" },
+        el("span", { className: "ll-visually-hidden", text: "State now: " }),
+        el("span", { className: "ll-badge ll-badge--small ll-badge--" + s, title: "Its state now", text: "now " + STATE_LABEL[s] })
+      );
+    }
+
+    /** One lock of a clear answer: its name, what happened (a word), its state now, the sentence. */
+    function outcomeItem(o) {
+      var words = OUTCOME_WORDS[o.outcome] || { word: String(o.outcome || "left alone"), tone: "neutral" };
+      var word = words.word;
+      if (o.outcome === "changed") word += o.state_now === "free" ? ": free now" : ": " + (STATE_LABEL[o.state_now] || o.state_now) + " now";
+      return el(
+        "li",
+        { className: "ll-outcome ll-outcome--" + String(o.outcome || "").replace(/[^a-z_]/g, ""), "data-field": o.field, "data-outcome": o.outcome },
+        el(
+          "div",
+          { className: "ll-outcome-head" },
+          el("span", { className: "ll-lock-name", text: fieldLabel(o.field) }),
+          el("span", { className: "ll-outcome-word ll-tone--" + words.tone, text: word }),
+          isUnconfigured(o.field) ? el("span", { className: "ll-tag ll-tag--unconfigured", text: "not configured" }) : null,
+          o.outcome === "cleared" && o.state_now === "free" ? null : nowBadge(o.state_now),
+          o.file ? el("span", { className: "ll-lock-file", text: o.file }) : null
+        ),
+        o.note ? el("p", { className: "ll-outcome-note", text: o.note }) : null
+      );
+    }
+
+    /** The heading, nodes and style of a safe clear's answer. Success styling only when the
+     * service says nothing is held or stale any more. */
+    function clearResult(out) {
+      var nodes = [];
+      var outcomes = Array.isArray(out.outcomes) ? out.outcomes : null;
+      var nCleared = (out.cleared || []).length;
+      if (!outcomes) {
+        // A service without per-lock outcomes: its message and lists as they are.
+        if (out.message) nodes.push(el("p", { text: out.message }));
+        if (nCleared) nodes.push(el("ul", { className: "ll-result-cleared" }, out.cleared.map(function (f) { return el("li", null, el("code", { text: f })); })));
+        if ((out.skipped || []).length) {
+          nodes.push(el("ul", { className: "ll-result-skipped" }, out.skipped.map(function (s) {
+            return el("li", null, el("span", { className: "ll-lock-name", text: fieldLabel(s.field) }), ": " + (s.reason || "skipped"));
+          })));
+        }
+        return { heading: out.success ? "Done" : "Not everything is clear", nodes: nodes, kind: out.success ? "ok" : "warn" };
+      }
+      var cleared = outcomes.filter(function (o) { return o.outcome === "cleared"; });
+      var others = outcomes.filter(function (o) { return o.outcome !== "cleared"; });
+      var still = outcomes.filter(function (o) { return o.state_now && o.state_now !== "free"; }).length;
+      if (cleared.length) {
+        nodes.push(el("h4", { text: "Cleared" }));
+        nodes.push(el("ul", { className: "ll-outcomes ll-result-cleared" }, cleared.map(outcomeItem)));
+      }
+      if (others.length) {
+        nodes.push(el("h4", { text: "Not cleared" }));
+        nodes.push(el("ul", { className: "ll-outcomes ll-result-skipped" }, others.map(outcomeItem)));
+      }
+      var n = cleared.length || nCleared;
+      var heading;
+      if (out.success) {
+        heading = n ? "Cleared " + n + " stuck lock" + (n === 1 ? "" : "s") + ": all clear now" : "Nothing needed clearing: all clear now";
+        if (!outcomes.length) nodes.push(el("p", { text: "No lock of this conversation is held or stale." }));
+      } else {
+        var held = still || "Some";
+        heading =
+          (n ? "Cleared " + n + " lock" + (n === 1 ? "" : "s") + ", but " : "Nothing cleared: ") +
+          held + " lock" + (still === 1 ? " is" : "s are") + " still held";
+        nodes.push(
+          el("p", {
+            className: "ll-muted",
+            text: "A safe clear never touches a live holder. Each line says what frees that lock; Refresh shows the status again."
+          })
+        );
+      }
+      return { heading: heading, nodes: nodes, kind: out.success ? "ok" : "warn" };
+    }
+
     // ------------------------------------------------------------------ force clear
     var openPanel = null;
+    /** Locks a force clear revoked but whose holder still held the file lock: each with
+     * the line that says what the status shows now, updated by every refresh. */
+    var recheck = [];
+
+    function historyHref(field) {
+      return base + "/ui/history?owner=" + encodeURIComponent(conversationId) + "&field=" + encodeURIComponent(field === "" ? "main" : field);
+    }
+
+    /** What the fresh status says about a lock a force clear revoked. */
+    function updateRecheck() {
+      if (!recheck.length || !status) return;
+      var when = new Date().toLocaleTimeString();
+      recheck.forEach(function (r) {
+        var lock = null;
+        (status.locks || []).forEach(function (l) {
+          if (l.field === r.detail.field) lock = l;
+        });
+        var name = fieldLabel(r.detail.field);
+        var text;
+        if (!lock || lock.state === "free") {
+          text = "Checked at " + when + ": " + name + " is free now (the holder let go).";
+          r.node.className = "ll-recheck ll-recheck--free";
+        } else if (lock.token === r.detail.token && lock.state === "stale" && lock.stale_reason === "holder_dead") {
+          text =
+            "Checked at " + when + ": " + (lock.pid ? "process " + lock.pid : "its holder") +
+            " has ended without letting go; the lock is STALE until it is cleared (Clear stuck locks).";
+          r.node.className = "ll-recheck ll-recheck--held";
+        } else if (lock.token === r.detail.token) {
+          text =
+            "Checked at " + when + ": still held by " + (lock.pid ? "process " + lock.pid : "its holder") +
+            ", asked to let go. Check again in a moment.";
+          r.node.className = "ll-recheck ll-recheck--held";
+        } else {
+          text = "Checked at " + when + ": " + name + " is " + (STATE_LABEL[lock.state] || lock.state) + " by another holder now (token " + lock.token + ").";
+          r.node.className = "ll-recheck ll-recheck--held";
+        }
+        r.node.textContent = text;
+      });
+    }
+
+    /** The heading, nodes and style of a force clear's answer. A revoked holder that still
+     * holds its file lock is said so, never "cleared", and gets the next step. */
+    function forceResult(out, label) {
+      var nodes = [];
+      var details = Array.isArray(out.details) ? out.details : [];
+      var failed = out.failed || [];
+      var freed = details.filter(function (d) { return !d.revocation_pending; });
+      var pending = details.filter(function (d) { return d.revocation_pending; });
+      var checks = [];
+      if (!details.length && (out.cleared || []).length) {
+        // A service without details: the files it names.
+        nodes.push(el("ul", { className: "ll-result-cleared" }, out.cleared.map(function (f) { return el("li", null, el("code", { text: f })); })));
+      }
+      if (freed.length) {
+        nodes.push(el("h4", { text: "Force-cleared" }));
+        nodes.push(
+          el("ul", { className: "ll-outcomes ll-result-cleared" }, freed.map(function (d) {
+            return el(
+              "li",
+              { className: "ll-outcome ll-outcome--force_cleared", "data-field": d.field, "data-outcome": "force_cleared" },
+              el(
+                "div",
+                { className: "ll-outcome-head" },
+                el("span", { className: "ll-lock-name", text: fieldLabel(d.field) }),
+                el("span", { className: "ll-outcome-word ll-tone--ok", text: "Force-cleared: free now" }),
+                el("span", { className: "ll-lock-file", text: d.file || "" })
+              ),
+              el("p", { className: "ll-outcome-note", text: d.note || "" })
+            );
+          }))
+        );
+      }
+      if (pending.length) {
+        nodes.push(el("h4", { text: "Revoked, still held" }));
+        nodes.push(
+          el("ul", { className: "ll-outcomes ll-result-revoked" }, pending.map(function (d) {
+            var who = d.still_held_by !== null && d.still_held_by !== undefined ? "process " + d.still_held_by : "its holder";
+            var line = el("p", { className: "ll-recheck" });
+            checks.push({ detail: d, node: line });
+            var again = el("button", { type: "button", className: "ll-btn ll-btn-secondary ll-recheck-button" }, "Check again");
+            again.addEventListener("click", function () {
+              if (busy) return;
+              refresh();
+            });
+            return el(
+              "li",
+              { className: "ll-outcome ll-outcome--revoked", "data-field": d.field, "data-outcome": "revoked", "data-still-held-by": d.still_held_by },
+              el(
+                "div",
+                { className: "ll-outcome-head" },
+                el("span", { className: "ll-lock-name", text: fieldLabel(d.field) }),
+                el("span", { className: "ll-outcome-word ll-tone--held", text: "Revoked: still held by " + who }),
+                el("span", { className: "ll-lock-file", text: d.file || "" })
+              ),
+              el("p", { className: "ll-outcome-note", text: d.note || "" }),
+              line,
+              el(
+                "div",
+                { className: "ll-actions ll-next-step" },
+                again,
+                el("a", { className: "ll-link ll-lock-history", href: historyHref(d.field), target: "_blank", rel: "noopener" }, "History of " + fieldLabel(d.field))
+              )
+            );
+          }))
+        );
+      }
+      if (failed.length) {
+        nodes.push(el("h4", { text: "Not cleared" }));
+        nodes.push(
+          el("ul", { className: "ll-result-skipped" }, failed.map(function (f) {
+            return el("li", null, el("span", { className: "ll-lock-name", text: fieldLabel(f.field) }), ": " + (f.reason || "failed"));
+          }))
+        );
+      }
+      if (out.warning) nodes.push(el("p", { className: "ll-muted", text: out.warning }));
+      var heading;
+      var kind;
+      if (failed.length && !details.length) {
+        heading = "Force clear of " + label + " failed";
+        kind = "error";
+      } else if (pending.length) {
+        var p = pending[0];
+        heading =
+          "Revoked " + label + ", but " +
+          (p.still_held_by !== null && p.still_held_by !== undefined ? "process " + p.still_held_by : "its holder") +
+          " still holds the file lock";
+        kind = "warn";
+      } else if (failed.length) {
+        heading = "Force clear of " + label + " partly failed";
+        kind = "error";
+      } else {
+        heading = "Force-cleared " + label + ": it is free now";
+        kind = "ok";
+      }
+      return { heading: heading, nodes: nodes, kind: kind, recheck: checks };
+    }
 
     function closeForcePanel(restoreTo) {
       if (openPanel) {
@@ -674,23 +955,9 @@
           .then(function (out) {
             setBusy(false);
             closeForcePanel();
-            var nodes = [];
-            var cleared = out.cleared || [];
-            var failed = out.failed || [];
-            if (cleared.length) {
-              nodes.push(el("h4", { text: "Force-cleared" }));
-              nodes.push(el("ul", { className: "ll-result-cleared" }, cleared.map(function (f) { return el("li", null, el("code", { text: f })); })));
-            }
-            if (failed.length) {
-              nodes.push(el("h4", { text: "Not cleared" }));
-              nodes.push(
-                el("ul", { className: "ll-result-skipped" }, failed.map(function (f) {
-                  return el("li", null, el("span", { className: "ll-lock-name", text: fieldLabel(f.field) }), ": " + (f.reason || "failed"));
-                }))
-              );
-            }
-            if (out.warning) nodes.push(el("p", { className: "ll-muted", text: out.warning }));
-            showResult(out.success ? "Force-cleared " + label : "Force clear of " + label + " failed", nodes, out.success ? "ok" : "error");
+            var r = forceResult(out || {}, label);
+            showResult(r.heading, r.nodes, r.kind);
+            recheck = r.recheck;
             return refresh().then(function () {
               resultHeading.focus();
             });
