@@ -8,7 +8,8 @@ use crate::http::error::{json_response, ApiError, Response};
 use crate::http::offload::blocking;
 use crate::policy::stale::LockState;
 use crate::registry::{
-    html_safe, remaining_note, ForceCleared, LockOutcome, LockReport, RegistryError, SkippedLock,
+    html_safe, remaining_note, ForceCleared, LockOutcome, LockReport, RegistryError, SkipKind,
+    SkippedLock,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,6 +86,8 @@ pub async fn status(cx: &Ctx<'_>) -> Result<Response, ApiError> {
 pub struct LegacySkipped {
     pub field: String,
     pub file: String,
+    /// Why: `live`, `held_too_long`, `changed`, `external` or `leased_elsewhere`.
+    pub outcome: SkipKind,
     pub reason: String,
     pub pid: Option<i32>,
     pub holder: Option<String>,
@@ -146,6 +149,7 @@ pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
                 .map(|s| LegacySkipped {
                     field: s.field,
                     file: s.file,
+                    outcome: s.outcome,
                     reason: html_safe(&s.reason),
                     pid: s.pid,
                     holder: s.holder.as_deref().map(html_safe),
