@@ -1023,14 +1023,18 @@ fn reconcile_repairs_a_record_left_by_a_dead_pid() {
         )
         .unwrap();
         let lock_id = conn.last_insert_rowid();
-        conn.execute(
-            "INSERT INTO lock_events (at, lock_id, namespace, owner, field, event, token, pid,
-                 host, holder, operation)
-             VALUES (?1, ?2, 'conversation', 'c7b', 'messages', 'acquired', 4, ?3, 'h', 'ghost', 'op')",
-            rusqlite::params![now, lock_id, dead],
-        )
-        .unwrap();
-        let event_id = conn.last_insert_rowid();
+        // New history rows go to the inbox, numbered above every row of the log.
+        let event_id: i64 = conn
+            .query_row(
+                "INSERT INTO event_inbox (event_id, at, lock_id, namespace, owner, field, event,
+                     token, pid, host, holder, operation)
+                 VALUES ((SELECT coalesce(max(event_id), 0) + 1 FROM lock_events), ?1, ?2,
+                         'conversation', 'c7b', 'messages', 'acquired', 4, ?3, 'h', 'ghost', 'op')
+                 RETURNING event_id",
+                rusqlite::params![now, lock_id, dead],
+                |r| r.get(0),
+            )
+            .unwrap();
         conn.execute(
             "INSERT INTO holders (lock_id, token, kind, holder, operation, pid, host, locker_pid,
                  acquired_at, renewed_at, acquired_event)

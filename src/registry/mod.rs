@@ -137,7 +137,7 @@ impl Registry {
             .map_err(StoreError::Io)?;
         let ceiling = Ceiling::open(&conn, config.ceiling_path())?;
         let watch = Arc::new(Watch::new(&config.db_path())?);
-        let writer = Writer::start(conn, Some(Arc::clone(&watch)))?;
+        let writer = Writer::start(conn, Some(Arc::clone(&watch)), Some(history::tidy))?;
         let readers = db::read_pool(&config, 8, Access::ReadWrite)?;
         Ok(Registry::assemble(
             config,

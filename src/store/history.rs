@@ -1,9 +1,13 @@
-//! History rows (`lock_events`): appending events, reading them back with filters, and
-//! retention.
+//! History rows (`lock_events`): appending events, moving them from the inbox to the
+//! indexed log, reading them back with filters, and retention.
 //!
-//! Invariants: history is append-only except for retention ([`prune_events`]), which never
-//! deletes the `acquired` event of a current holder; reads name only the filters given, so
-//! the planner can use the owner and time indexes (`tests::hot_statements_use_indexes`).
+//! Invariants: events are appended to `event_inbox` (no secondary index, so an acquire's
+//! or release's commit writes one history page) and moved by [`move_inbox`] into
+//! `event_log` (indexed by owner, time and kind) in batches; an event is in exactly one
+//! of the two, and event ids increase across both. History is append-only except for
+//! retention ([`prune_events`]), which never deletes the `acquired` event of a current
+//! holder. Reads name only the filters given, so the planner can use the log's owner and
+//! time indexes (`records::tests::hot_statements_use_indexes`), and read both tables.
 
 use super::records::LockRow;
 use rusqlite::{params, Connection};
@@ -99,11 +103,20 @@ impl<'a> NewEvent<'a> {
     }
 }
 
+/// The columns of a history row, in table order (both tables and the view share them).
+const COLUMNS: &str = "event_id, at, lock_id, namespace, owner, field, event, token, pid, \
+                       host, holder, operation, actor, reason, held_ms, count";
+
+/// Appends `e` to the inbox; returns its event id, above every id in either table (two
+/// seeks to the last row of each, so ids never repeat even if the inbox was emptied by
+/// hand).
 pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<i64> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO lock_events (at, lock_id, namespace, owner, field, event, token, pid, host,
-             holder, operation, actor, reason, held_ms, count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        "INSERT INTO event_inbox (event_id, at, lock_id, namespace, owner, field, event, token,
+             pid, host, holder, operation, actor, reason, held_ms, count)
+         VALUES (max(coalesce((SELECT max(event_id) FROM event_inbox), 0),
+                     coalesce((SELECT max(event_id) FROM event_log), 0)) + 1,
+                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     stmt.execute(params![
         e.at,
@@ -134,11 +147,52 @@ pub fn add_to_count(
     at: i64,
     reason: &str,
 ) -> rusqlite::Result<bool> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE lock_events SET count = count + ?2, at = max(at, ?3), reason = ?4
-         WHERE event_id = ?1",
-    )?;
-    Ok(stmt.execute(params![event_id, count, at, reason])? == 1)
+    for table in ["event_inbox", "event_log"] {
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE {table} SET count = count + ?2, at = max(at, ?3), reason = ?4
+             WHERE event_id = ?1"
+        ))?;
+        if stmt.execute(params![event_id, count, at, reason])? == 1 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Most inbox rows [`move_inbox`] moves in one call (one transaction of the writer).
+pub const MOVE_BATCH: usize = 2048;
+
+/// Moves up to `limit` of the oldest inbox rows into the indexed log, in one statement
+/// pair inside the caller's transaction; returns how many moved.
+pub fn move_inbox(conn: &Connection, limit: usize) -> rusqlite::Result<usize> {
+    let upto: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(event_id) FROM (SELECT event_id FROM event_inbox
+                                        ORDER BY event_id LIMIT ?1)",
+        )?
+        .query_row([limit as i64], |r| r.get(0))?;
+    let Some(upto) = upto else {
+        return Ok(0);
+    };
+    conn.prepare_cached(&format!(
+        "INSERT INTO event_log ({COLUMNS}) SELECT {COLUMNS} FROM event_inbox WHERE event_id <= ?1"
+    ))?
+    .execute([upto])?;
+    let moved = conn
+        .prepare_cached("DELETE FROM event_inbox WHERE event_id <= ?1")?
+        .execute([upto])?;
+    Ok(moved)
+}
+
+/// The writer's deferred job ([`crate::store::writer::Tidy`]): one batch of the inbox
+/// moved; true while more is waiting.
+pub fn tidy(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(move_inbox(conn, MOVE_BATCH)? == MOVE_BATCH)
+}
+
+/// Rows waiting in the inbox.
+pub fn inbox_len(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM event_inbox", [], |r| r.get(0))
 }
 
 /// A history row as read back.
@@ -183,18 +237,17 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
-pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<EventRow>> {
+/// The statement [`history`] runs for `q`, and its arguments.
+pub fn history_statement(q: &HistoryQuery) -> (String, Vec<rusqlite::types::Value>) {
     // Only the filters given go into the statement: `(?1 IS NULL OR owner = ?1)` would
     // hide the owner index from the planner and scan the whole table.
-    let mut sql = String::from(
-        "SELECT event_id, at, namespace, owner, field, event, token, pid, host, holder,
-                operation, actor, reason, held_ms, count
-         FROM lock_events WHERE 1",
-    );
+    // Both tables get the same filters; the compound's ORDER BY ... LIMIT merges the
+    // two ordered arms and stops at the limit, so the log arm walks its index.
+    let mut filters = String::new();
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut filter = |column: &str, op: &str, value: rusqlite::types::Value| {
         args.push(value);
-        sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+        filters.push_str(&format!(" AND {column} {op} ?{}", args.len()));
     };
     if let Some(v) = &q.owner {
         filter("owner", "=", v.clone().into());
@@ -221,7 +274,20 @@ pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<Even
         filter("namespace", "=", v.clone().into());
     }
     args.push((q.limit as i64).into());
-    sql.push_str(&format!(" ORDER BY event_id DESC LIMIT ?{}", args.len()));
+    let cols = "event_id, at, namespace, owner, field, event, token, pid, host, holder, \
+                operation, actor, reason, held_ms, count";
+    let sql = format!(
+        "SELECT {cols} FROM event_inbox WHERE 1{filters}
+         UNION ALL
+         SELECT {cols} FROM event_log WHERE 1{filters}
+         ORDER BY event_id DESC LIMIT ?{}",
+        args.len()
+    );
+    (sql, args)
+}
+
+pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<EventRow>> {
+    let (sql, args) = history_statement(q);
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok(EventRow {
@@ -265,11 +331,13 @@ pub fn prune_events(
     max_events: Option<u64>,
     batch: usize,
 ) -> rusqlite::Result<usize> {
+    // Retention works on the indexed log: whatever waits in the inbox goes there first.
+    while move_inbox(conn, MOVE_BATCH)? == MOVE_BATCH {}
     let mut deleted = 0;
     if let Some(cutoff) = cutoff_ms {
         let mut stmt = conn.prepare_cached(
-            "DELETE FROM lock_events WHERE event_id IN (
-                 SELECT event_id FROM lock_events INDEXED BY lock_events_by_at
+            "DELETE FROM event_log WHERE event_id IN (
+                 SELECT event_id FROM event_log INDEXED BY lock_events_by_at
                  WHERE at < ?1
                    AND event_id NOT IN (SELECT acquired_event FROM holders
                                         WHERE acquired_event IS NOT NULL)
@@ -280,7 +348,7 @@ pub fn prune_events(
     let Some(max) = max_events else {
         return Ok(deleted);
     };
-    let total: i64 = conn.query_row("SELECT count(*) FROM lock_events", [], |r| r.get(0))?;
+    let total: i64 = conn.query_row("SELECT count(*) FROM event_log", [], |r| r.get(0))?;
     let mut excess = (total - max as i64)
         .max(0)
         .min(batch.saturating_sub(deleted) as i64);
@@ -289,8 +357,8 @@ pub fn prune_events(
             break;
         }
         let mut stmt = conn.prepare_cached(
-            "DELETE FROM lock_events WHERE event_id IN (
-                 SELECT event_id FROM lock_events INDEXED BY lock_events_by_event
+            "DELETE FROM event_log WHERE event_id IN (
+                 SELECT event_id FROM event_log INDEXED BY lock_events_by_event
                  WHERE event = ?1 ORDER BY event_id LIMIT ?2)",
         )?;
         let n = stmt.execute(params![kind.as_str(), excess])?;
@@ -299,8 +367,8 @@ pub fn prune_events(
     }
     if excess > 0 {
         let mut stmt = conn.prepare_cached(
-            "DELETE FROM lock_events WHERE event_id IN (
-                 SELECT event_id FROM lock_events
+            "DELETE FROM event_log WHERE event_id IN (
+                 SELECT event_id FROM event_log
                  WHERE event_id NOT IN (SELECT acquired_event FROM holders
                                         WHERE acquired_event IS NOT NULL)
                  ORDER BY event_id LIMIT ?1)",
@@ -374,5 +442,62 @@ mod tests {
             count("SELECT count(*) FROM lock_events WHERE owner = 'keep'"),
             10
         );
+    }
+
+    #[test]
+    fn the_inbox_and_the_log_read_as_one_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::db::open_and_migrate(&Config::defaults(dir.path())).unwrap();
+        conn.execute(
+            "INSERT INTO locks (lock_id, namespace, owner, field, file, created_at)
+             VALUES (1, 'conversation', 'x', 'messages', 'x_messages.lock', 0)",
+            [],
+        )
+        .unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(insert_event(&conn, &event(1, "a", EventKind::Acquired, i)).unwrap());
+        }
+        assert_eq!(move_inbox(&conn, 4).unwrap(), 4, "the oldest four move");
+        assert_eq!(count("SELECT min(event_id) FROM event_inbox"), ids[4]);
+        // Emptied by hand: the next id still goes above every id of the log.
+        assert_eq!(move_inbox(&conn, MOVE_BATCH).unwrap(), 6);
+        assert_eq!(inbox_len(&conn).unwrap(), 0);
+        for i in 10..15 {
+            ids.push(insert_event(&conn, &event(1, "a", EventKind::Released, i)).unwrap());
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_eq!(count("SELECT count(*) FROM lock_events"), 15);
+        // A page crossing both tables, newest first, and the next page after it.
+        let q = |before: Option<i64>| HistoryQuery {
+            owner: Some("a".into()),
+            before_event_id: before,
+            limit: 8,
+            ..HistoryQuery::default()
+        };
+        let first = history(&conn, &q(None)).unwrap();
+        let got: Vec<i64> = first.iter().map(|e| e.event_id).collect();
+        let want: Vec<i64> = ids.iter().rev().take(8).copied().collect();
+        assert_eq!(got, want);
+        let second = history(&conn, &q(first.last().map(|e| e.event_id))).unwrap();
+        let got: Vec<i64> = second.iter().map(|e| e.event_id).collect();
+        let want: Vec<i64> = ids.iter().rev().skip(8).copied().collect();
+        assert_eq!(got, want);
+        // Folding finds its row in either table.
+        assert!(
+            add_to_count(&conn, ids[0], 2, 0, "r").unwrap(),
+            "in the log"
+        );
+        assert!(
+            add_to_count(&conn, ids[14], 3, 0, "r").unwrap(),
+            "in the inbox"
+        );
+        assert!(!add_to_count(&conn, 10_000, 1, 0, "r").unwrap(), "gone");
+        assert_eq!(count("SELECT sum(count) FROM lock_events"), 15 + 2 + 3);
+        // The writer's tidy job empties the inbox in batches.
+        assert!(!tidy(&conn).unwrap());
+        assert_eq!(inbox_len(&conn).unwrap(), 0);
+        assert_eq!(count("SELECT count(*) FROM event_log"), 15);
     }
 }

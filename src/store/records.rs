@@ -366,14 +366,25 @@ mod tests {
     fn hot_statements_use_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::store::db::open_and_migrate(&Config::defaults(dir.path())).unwrap();
-        let by_owner = plan(
-            &conn,
-            "SELECT event_id FROM lock_events WHERE 1 AND owner = 'x' ORDER BY event_id DESC LIMIT 50",
-        );
+        let query = crate::store::history::HistoryQuery {
+            owner: Some("x".into()),
+            limit: 50,
+            ..Default::default()
+        };
+        let (sql, _) = crate::store::history::history_statement(&query);
+        let sql = sql.replace("?1", "'x'").replace("?2", "50");
+        let by_owner = plan(&conn, &sql);
         assert!(by_owner.contains("lock_events_by_owner"), "{by_owner}");
+        assert!(by_owner.contains("MERGE"), "{by_owner}");
+        // An admin's query on the view finds the same index.
+        let view = plan(
+            &conn,
+            "SELECT event_id FROM lock_events WHERE owner = 'x' ORDER BY event_id DESC LIMIT 50",
+        );
+        assert!(view.contains("lock_events_by_owner"), "{view}");
         let aged = plan(
             &conn,
-            "SELECT event_id FROM lock_events INDEXED BY lock_events_by_at WHERE at < 5 ORDER BY at LIMIT 10",
+            "SELECT event_id FROM event_log INDEXED BY lock_events_by_at WHERE at < 5 ORDER BY at LIMIT 10",
         );
         assert!(aged.contains("lock_events_by_at"), "{aged}");
         let status = plan(

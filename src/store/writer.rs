@@ -13,10 +13,14 @@
 //!   answered and hands the role to the caller at the head of the queue. Nobody polls:
 //!   a waiting caller sleeps until it is answered or handed the role.
 //! - A lone caller commits on its own thread (no hand-off to another thread).
-//! - The writer never waits for readers: its connection never checkpoints. A checkpointer
-//!   thread with its own connection runs passive checkpoints every second, and when the
-//!   WAL has passed [`WAL_LIMIT_BYTES`] a truncating one that waits at most
-//!   [`TRUNCATE_WAIT`] for readers (during which it holds writers back).
+//! - The writer never waits for readers: its connection never checkpoints. A background
+//!   thread with its own connection runs passive checkpoints every second (or every
+//!   [`CHECKPOINT_EVERY`] commits), and when the WAL has passed [`WAL_LIMIT_BYTES`] a
+//!   truncating one that waits at most [`TRUNCATE_WAIT`] for readers (during which it
+//!   holds writers back).
+//! - Deferred work ([`Tidy`], the history inbox move) runs as an ordinary job of this
+//!   writer, submitted by that background thread every [`TIDY_EVERY`] commits and every
+//!   second: callers never run it, they only queue behind it like behind any other job.
 //! - With a [`Watch`], no batch starts once the database file is gone.
 
 use super::{busy_holder, StoreError, Watch};
@@ -30,8 +34,15 @@ use std::time::Duration;
 /// Most jobs committed in one transaction; bounds the time a batch holds the write lock.
 pub const MAX_BATCH: usize = 256;
 
-/// Commits between checkpoint nudges (about 1000 WAL pages of typical grants).
-pub const CHECKPOINT_EVERY: u64 = 200;
+/// Commits between nudges of the background thread, which then runs the [`Tidy`] job.
+pub const TIDY_EVERY: u64 = 64;
+
+/// Commits between checkpoints (at least; about 1000 WAL pages of typical grants).
+pub const CHECKPOINT_EVERY: u64 = 192;
+
+/// Deferred work run as a writer job by the background thread; returns whether there is
+/// more to do right away.
+pub type Tidy = fn(&Connection) -> rusqlite::Result<bool>;
 
 /// WAL size past which the checkpointer folds it back (a checkpoint that truncates).
 pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
@@ -122,8 +133,13 @@ struct Committer {
 }
 
 impl Writer {
-    /// A writer on `conn`; with a `watch`, no batch starts once the database file is gone.
-    pub fn start(conn: Connection, watch: Option<Arc<Watch>>) -> Result<Writer, StoreError> {
+    /// A writer on `conn`; with a `watch`, no batch starts once the database file is gone;
+    /// with `tidy`, that job runs every [`TIDY_EVERY`] commits and every second.
+    pub fn start(
+        conn: Connection,
+        watch: Option<Arc<Watch>>,
+        tidy: Option<Tidy>,
+    ) -> Result<Writer, StoreError> {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(StoreError::from_sqlite)?;
         let db_path = conn
@@ -131,23 +147,22 @@ impl Writer {
             .map(PathBuf::from)
             .filter(|p| !p.as_os_str().is_empty());
         let (nudge, nudges) = mpsc::sync_channel::<()>(1);
+        let inner = Arc::new(WriterInner {
+            queue: Mutex::new(Queue::default()),
+            committer: Mutex::new(Committer {
+                conn,
+                watch: watch.clone(),
+                commits: 0,
+                nudge,
+            }),
+        });
         if let Some(path) = db_path {
-            let watch = watch.clone();
+            let writer = Arc::downgrade(&inner);
             std::thread::Builder::new()
                 .name("lockledger-checkpoint".into())
-                .spawn(move || run_checkpointer(&path, nudges, watch))?;
+                .spawn(move || run_background(&path, nudges, watch, writer, tidy))?;
         }
-        Ok(Writer {
-            inner: Arc::new(WriterInner {
-                queue: Mutex::new(Queue::default()),
-                committer: Mutex::new(Committer {
-                    conn,
-                    watch,
-                    commits: 0,
-                    nudge,
-                }),
-            }),
-        })
+        Ok(Writer { inner })
     }
 
     /// Runs `f` inside a write transaction and returns its result once committed.
@@ -227,10 +242,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Passive checkpoints every second or when nudged, and a truncating one (waiting at most
+/// Runs `tidy` through the writer and a passive checkpoint every second or when nudged
+/// (the checkpoint every third nudge), a truncating one (waiting at most
 /// [`TRUNCATE_WAIT`] for readers) once the WAL has passed [`WAL_LIMIT_BYTES`]; stops when
-/// the writer is gone, or the database is.
-fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>, watch: Option<Arc<Watch>>) {
+/// the writer is gone, or the database is. Holds the writer only while its job runs, so
+/// the writer's last handle can go (which ends this loop).
+fn run_background(
+    path: &Path,
+    nudges: mpsc::Receiver<()>,
+    watch: Option<Arc<Watch>>,
+    writer: std::sync::Weak<WriterInner>,
+    tidy: Option<Tidy>,
+) {
     let conn = match Connection::open(path) {
         Ok(c) => c,
         Err(e) => {
@@ -243,13 +266,23 @@ fn run_checkpointer(path: &Path, nudges: mpsc::Receiver<()>, watch: Option<Arc<W
     wal.push("-wal");
     let wal = PathBuf::from(wal);
     let gone = || watch.as_ref().is_some_and(|w| w.gone().is_some());
+    let per_checkpoint = CHECKPOINT_EVERY / TIDY_EVERY;
+    let mut nudged = 0;
     loop {
-        let last = matches!(
-            nudges.recv_timeout(Duration::from_secs(1)),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        );
+        let woke = nudges.recv_timeout(Duration::from_secs(1));
+        let last = matches!(woke, Err(mpsc::RecvTimeoutError::Disconnected));
         if gone() {
             return;
+        }
+        if let (Some(tidy), Some(inner)) = (tidy, writer.upgrade()) {
+            let writer = Writer { inner };
+            while let Ok(true) = writer.write(move |c| tidy(c).map_err(StoreError::from_sqlite)) {}
+        }
+        if woke.is_ok() {
+            nudged += 1;
+            if nudged % per_checkpoint != 0 {
+                continue;
+            }
         }
         let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT_BYTES);
         let mode = if big || last { "TRUNCATE" } else { "PASSIVE" };
@@ -367,10 +400,10 @@ impl Committer {
         }
     }
 
-    /// Nudges the checkpointer now and then.
+    /// Nudges the background thread now and then.
     fn after_commit(&mut self) {
         self.commits += 1;
-        if self.commits % CHECKPOINT_EVERY == 0 {
+        if self.commits % TIDY_EVERY == 0 {
             let _ = self.nudge.try_send(());
         }
     }

@@ -6,7 +6,7 @@ use crate::store::db::{open_and_migrate, open_read_only};
 fn group_commit_answers_every_caller_and_isolates_failures() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::defaults(dir.path());
-    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
     let mut threads = Vec::new();
     for i in 0..32i64 {
         let w = writer.clone();
@@ -52,7 +52,7 @@ fn group_commit_answers_every_caller_and_isolates_failures() {
 fn a_lone_failing_job_leaves_nothing_and_the_next_write_works() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::defaults(dir.path());
-    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
     let failed: Result<(), StoreError> = writer.write(|c| {
         c.execute("INSERT INTO registry_settings VALUES ('half', 1)", [])?;
         c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
@@ -79,7 +79,7 @@ fn a_lone_failing_job_leaves_nothing_and_the_next_write_works() {
 fn a_panicking_job_is_answered_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::defaults(dir.path());
-    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
     let r: Result<(), StoreError> = writer.write(|_| panic!("boom"));
     assert!(matches!(r, Err(StoreError::JobPanicked)), "{r:?}");
     let ok: Result<u8, StoreError> = writer.write(|_| Ok(7));
@@ -90,7 +90,7 @@ fn a_panicking_job_is_answered_and_the_writer_goes_on() {
 fn under_steady_load_every_caller_is_answered_in_shared_commits() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::defaults(dir.path());
-    let writer = Writer::start(open_and_migrate(&config).unwrap(), None).unwrap();
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
     let threads: Vec<_> = (0..16)
         .map(|t| {
             let w = writer.clone();
@@ -126,4 +126,58 @@ fn under_steady_load_every_caller_is_answered_in_shared_commits() {
         )
         .unwrap();
     assert_eq!(n, 3200);
+}
+
+#[test]
+fn the_tidy_job_runs_in_the_background_every_few_dozen_commits() {
+    use crate::store::history::{self, EventKind, NewEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(
+        open_and_migrate(&config).unwrap(),
+        None,
+        Some(history::tidy),
+    )
+    .unwrap();
+    writer
+        .write(|c| -> Result<(), StoreError> {
+            c.execute(
+                "INSERT INTO locks (lock_id, namespace, owner, field, file, created_at)
+                 VALUES (1, 'conversation', 'x', 'messages', 'x_messages.lock', 0)",
+                [],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    for i in 0..TIDY_EVERY as i64 * 3 {
+        writer
+            .write(move |c| -> Result<i64, StoreError> {
+                let e = NewEvent {
+                    at: i,
+                    lock_id: 1,
+                    namespace: "conversation",
+                    owner: "x",
+                    field: "messages",
+                    event: Some(EventKind::Acquired),
+                    ..NewEvent::default()
+                };
+                Ok(history::insert_event(c, &e)?)
+            })
+            .unwrap();
+    }
+    let conn = open_read_only(&config.db_path(), Duration::from_secs(1)).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("SELECT count(*) FROM event_inbox") > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        count("SELECT count(*) FROM event_inbox"),
+        0,
+        "moved within 10 s"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM event_log"),
+        TIDY_EVERY as i64 * 3
+    );
 }
