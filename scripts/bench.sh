@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the benchmark compares against (redis-server, Python filelock and redis),
 # builds release and runs lockledger-bench, passing every argument through:
-#   ./scripts/bench.sh             # full run (about 10 minutes, a few GB in the temp dir)
+#   ./scripts/bench.sh             # full run (about 6 minutes, a few GB in the temp dir)
 #   ./scripts/bench.sh --quick     # short run
 #   ./scripts/bench.sh --only http,concurrent
+#   ./scripts/bench.sh --only limits   # the DESIGN.md §11 abuse cases (not part of --quick)
+#   ./scripts/bench.sh --quick --json target/bench/results.json   # results also as JSON
 # The exit code is the benchmark's: 0 all targets met, 1 a target missed, 2 harness error.
 # See BENCHMARKS.md for what each number means.
 set -euo pipefail

@@ -8,7 +8,7 @@
 use crate::ctx::Ctx;
 use crate::load::http_load;
 use crate::machine::other_work;
-use crate::report::{median, rate, Verdict};
+use crate::report::{median, rate, Data, Floor, Verdict};
 use crate::R;
 
 pub fn bench_concurrent(ctx: &mut Ctx) -> R<()> {
@@ -50,7 +50,22 @@ pub fn bench_concurrent(ctx: &mut Ctx) -> R<()> {
     }
     let (m1, m16) = (median(&one), median(&many));
     let ratio = m16 / m1;
-    ctx.report(
+    // The floor: the bare warp route (same runtime and accept loop) under the same 16 and
+    // 1 clients; a pair is two round trips (commits, which 16 callers can share, are not
+    // counted).
+    let secs = ctx.dur().min(std::time::Duration::from_secs(2));
+    let bare = ctx.bare()?;
+    let (bare16, bare16_cores) = bare.load(16, secs)?;
+    let (bare1, bare1_cores) = bare.load(1, secs)?;
+    let floor = Floor {
+        what: format!(
+            "2 round trips at the bare warp route's {} round trips of 16 clients",
+            rate(bare16)
+        ),
+        us: 2e6 / bare16,
+        measured_us: 1e6 / m16,
+    };
+    ctx.report_with(
         "http_16_clients",
         format!(
             "16 clients {}  1 client {}  ratio {ratio:.2} (target >= 4.0)",
@@ -58,7 +73,20 @@ pub fn bench_concurrent(ctx: &mut Ctx) -> R<()> {
             rate(m1)
         ),
         Verdict::of(ratio >= 4.0),
+        Data::new(m16, "pairs/s")
+            .compare("1 client", m1, "pairs/s")
+            .ratio(ratio)
+            .target(">= 4.0")
+            .floor(Some(floor.clone()))
+            .more("bare_route_16_over_1", bare16 / bare1),
     );
+    ctx.floor_line("http_16_clients", "pair (aggregate)", &floor);
+    ctx.detail(format!(
+        "the bare warp route itself: 1 client {} round trips ({bare1_cores:.2} cores), 16 clients {} ({bare16_cores:.2} cores, clients included): {:.2}x from 16 clients on this machine",
+        rate(bare1),
+        rate(bare16),
+        bare16 / bare1
+    ));
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

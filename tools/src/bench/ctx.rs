@@ -5,7 +5,8 @@
 //! is removed; the main service is started once, on first use, and shared by the groups
 //! that need it; every result goes through [`Ctx::report`], which prints it at once.
 
-use crate::report::{Outcome, Verdict};
+use crate::floor::BareServer;
+use crate::report::{Data, Floor, Outcome, Verdict};
 use crate::services::{Scratch, Service};
 use crate::R;
 use lockledger_tools::rng::Rng;
@@ -29,7 +30,11 @@ pub struct Ctx {
     pub rust_log: Option<String>,
     pub rng: Rng,
     pub results: Vec<Outcome>,
+    /// The floor lines printed so far (repeated in the summary).
+    pub floors: Vec<String>,
     // Services before the scratch directory: they stop before it is removed.
+    /// The in-process bare warp server of the HTTP floors (started on first use).
+    pub bare: Option<BareServer>,
     pub main: Option<Service>,
     pub demo: Option<Service>,
     pub bigdb: Option<Service>,
@@ -37,14 +42,28 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A result line without numbers for `--json` (an error, say).
     pub fn report(&mut self, name: &str, body: String, verdict: Verdict) {
+        self.report_with(name, body, verdict, Data::default());
+    }
+
+    /// A result line and its numbers.
+    pub fn report_with(&mut self, name: &str, body: String, verdict: Verdict, data: Data) {
         let line = format!("{name}: {body}  {}", verdict.word());
         println!("{line}");
         self.results.push(Outcome {
             name: name.to_string(),
             line,
             verdict,
+            data,
         });
+    }
+
+    /// Prints a path's floor line (see [`Floor::line`]) and keeps it for the summary.
+    pub fn floor_line(&mut self, name: &str, op: &str, floor: &Floor) {
+        let line = floor.line(name, op);
+        println!("  {line}");
+        self.floors.push(line);
     }
 
     pub fn detail(&self, text: String) {
@@ -78,6 +97,16 @@ impl Ctx {
             self.main = Some(svc);
         }
         Ok(self.main.as_ref().map(|s| s.port).unwrap_or(0))
+    }
+
+    /// The in-process bare HTTP server of the floors (started on first use).
+    pub fn bare(&mut self) -> R<&BareServer> {
+        if self.bare.is_none() {
+            self.bare = Some(BareServer::start()?);
+        }
+        self.bare
+            .as_ref()
+            .ok_or_else(|| "no bare server".to_string())
     }
 
     pub fn main_pid(&self) -> u32 {

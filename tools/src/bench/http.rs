@@ -6,9 +6,10 @@
 //! redis-py is missing the comparison is SKIPped with what to install, never faked.
 
 use crate::ctx::Ctx;
+use crate::floor::HttpFloors;
 use crate::load::{http_load, LeaseClient, PAIR_BODY};
 use crate::machine::{command_line, json_f64, other_work, python_module, run_python};
-use crate::report::{median, pct, rate, spread, us, Verdict};
+use crate::report::{median, pct, rate, spread, us, Data, Floor, Verdict};
 use crate::services::Redis;
 use crate::R;
 use std::time::{Duration, Instant};
@@ -114,8 +115,20 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
         v.sort_by(f64::total_cmp);
     }
 
+    let floors_dir = ctx.dir("floors")?;
+    let floors = HttpFloors::measure(ctx.bare()?, Some(port), &floors_dir, "http-commit-floor")?;
+
     let m_ll = median(&ll);
-    let (body, verdict) = if !rd.is_empty() {
+    // The floor of a pair over HTTP: two bare round trips and two one-row commits.
+    let floor = Floor {
+        what: format!(
+            "2 bare warp round trips of {:.0} µs + 2 one-row commits of {:.1} µs",
+            floors.bare.0, floors.commit_us
+        ),
+        us: 2.0 * (floors.bare.0 + floors.commit_us),
+        measured_us: 1e6 / m_ll,
+    };
+    let (body, verdict, data) = if !rd.is_empty() {
         let m_rd = median(&rd);
         let ratio = m_ll / m_rd;
         (
@@ -125,6 +138,9 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
                 rate(m_rd)
             ),
             Verdict::of(ratio >= 1.5),
+            Data::new(m_ll, "pairs/s")
+                .compare("redis_py", m_rd, "pairs/s")
+                .ratio(ratio),
         )
     } else {
         let mut missing = Vec::new();
@@ -141,9 +157,13 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
                 missing.join(" and ")
             ),
             Verdict::Skip,
+            Data::new(m_ll, "pairs/s"),
         )
     };
-    ctx.report("http_single_client", body, verdict);
+    let data = data.target(">= 1.5").floor(Some(floor.clone()));
+    ctx.report_with("http_single_client", body, verdict, data);
+    ctx.floor_line("http_single_client", "pair", &floor);
+    ctx.detail(format!("floors here: {}", floors.describe()));
     ctx.detail(format!(
         "medians of {} rounds; range lockledger {}  redis_py {}",
         ctx.set.rounds,

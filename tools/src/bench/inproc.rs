@@ -9,14 +9,12 @@
 //! commits to), in a scratch storage directory of their own.
 
 use crate::ctx::Ctx;
+use crate::floor::{floor_db, floor_event, raw_commit_us, raw_flock_us};
 use crate::machine::{db_sizes, json_f64, other_work, python_module, run_python};
-use crate::report::{median, now_ms, pct, rate, spread, us, Verdict};
+use crate::report::{median, pct, rate, spread, us, Data, Floor, Verdict};
 use crate::R;
-use lockledger::store::history::{self, EventKind, NewEvent};
-use lockledger::store::records;
+use lockledger::store::history;
 use lockledger::{AcquireOptions, Config, LockKey, Registry};
-use lockledger_harness::flock_free;
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,65 +50,6 @@ fn inproc_round(reg: &Registry, key: &LockKey, opts: &AcquireOptions, n: u64, wa
         pair()?;
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
-}
-
-/// µs per open + flock + unlock + close of a lock file (the floor of any file lock).
-fn raw_flock_us(path: &Path) -> R<f64> {
-    let n = 20_000;
-    let t = Instant::now();
-    for _ in 0..n {
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| format!("open: {e}"))?;
-        if !flock_free(&f).map_err(|e| format!("flock: {e}"))? {
-            return Err("raw flock file is held".into());
-        }
-    }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
-}
-
-/// A scratch registry database (its own storage directory under `dir`) and the id of
-/// one lock row in it, for the commit floors.
-fn floor_db(dir: &Path, name: &str) -> R<(rusqlite::Connection, i64)> {
-    let config = Config::defaults(dir.join(name));
-    let conn = lockledger::store::db::open_and_migrate(&config).map_err(|e| e.to_string())?;
-    let key = LockKey::in_config(&config, None, "floor", "messages").map_err(|e| e.to_string())?;
-    let file = key.file_name(config.default_namespace());
-    let (lock_id, _) =
-        records::grant_token(&conn, &key, &file, now_ms()).map_err(|e| e.to_string())?;
-    Ok((conn, lock_id))
-}
-
-/// The row each floor commit writes: a `released` event, as a release does.
-fn floor_event(lock_id: i64) -> NewEvent<'static> {
-    NewEvent {
-        at: now_ms(),
-        lock_id,
-        namespace: "conversation",
-        owner: "floor",
-        field: "messages",
-        event: Some(EventKind::Released),
-        token: Some(1),
-        held_ms: Some(1),
-        ..NewEvent::default()
-    }
-}
-
-/// µs per one-row commit (autocommit) on the calling thread.
-fn raw_commit_us(dir: &Path) -> R<f64> {
-    let (conn, lock_id) = floor_db(dir, "commit-floor")?;
-    let ev = floor_event(lock_id);
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed() < Duration::from_secs(1) {
-        history::insert_event(&conn, &ev).map_err(|e| e.to_string())?;
-        n += 1;
-    }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
 /// µs per one-row commit handed to a dedicated writer thread and answered over a reply
@@ -273,13 +212,21 @@ pub fn bench_inproc(ctx: &mut Ctx) -> R<()> {
     let sizes = db_sizes(&storage);
     let flock_us = raw_flock_us(&storage.join("raw-floor.lock"))?;
     let floors = ctx.dir("floors")?;
-    let commit_us = raw_commit_us(&floors)?;
+    let commit_us = raw_commit_us(&floors, "commit-floor", Duration::from_secs(1))?;
     let writer_us = raw_writer_commit_us(&floors, false)?;
     let writer_spin_us = raw_writer_commit_us(&floors, true)?;
     drop(reg);
 
     let m_ll = median(&ll);
-    let (body, verdict) = if filelock.is_some() {
+    // The floor of a pair: two one-row commits (acquired, released) and a flock pair.
+    let floor = Floor {
+        what: format!(
+            "2 one-row commits of {commit_us:.1} µs + open+flock+unlock+close {flock_us:.1} µs"
+        ),
+        us: 2.0 * commit_us + flock_us,
+        measured_us: 1e6 / m_ll,
+    };
+    let (body, verdict, data) = if filelock.is_some() {
         let m_py = median(&py);
         let ratio = m_ll / m_py;
         (
@@ -289,6 +236,9 @@ pub fn bench_inproc(ctx: &mut Ctx) -> R<()> {
                 rate(m_py)
             ),
             Verdict::of(ratio >= 1.0),
+            Data::new(m_ll, "pairs/s")
+                .compare("python_filelock", m_py, "pairs/s")
+                .ratio(ratio),
         )
     } else {
         (
@@ -297,9 +247,12 @@ pub fn bench_inproc(ctx: &mut Ctx) -> R<()> {
                 rate(m_ll)
             ),
             Verdict::Skip,
+            Data::new(m_ll, "pairs/s"),
         )
     };
-    ctx.report("in_process_pairs", body, verdict);
+    let data = data.target(">= 1.0").floor(Some(floor.clone()));
+    ctx.report_with("in_process_pairs", body, verdict, data);
+    ctx.floor_line("in_process_pairs", "pair", &floor);
     ctx.detail(format!(
         "medians of {} rounds; range lockledger {}  python_filelock {}",
         ctx.set.rounds,

@@ -170,3 +170,28 @@ pub fn json_f64(v: &serde_json::Value, key: &str) -> R<f64> {
         .as_f64()
         .ok_or_else(|| format!("no number {key:?} in {v}"))
 }
+
+/// Raises this process's soft file-descriptor limit to its hard limit; returns the soft
+/// limit now in force (0 if it cannot be read).
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}

@@ -12,9 +12,10 @@
 //! first). Exit code: 0 when every target that ran passed (or was skipped), 1 when a
 //! target failed, 2 when a measurement could not be taken (harness error).
 //!
-//! This file owns the command line, the choice of groups and the run's header and
-//! summary; each group is a module (`inproc`, `http`, `concurrent`, `bigdb`, `release`,
-//! `rss`), the run's state is `ctx`, services and scratch space are `services`.
+//! This file owns the command line, the choice of groups, the run's header and summary
+//! and `--json`; each group is a module (`inproc`, `http`, `concurrent`, `bigdb`,
+//! `status10k`, `release`, `limits`, `rss`), the run's state is `ctx`, services and
+//! scratch space are `services`, the floors each path is compared with are `floor`.
 //!
 //! Invariants: nothing here changes the library. The service is the real `lockledger
 //! serve` binary of this tree (started through `lockledger-harness`), the in-process
@@ -24,14 +25,17 @@
 mod bigdb;
 mod concurrent;
 mod ctx;
+mod floor;
 mod http;
 mod inproc;
+mod limits;
 mod load;
 mod machine;
 mod release;
 mod report;
 mod rss;
 mod services;
+mod status10k;
 
 use clap::Parser;
 use ctx::{Ctx, Settings};
@@ -51,9 +55,19 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these (comma-separated or repeated): inproc, http, concurrent, bigdb,
-    /// release, rss, or a result name such as in_process_pairs
+    /// status10k, release, limits, rss, or a result name such as in_process_pairs
+    /// (`limits` is not part of a --quick run unless named here)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also write every result as JSON to this file: {run, results: [{name, value, unit,
+    /// comparison, ratio, target, pass, verdict, floor, more, line}]}
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// (internal) hold N flocks on lock files in DIR until stdin closes
+    #[arg(long, hide = true)]
+    hold_flocks: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    count: usize,
     /// Rounds per side-by-side comparison (default 5, quick 1)
     #[arg(long)]
     rounds: Option<usize>,
@@ -86,8 +100,8 @@ struct Args {
     seed: u64,
 }
 
-/// Groups of targets and the names `--only` accepts for each.
-const GROUPS: [(&str, &[&str]); 6] = [
+/// Groups of targets and the names `--only` accepts for each, in the order they run.
+const GROUPS: [(&str, &[&str]); 8] = [
     ("inproc", &["in_process_pairs", "in_process"]),
     ("http", &["http_single_client", "redis"]),
     ("concurrent", &["http_16_clients", "concurrency"]),
@@ -95,6 +109,7 @@ const GROUPS: [(&str, &[&str]); 6] = [
         "bigdb",
         &["owner_status_p99", "owner_history_p99", "status", "history"],
     ),
+    ("status10k", &["owner_status_10k_flocks_p99"]),
     (
         "release",
         &[
@@ -103,8 +118,12 @@ const GROUPS: [(&str, &[&str]); 6] = [
             "expired_lease_release",
         ],
     ),
+    ("limits", &[]),
     ("rss", &["idle_rss", "idle_rss_demo", "idle_rss_bigdb"]),
 ];
+
+/// Groups a `--quick` run leaves out unless `--only` names them.
+const NOT_QUICK: [&str; 1] = ["limits"];
 
 /// The repository root (this package is `tools/` in the workspace).
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -128,7 +147,11 @@ fn server_binary(args: &Args) -> R<PathBuf> {
 
 fn selected(args: &Args) -> R<Vec<&'static str>> {
     if args.only.is_empty() {
-        return Ok(GROUPS.iter().map(|(g, _)| *g).collect());
+        return Ok(GROUPS
+            .iter()
+            .map(|(g, _)| *g)
+            .filter(|g| !(args.quick && NOT_QUICK.contains(g)))
+            .collect());
     }
     let mut out = Vec::new();
     for want in &args.only {
@@ -256,6 +279,9 @@ fn summary(ctx: &Ctx, started: Instant) -> i32 {
     for o in &ctx.results {
         println!("{}", o.line);
     }
+    for f in &ctx.floors {
+        println!("{f}");
+    }
     let count = |v: Verdict| ctx.results.iter().filter(|o| o.verdict == v).count();
     let failed: Vec<&str> = ctx
         .results
@@ -293,8 +319,36 @@ fn fail(e: String) -> ! {
     std::process::exit(2);
 }
 
+/// Writes the run's results as JSON (see `--json`).
+fn write_json(path: &std::path::Path, ctx: &Ctx, started: Instant, code: i32) -> R<()> {
+    let doc = serde_json::json!({
+        "run": {
+            "tool": "lockledger-bench",
+            "quick": ctx.set.quick,
+            "finished_at": lockledger::clock::rfc3339(now_ms()),
+            "tree": tree_description(),
+            "seconds": started.elapsed().as_secs_f64(),
+            "exit_code": code,
+            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "load_average": loadavg(),
+        },
+        "results": ctx.results.iter().map(|o| o.json()).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))
+}
+
 fn main() {
     let args = Args::parse();
+    if let Some(dir) = &args.hold_flocks {
+        match status10k::hold_flocks_main(dir, args.count) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => fail(e),
+        }
+    }
     let groups = selected(&args).unwrap_or_else(|e| fail(e));
     let set = settings(&args);
     let server_bin = server_binary(&args).unwrap_or_else(|e| fail(e));
@@ -321,6 +375,8 @@ fn main() {
         rust_log: args.server_rust_log.clone(),
         rng: Rng::new(args.seed),
         results: Vec::new(),
+        floors: Vec::new(),
+        bare: None,
         main: None,
         demo: None,
         bigdb: None,
@@ -332,6 +388,8 @@ fn main() {
             "http" => http::bench_http(&mut ctx),
             "concurrent" => concurrent::bench_concurrent(&mut ctx),
             "bigdb" => bigdb::bench_bigdb(&mut ctx),
+            "status10k" => status10k::bench_status10k(&mut ctx),
+            "limits" => limits::bench_limits(&mut ctx),
             "release" => release::bench_release(&mut ctx),
             "rss" => rss::bench_rss(&mut ctx),
             _ => Ok(()),
@@ -343,7 +401,17 @@ fn main() {
     ctx.main = None;
     ctx.demo = None;
     ctx.bigdb = None;
-    let code = summary(&ctx, started);
+    ctx.bare = None;
+    let mut code = summary(&ctx, started);
+    if let Some(path) = &args.json {
+        match write_json(path, &ctx, started, code) {
+            Ok(()) => println!("results written to {}", path.display()),
+            Err(e) => {
+                eprintln!("lockledger-bench: cannot write --json: {e}");
+                code = 2;
+            }
+        }
+    }
     drop(ctx);
     std::process::exit(code);
 }

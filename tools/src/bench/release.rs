@@ -138,8 +138,8 @@ pub fn bench_release(ctx: &mut Ctx) -> R<()> {
         first.push(a);
         all.push(b);
     }
-    let (body, v) = lat_line(&all, 50.0, "from close to both locks free");
-    ctx.report("dropped_stream_release", body, v);
+    let (body, v, data) = lat_line(&all, 50.0, "from close to both locks free");
+    ctx.report_with("dropped_stream_release", body, v, data);
     let mut f = first.clone();
     f.sort_by(f64::total_cmp);
     ctx.detail(format!(
@@ -182,8 +182,8 @@ pub fn bench_release(ctx: &mut Ctx) -> R<()> {
             }
         }
     }
-    let (body, v) = lat_line(&dead, 1500.0, "from SIGKILL to lock free");
-    ctx.report("dead_pid_release", body, v);
+    let (body, v, data) = lat_line(&dead, 1500.0, "from SIGKILL to lock free");
+    ctx.report_with("dead_pid_release", body, v, data);
     ctx.detail(format!(
         "each: {}",
         dead.iter()
@@ -214,8 +214,8 @@ pub fn bench_release(ctx: &mut Ctx) -> R<()> {
             }
         }
     }
-    let (body, v) = lat_line(&expired, 1000.0, "from expires_at to lock free");
-    ctx.report("expired_lease_release", body, v);
+    let (body, v, data) = lat_line(&expired, 1000.0, "from expires_at to lock free");
+    ctx.report_with("expired_lease_release", body, v, data);
     ctx.detail(format!(
         "each: {} (clock resolution 1 ms)",
         expired

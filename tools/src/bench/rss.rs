@@ -8,7 +8,7 @@
 use crate::ctx::Ctx;
 use crate::load::http_load;
 use crate::machine::{db_sizes, other_work, status_kb, vm_rss_kb};
-use crate::report::Verdict;
+use crate::report::{Data, Verdict};
 use crate::R;
 use std::time::Duration;
 
@@ -50,10 +50,13 @@ pub fn bench_rss(ctx: &mut Ctx) -> R<()> {
     for (name, label, start, now) in rows {
         let mb = |kb: Option<u64>| kb.map_or(f64::NAN, |k| k as f64 / 1024.0);
         let (a, b) = (mb(start), mb(now));
-        ctx.report(
+        ctx.report_with(
             name,
             format!("{label}: {a:.1} MB after start-up, {b:.1} MB after its benchmarks + 2 s idle (target < 30 MB)"),
             Verdict::of(a < 30.0 && b < 30.0),
+            Data::new(b, "MB")
+                .target("< 30 MB")
+                .more("after_start_up_mb", a),
         );
     }
     Ok(())

@@ -33,13 +33,23 @@ impl Service {
         label: &'static str,
         rust_log: Option<&str>,
     ) -> R<Service> {
+        let args: &[&str] = if demo { &["--demo"] } else { &[] };
+        Service::start_with(bin, storage, label, rust_log, args)
+    }
+
+    /// Starts the service with more `serve` arguments; RUST_LOG is `rust_log` or unset.
+    pub fn start_with(
+        bin: &Path,
+        storage: &Path,
+        label: &'static str,
+        rust_log: Option<&str>,
+        args: &[&str],
+    ) -> R<Service> {
         std::fs::create_dir_all(storage).map_err(|e| format!("mkdir: {e}"))?;
         let mut opts = ServerOpts::default()
             .stderr(StderrTo::File(storage.join("service.log")))
-            .start_timeout(Duration::from_secs(120));
-        if demo {
-            opts = opts.arg("--demo");
-        }
+            .start_timeout(Duration::from_secs(120))
+            .args(args);
         if let Some(level) = rust_log {
             opts = opts.env("RUST_LOG", level);
         }

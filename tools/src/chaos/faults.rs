@@ -1,6 +1,8 @@
 //! The orchestrator's side of a chaos run: the service and the workers it runs, and the
 //! fault injector (SIGKILL and SIGSTOP holders, force-clear live leases, SIGKILL and
-//! restart the service).
+//! restart the service, and the hostile-filesystem acts of `hostile`, one chance per
+//! step). When the hostile mode steps the clock, the service always runs under
+//! libfaketime (restarts included), so the offset in force survives a restart.
 //!
 //! Invariants:
 //! - every child (service, workers, Python holders) is spawned into the run's
@@ -18,6 +20,7 @@
 //! - a stopped worker is resumed after at most 2.5 s; an HTTP holder stopped while it held
 //!   a lease is checked to have lost it within ttl + reaper period + slack.
 
+use crate::hostile::Hostile;
 use crate::workers::api;
 use crate::{ADMIN_TOKEN, LEASE_TTL_MS, OWNERS, PY_OWNERS, REAPER_MS};
 use lockledger_harness::process::signal;
@@ -71,6 +74,8 @@ pub struct Orchestrator {
     pub next_start_args: Vec<String>,
     /// How long one (re)start may take ([`START_DEADLINE`] unless a self-test says).
     pub start_deadline: Duration,
+    /// The hostile-filesystem acts (`--no-hostile` turns them off).
+    pub hostile: Option<Hostile>,
 }
 
 impl Orchestrator {
@@ -82,7 +87,7 @@ impl Orchestrator {
         loop {
             self.resume_due();
             let left = deadline.saturating_duration_since(Instant::now());
-            let opts = ServerOpts::default()
+            let mut opts = ServerOpts::default()
                 .bind(&format!("127.0.0.1:{}", self.port))
                 .args(&["--admin-token", ADMIN_TOKEN])
                 .args(&extra.iter().map(String::as_str).collect::<Vec<_>>())
@@ -90,6 +95,9 @@ impl Orchestrator {
                 .env("RUST_LOG", "warn,warp::server=off")
                 .stderr(StderrTo::CaptureAndEcho)
                 .start_timeout(left.clamp(Duration::from_secs(1), ATTEMPT));
+            for (k, v) in self.hostile.iter().flat_map(Hostile::service_env) {
+                opts = opts.env(&k, &v);
+            }
             let storage = self.dir.join("storage");
             match Server::try_start(&self.service_exe, &storage, &opts, Some(&self.group)) {
                 Ok(s) => {
@@ -296,6 +304,11 @@ impl Orchestrator {
                 self.start_service()?;
             }
             _ => {}
+        }
+        if let Some(h) = self.hostile.as_mut() {
+            if self.service.is_some() {
+                h.act(rng, self.port, &self.group)?;
+            }
         }
         self.reap_workers()
     }

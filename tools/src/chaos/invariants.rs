@@ -163,3 +163,22 @@ pub fn database_checks(dir: &Path) -> Result<(u64, String, u64), String> {
         .map_err(|e| e.to_string())?;
     Ok((orphans, integrity, holders))
 }
+
+/// How many history rows of one event kind the database holds (e.g. `file_replaced`).
+pub fn count_events(dir: &Path, event: &str) -> Result<u64, String> {
+    let db = dir.join("storage").join("registry.db");
+    if !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(format!("not an event name: {event:?}"));
+    }
+    let r = lockledger::store::console::run(
+        &db,
+        &format!("SELECT count(*) FROM lock_events WHERE event = '{event}'"),
+        lockledger::store::console::Limits::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(r.rows
+        .first()
+        .and_then(|row| row.first())
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0))
+}

@@ -15,6 +15,14 @@
 //! no tokens, share the `memory` locks with library holders only (an unfenced holder
 //! cannot be protected from a revoked lease holder, by design).
 //!
+//! Hostile mode (on unless `--no-hostile`; see `hostile`): the injector also deletes and
+//! replaces `messages` lock files under live holders, plants symlinks and FIFOs at lock
+//! paths of unused owners and tries every way in on them, and steps the service's wall
+//! clock through libfaketime when it is installed. It adds the line
+//! `hostile: deleted=N replaced=N symlinks=N fifos=N clock_steps=N targets_intact=yes`
+//! and a detail line; a late or missing answer, a grant of a planted path, a changed
+//! symlink target or a file at a dangling target fails the run.
+//!
 //! This file owns the command line and the run from start to verdict; `workers` the
 //! holders, `faults` the service, the workers' processes and the fault schedule,
 //! `invariants` the final checks.
@@ -25,6 +33,7 @@
 //! `lockledger_harness::group`).
 
 mod faults;
+mod hostile;
 mod invariants;
 mod workers;
 
@@ -57,6 +66,14 @@ struct Args {
     dir: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// No hostile-filesystem acts (lock files deleted and replaced under live holders,
+    /// symlinks and FIFOs planted at lock paths, wall-clock steps): on by default
+    #[arg(long)]
+    no_hostile: bool,
+    /// Hostile mode without wall-clock steps (which need libfaketime: `apt-get install
+    /// faketime`; without it they are skipped, and the run says so)
+    #[arg(long)]
+    no_clock_steps: bool,
     #[arg(long, hide = true)]
     worker: Option<String>,
     #[arg(long, hide = true)]
@@ -133,6 +150,10 @@ fn final_restart(o: &mut Orchestrator) -> Result<(), String> {
             }
         }
     }
+    let port = o.port;
+    if let Some(h) = o.hostile.as_mut() {
+        h.final_look(port);
+    }
     if let Some(mut svc) = o.service.take() {
         svc.stop();
     }
@@ -178,7 +199,15 @@ fn orchestrate(args: &Args) -> Result<bool, String> {
         lease_checks: Vec::new(),
         next_start_args: Vec::new(),
         start_deadline: faults::START_DEADLINE,
+        hostile: None,
     };
+    if !args.no_hostile {
+        o.hostile = Some(hostile::Hostile::new(
+            &dir,
+            &o.service_exe,
+            !args.no_clock_steps,
+        )?);
+    }
     // Errors of the run name the seed, so a failing schedule can be replayed.
     let with_seed = |e: String| format!("{e} (seed {seed})");
     o.start_service().map_err(with_seed)?;
@@ -208,10 +237,32 @@ fn orchestrate(args: &Args) -> Result<bool, String> {
     let (orphans, integrity, holders_left) = invariants::database_checks(&dir)?;
     o.stuck += holders_left;
     let faults: u64 = o.faults.values().sum();
+    let hostile = match o.hostile.as_mut() {
+        None => None,
+        Some(h) => {
+            let intact = h.targets_intact();
+            let replaced_events = invariants::count_events(&dir, "file_replaced")?;
+            Some((
+                h.line(intact),
+                h.detail_line(replaced_events),
+                intact && h.problems.is_empty(),
+                std::mem::take(&mut h.problems),
+            ))
+        }
+    };
     println!(
         "chaos: runs={} faults={} overlaps={} lost_updates={} stale_writes_accepted={} stuck_locks={} orphan_events={} integrity={}",
         verdict.runs, faults, verdict.overlaps, verdict.lost_updates, verdict.stale_writes_accepted, o.stuck, orphans, integrity
     );
+    let mut hostile_ok = true;
+    if let Some((line, detail, ok, problems)) = &hostile {
+        println!("{line}");
+        println!("{detail}");
+        for p in problems {
+            eprintln!("chaos: hostile: {p}");
+        }
+        hostile_ok = *ok;
+    }
     println!(
         "chaos: seconds={seconds} seed={seed} refused_stale_writes={} refused_admits={} faults_by_kind={:?}",
         verdict.refused_writes, verdict.refused_admits, o.faults
@@ -223,7 +274,8 @@ fn orchestrate(args: &Args) -> Result<bool, String> {
         && orphans == 0
         && integrity == "ok"
         && verdict.runs > 0
-        && faults > 0;
+        && faults > 0
+        && hostile_ok;
     drop(o);
     if args.dir.is_none() && ok {
         let _ = std::fs::remove_dir_all(&dir);

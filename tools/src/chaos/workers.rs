@@ -115,9 +115,32 @@ pub fn api(
     body: Option<&str>,
     admin: bool,
 ) -> Result<Response, String> {
+    send(port, method, path, body, admin, Duration::from_secs(15))
+}
+
+/// [`api`] without the admin token, with `timeout` for the connection's reads and writes
+/// (so no answer within it is an error).
+pub fn api_within(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, String> {
+    send(port, method, path, body, false, timeout)
+}
+
+fn send(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    admin: bool,
+    timeout: Duration,
+) -> Result<Response, String> {
     let mut req = Request::new(method, path)
         .header("Content-Type", "application/json")
-        .timeout(Duration::from_secs(15));
+        .timeout(timeout);
     if let Some(b) = body {
         req = req.body(b);
     }
