@@ -134,9 +134,15 @@ impl BareServer {
                                 body()
                             });
                     let routes = bare.or(blocking);
-                    lockledger::http::server::run(listener, warp::service(routes), 4096, async {
-                        let _ = stop_rx.await;
-                    })
+                    lockledger::http::server::run(
+                        listener,
+                        warp::service(routes),
+                        4096,
+                        Duration::from_secs(10),
+                        async {
+                            let _ = stop_rx.await;
+                        },
+                    )
                     .await;
                 });
             })
