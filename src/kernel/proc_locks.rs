@@ -211,19 +211,36 @@ impl Snapshot {
         })
     }
 
-    /// Reads the table unless it was found expensive in the last [`BACK_OFF`]; `None`
-    /// then (or if it cannot be read), and the caller decides another way. A read that
-    /// turns out big or slow starts a back-off.
+    /// Reads the table (at most [`CHEAP_BYTES`] of it) unless it was found expensive in
+    /// the last [`BACK_OFF`]; `None` then, when it is bigger, or when it cannot be read,
+    /// and the caller decides another way. A read that turns out big or slow starts a
+    /// back-off.
     pub fn take() -> Option<Snapshot> {
         let now_ms = epoch().elapsed().as_millis() as u64;
         if now_ms < EXPENSIVE_UNTIL_MS.load(Ordering::Relaxed) {
             return None;
         }
+        use std::io::Read;
         let started = Instant::now();
-        let raw = std::fs::read(PROC_LOCKS).ok()?;
-        if raw.len() > CHEAP_BYTES || started.elapsed() > CHEAP_TIME {
+        let back_off = || {
             let until = epoch().elapsed() + BACK_OFF;
             EXPENSIVE_UNTIL_MS.store(until.as_millis() as u64, Ordering::Relaxed);
+        };
+        // Never more than the cheap size plus one byte: each page read takes the kernel's
+        // file-lock semaphore, so a full read of a big table stalls every flock on the
+        // machine. A table past that size is not used (a truncated one would miss holders).
+        let mut raw = Vec::with_capacity(CHEAP_BYTES + 1);
+        std::fs::File::open(PROC_LOCKS)
+            .ok()?
+            .take(CHEAP_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
+            .ok()?;
+        if raw.len() > CHEAP_BYTES {
+            back_off();
+            return None;
+        }
+        if started.elapsed() > CHEAP_TIME {
+            back_off();
         }
         Some(Snapshot {
             locks: parse(&String::from_utf8_lossy(&raw)),
