@@ -20,6 +20,7 @@ use crate::kernel::process;
 use crate::policy::stale::{HolderKind, LockState};
 use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records::{self, NewHolder};
+use crate::store::StoreError;
 use rusqlite::Connection;
 use std::time::{Duration, Instant};
 
@@ -364,14 +365,22 @@ impl Registry {
                 break;
             }
             let (reg, k, f, s) = (self.clone(), key.clone(), file.clone(), spec.clone());
-            let attempt = tokio::task::spawn_blocking(move || {
+            let attempt = move || {
                 Ok::<_, RegistryError>(reg.try_grant(&k, &f, &s)?.map(|g| Unclaimed {
                     registry: reg.clone(),
                     granted: Some(g),
                 }))
-            })
-            .await
-            .map_err(|_| RegistryError::BadRequest("an acquire attempt failed".into()))??;
+            };
+            // On this thread when it needs no waiting (a flock try, a commit the writer
+            // can start at once); else on the blocking pool.
+            let attempt = match crate::store::writer::no_wait(&attempt) {
+                Err(RegistryError::Store(StoreError::WouldWait)) => {
+                    tokio::task::spawn_blocking(attempt).await.map_err(|_| {
+                        RegistryError::BadRequest("an acquire attempt failed".into())
+                    })?
+                }
+                other => other,
+            }?;
             if let Some(mut unclaimed) = attempt {
                 if let Some(granted) = unclaimed.granted.take() {
                     return Ok(granted);

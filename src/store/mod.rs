@@ -40,6 +40,10 @@ pub enum StoreError {
     Lost(String),
     #[error("the registry is open read-only here; this needs write access to the storage")]
     ReadOnly,
+    /// Only inside [`writer::no_wait`]: the write would have had to wait, so it was not
+    /// made (nothing of it ran); the caller makes it again where waiting is allowed.
+    #[error("the write would wait for the database; made again off the async thread")]
+    WouldWait,
 }
 
 impl StoreError {

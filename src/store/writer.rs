@@ -18,6 +18,10 @@
 //!   [`CHECKPOINT_EVERY`] commits), and when the WAL has passed [`WAL_LIMIT_BYTES`] a
 //!   truncating one that waits at most [`TRUNCATE_WAIT`] for readers (during which it
 //!   holds writers back).
+//! - Inside [`no_wait`] (the service's async threads) a write never waits: it commits at
+//!   once on the calling thread when nobody commits or queues and SQLite's write lock is
+//!   free (busy timeout 0 for its `BEGIN`), else it runs nothing and answers
+//!   [`StoreError::WouldWait`], and the caller makes it again on the blocking pool.
 //! - Deferred work ([`Tidy`], the history inbox move) runs as an ordinary job of this
 //!   writer, submitted by that background thread every [`TIDY_EVERY`] commits and every
 //!   second: callers never run it, they only queue behind it like behind any other job.
@@ -25,11 +29,31 @@
 
 use super::{busy_holder, StoreError, Watch};
 use rusqlite::Connection;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+thread_local! {
+    /// Set by [`no_wait`] for the duration of its closure.
+    static NO_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every [`Writer::write`] on this thread in no-wait mode (see the module
+/// header): a write that cannot commit at once fails with [`StoreError::WouldWait`]
+/// without running.
+pub fn no_wait<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NO_WAIT.set(self.0);
+        }
+    }
+    let _reset = Reset(NO_WAIT.replace(true));
+    f()
+}
 
 /// Most jobs committed in one transaction; bounds the time a batch holds the write lock.
 pub const MAX_BATCH: usize = 256;
@@ -126,6 +150,8 @@ struct WriterInner {
 
 struct Committer {
     conn: Connection,
+    /// The connection's busy timeout, restored after a no-wait `BEGIN`.
+    busy_timeout: Duration,
     watch: Option<Arc<Watch>>,
     commits: u64,
     // Dropped with the writer, which tells the checkpointer to finish.
@@ -147,9 +173,13 @@ impl Writer {
             .map(PathBuf::from)
             .filter(|p| !p.as_os_str().is_empty());
         let (nudge, nudges) = mpsc::sync_channel::<()>(1);
+        let busy_ms: i64 = conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .map_err(StoreError::from_sqlite)?;
         let inner = Arc::new(WriterInner {
             queue: Mutex::new(Queue::default()),
             committer: Mutex::new(Committer {
+                busy_timeout: Duration::from_millis(busy_ms.max(0) as u64),
                 conn,
                 watch: watch.clone(),
                 commits: 0,
@@ -196,6 +226,9 @@ impl Writer {
             }
         });
         let ticket = Ticket::new();
+        if NO_WAIT.get() {
+            return self.write_now(job, ticket, rx);
+        }
         let commit_now = {
             let mut q = lock(&self.inner.queue);
             q.entries.push_back(Entry {
@@ -210,6 +243,44 @@ impl Writer {
         // The ticket is Done: the answer is in the channel, or its sender was dropped by
         // a job that panicked.
         rx.recv().unwrap_or(Err(E::from(StoreError::JobPanicked)))
+    }
+
+    /// The no-wait write: takes the committer role only if it is free and nobody queues,
+    /// commits `job` alone without waiting for SQLite's write lock, and hands the role on.
+    fn write_now<R, E>(
+        &self,
+        job: Job,
+        ticket: Arc<Ticket>,
+        rx: mpsc::Receiver<Result<R, E>>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        {
+            let mut q = lock(&self.inner.queue);
+            if q.committing || !q.entries.is_empty() {
+                return Err(E::from(StoreError::WouldWait));
+            }
+            q.committing = true;
+        }
+        let mut committer = lock(&self.inner.committer);
+        let entry = Entry { job, ticket };
+        let ran = committer.commit_alone_now(entry);
+        drop(committer);
+        self.hand_on();
+        if !ran {
+            return Err(E::from(StoreError::WouldWait));
+        }
+        rx.recv().unwrap_or(Err(E::from(StoreError::JobPanicked)))
+    }
+
+    /// Gives the committer role to the head of the queue, or up when it is empty.
+    fn hand_on(&self) {
+        let mut q = lock(&self.inner.queue);
+        match q.entries.front() {
+            Some(next) => next.ticket.set(Turn::Commit),
+            None => q.committing = false,
+        }
     }
 
     /// Holds the committer role: commits batches until `mine` is answered, then hands the
@@ -228,11 +299,7 @@ impl Writer {
             }
         }
         drop(committer);
-        let mut q = lock(&self.inner.queue);
-        match q.entries.front() {
-            Some(next) => next.ticket.set(Turn::Commit),
-            None => q.committing = false,
-        }
+        self.hand_on();
     }
 }
 
@@ -296,6 +363,25 @@ fn run_background(
 }
 
 impl Committer {
+    /// Commits `entry` alone if SQLite's write lock can be had at once; false (and the
+    /// job dropped unrun) if not.
+    fn commit_alone_now(&mut self, entry: Entry) -> bool {
+        if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
+            Committer::refuse(vec![entry], || StoreError::Lost(why.clone()));
+            return true;
+        }
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let begun = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let _ = self.conn.busy_timeout(self.busy_timeout);
+        match begun {
+            Ok(()) => {
+                self.commit_batch_begun(vec![entry]);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Why no transaction can start, answered to every job of the batch.
     fn refuse(batch: Vec<Entry>, err: impl Fn() -> StoreError) {
         for entry in batch {
@@ -328,6 +414,12 @@ impl Committer {
                 _ => StoreError::CommitFailed(text.clone()),
             });
         }
+        self.commit_batch_begun(batch);
+    }
+
+    /// Runs `batch` in the transaction just begun, commits it, and answers every job.
+    fn commit_batch_begun(&mut self, batch: Vec<Entry>) {
+        let conn = &self.conn;
         crate::fault::point("inside_write");
         let alone = batch.len() == 1;
         let mut answered: Vec<(Reply, Arc<Ticket>)> = Vec::with_capacity(batch.len());

@@ -6,7 +6,7 @@ use crate::http::decode::{
     empty_as_none, optional_body, query, required_json, NamespaceQuery, NoQuery, MAX_WAIT_MS,
 };
 use crate::http::error::{json_response, registry_error, ApiError, Response};
-use crate::http::offload::blocking;
+use crate::http::offload::{blocking, now_or_blocking};
 use crate::ids::{self, LockKey};
 use crate::policy::stale::LockState;
 use crate::registry::{
@@ -198,7 +198,7 @@ pub async fn renew(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     query::<NoQuery>(&cx.req.query)?;
     let id = lease_id(cx)?;
     let reg = cx.app.registry.clone();
-    let grant = blocking(move || reg.renew_lease(&id)).await?;
+    let grant = now_or_blocking(move || reg.renew_lease(&id)).await?;
     Ok(json_response(
         StatusCode::OK,
         &Renewed {
@@ -220,7 +220,7 @@ pub async fn release(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     query::<NoQuery>(&cx.req.query)?;
     let id = lease_id(cx)?;
     let reg = cx.app.registry.clone();
-    let held_ms = blocking(move || reg.release_lease(&id)).await?;
+    let held_ms = now_or_blocking(move || reg.release_lease(&id)).await?;
     cx.app.metrics.releases.inc();
     if let Some(ms) = held_ms {
         cx.app.metrics.observe_hold_ms(ms as f64);

@@ -181,3 +181,79 @@ fn the_tidy_job_runs_in_the_background_every_few_dozen_commits() {
         TIDY_EVERY as i64 * 3
     );
 }
+
+#[test]
+fn a_no_wait_write_never_waits_and_runs_nothing_when_it_would() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
+    // Another connection holds SQLite's write lock.
+    let other = rusqlite::Connection::open(config.db_path()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&ran);
+    let started = std::time::Instant::now();
+    let out: Result<(), StoreError> = no_wait(|| {
+        writer.write(move |c| {
+            r.store(true, Ordering::SeqCst);
+            c.execute("INSERT INTO registry_settings VALUES ('nw', 1)", [])?;
+            Ok(())
+        })
+    });
+    assert!(matches!(out, Err(StoreError::WouldWait)), "{out:?}");
+    assert!(!ran.load(Ordering::SeqCst), "the job did not run");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "no busy wait: {:?}",
+        started.elapsed()
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    // Free again: the same write commits on this thread, and the writer still works for
+    // ordinary callers (the role was handed back).
+    let out: Result<(), StoreError> = no_wait(|| {
+        writer.write(|c| {
+            c.execute("INSERT INTO registry_settings VALUES ('nw', 1)", [])?;
+            Ok(())
+        })
+    });
+    out.unwrap();
+    writer
+        .write(|c| -> Result<(), StoreError> {
+            c.execute("INSERT INTO registry_settings VALUES ('after', 1)", [])?;
+            Ok(())
+        })
+        .unwrap();
+    let n: i64 = other
+        .query_row(
+            "SELECT count(*) FROM registry_settings WHERE key IN ('nw', 'after')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn a_no_wait_write_does_not_queue_behind_a_committer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let w = writer.clone();
+    let slow = std::thread::spawn(move || {
+        w.write(move |_c| -> Result<(), StoreError> {
+            let _ = inside_tx.send(());
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+            Ok(())
+        })
+    });
+    inside_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let out: Result<(), StoreError> = no_wait(|| writer.write(|_c| Ok(())));
+    assert!(matches!(out, Err(StoreError::WouldWait)), "{out:?}");
+    go_tx.send(()).unwrap();
+    slow.join().unwrap().unwrap();
+    let out: Result<(), StoreError> = no_wait(|| writer.write(|_c| Ok(())));
+    out.unwrap();
+}
