@@ -28,6 +28,7 @@ mod busy;
 pub mod clear;
 pub mod error;
 pub mod grant;
+pub mod guard;
 mod holdings;
 pub mod lease;
 mod lockdir;
@@ -42,7 +43,8 @@ pub use clear::{
     ClearOutcome, ClearReport, ClearedLock, ForceCleared, LockOutcome, SkipKind, SkippedLock,
 };
 pub use error::RegistryError;
-pub use grant::{AcquireOptions, LockGuard};
+pub use grant::AcquireOptions;
+pub use guard::LockGuard;
 pub use holdings::LeaseInfo;
 pub use lease::{LeaseGrant, LeaseRequest};
 pub use register::Registration;
