@@ -88,17 +88,41 @@ pub struct Config {
     pub max_waiters_per_lock: usize,
     /// Most acquirers that may wait in this process in all (more: 503).
     pub max_waiters: usize,
+    /// Mode of a storage directory lockledger creates (an existing one keeps its own).
+    pub storage_dir_mode: u32,
     /// Mode of a locks directory lockledger creates (an existing one keeps its own).
     pub locks_dir_mode: u32,
-    /// Mode of a lock file lockledger creates (before the umask).
+    /// Mode of a lock file lockledger creates, whatever the umask (it is set with
+    /// `fchmod` after the file is created; an existing file keeps its own).
     pub lock_file_mode: u32,
 }
 
-/// Modes for a storage directory shared with a chat app running as another user of the
-/// same group (`shared_group = true`): the locks directory group-writable with setgid,
-/// so lock files keep the group, and lock files group-readable and writable (Python's
-/// `filelock` opens them read-write).
-pub const SHARED_GROUP_MODES: (u32, u32) = (0o2770, 0o660);
+/// The modes of what lockledger creates: the storage directory, the locks directory and
+/// lock files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    pub storage_dir: u32,
+    pub locks_dir: u32,
+    pub lock_file: u32,
+}
+
+/// Private to the service's user: the default.
+pub const PRIVATE_MODES: Modes = Modes {
+    storage_dir: 0o700,
+    locks_dir: 0o700,
+    lock_file: 0o600,
+};
+
+/// For a chat app running as another user of the service's group (`shared_group =
+/// true`): the storage directory lets the group through to `locks/` (but not list it or
+/// read `registry.db`, which stays 0600); the locks directory is group-writable with
+/// setgid, so lock files keep the group; lock files are group-readable and writable
+/// (Python's `filelock` opens them read-write), whatever the umask.
+pub const SHARED_GROUP_MODES: Modes = Modes {
+    storage_dir: 0o710,
+    locks_dir: 0o2770,
+    lock_file: 0o660,
+};
 
 /// The file form of [`Config`]; every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -151,8 +175,9 @@ impl Config {
             busy_timeout: Duration::from_secs(5),
             max_waiters_per_lock: 2_000,
             max_waiters: 10_000,
-            locks_dir_mode: 0o700,
-            lock_file_mode: 0o600,
+            storage_dir_mode: PRIVATE_MODES.storage_dir,
+            locks_dir_mode: PRIVATE_MODES.locks_dir,
+            lock_file_mode: PRIVATE_MODES.lock_file,
         }
     }
 
@@ -222,8 +247,8 @@ impl Config {
         if let Some(v) = file.max_waiters {
             self.max_waiters = v;
         }
-        if file.shared_group == Some(true) {
-            (self.locks_dir_mode, self.lock_file_mode) = SHARED_GROUP_MODES;
+        if let Some(shared) = file.shared_group {
+            self.set_shared_group(shared);
         }
         if let Some(v) = file.namespaces {
             self.namespaces = v;
@@ -269,14 +294,32 @@ impl Config {
             self.retention_max_events = (v > 0).then_some(v);
         }
         if let Some(v) = get("LOCKLEDGER_SHARED_GROUP") {
-            if parse_bool("LOCKLEDGER_SHARED_GROUP", &v)? {
-                (self.locks_dir_mode, self.lock_file_mode) = SHARED_GROUP_MODES;
-            }
+            self.set_shared_group(parse_bool("LOCKLEDGER_SHARED_GROUP", &v)?);
         }
         if let Some(v) = get("LOCKLEDGER_AUTO_EXPIRE") {
             self.auto_expire = parse_bool("LOCKLEDGER_AUTO_EXPIRE", &v)?;
         }
         Ok(())
+    }
+
+    /// The modes of what lockledger creates.
+    pub fn modes(&self) -> Modes {
+        Modes {
+            storage_dir: self.storage_dir_mode,
+            locks_dir: self.locks_dir_mode,
+            lock_file: self.lock_file_mode,
+        }
+    }
+
+    fn set_shared_group(&mut self, shared: bool) {
+        let m = if shared {
+            SHARED_GROUP_MODES
+        } else {
+            PRIVATE_MODES
+        };
+        self.storage_dir_mode = m.storage_dir;
+        self.locks_dir_mode = m.locks_dir;
+        self.lock_file_mode = m.lock_file;
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -361,12 +404,16 @@ impl Config {
     }
 }
 
+/// A boolean in the environment, spelled as clap's `BoolishValueParser` takes the
+/// command line's (`serve --access-log`'s variable): `1/true/t/yes/y/on` or
+/// `0/false/f/no/n/off`, in any case.
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(ConfigError::Invalid(format!(
-            "{key}={other:?} is not a boolean"
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid(format!(
+            "{key}={:?} is not a boolean (use 1/true/yes/on or 0/false/no/off)",
+            v.trim()
         ))),
     }
 }
@@ -381,65 +428,4 @@ pub fn is_word(word: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid_and_match_the_chat_app() {
-        let c = Config::defaults("/tmp/x");
-        c.validate().unwrap();
-        assert_eq!(c.default_namespace().name, "conversation");
-        assert_eq!(c.default_namespace().fields.len(), 7);
-        assert!(c
-            .default_namespace()
-            .fields
-            .iter()
-            .any(|f| f == "artefacts"));
-        assert_eq!(c.max_hold, Duration::from_secs(600));
-        assert_eq!(c.retention_age, Some(Duration::from_secs(90 * 86400)));
-    }
-
-    #[test]
-    fn toml_overrides_and_refuses_unknown_keys() {
-        let mut c = Config::defaults("/tmp/x");
-        c.apply_toml("max_hold_ms = 1500\nauto_expire = false\n")
-            .unwrap();
-        assert_eq!(c.max_hold, Duration::from_millis(1500));
-        assert!(!c.auto_expire);
-        let err = c.apply_toml("max_hold = 3\n").unwrap_err();
-        assert!(err.contains("max_hold"), "{err}");
-    }
-
-    #[test]
-    fn a_field_called_main_is_refused() {
-        let mut c = Config::defaults("/tmp/x");
-        c.namespaces[0].fields.push("main".into());
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("main"), "{e}");
-    }
-
-    #[test]
-    fn patterns_must_name_owner_and_field_once_without_slash() {
-        for pattern in [
-            "{owner}.lock",
-            "{owner}/{field}.lock",
-            "{owner}{owner}_{field}.lock",
-        ] {
-            let mut c = Config::defaults("/tmp/x");
-            c.namespaces[0].pattern = pattern.into();
-            assert!(c.validate().is_err(), "{pattern} accepted");
-        }
-    }
-
-    #[test]
-    fn env_overrides_are_parsed_strictly() {
-        let mut c = Config::defaults("/tmp/x");
-        c.apply_env(|k| (k == "LOCKLEDGER_MAX_HOLD_MS").then(|| "250".to_string()))
-            .unwrap();
-        assert_eq!(c.max_hold, Duration::from_millis(250));
-        let e = c
-            .apply_env(|k| (k == "LOCKLEDGER_AUTO_EXPIRE").then(|| "maybe".to_string()))
-            .unwrap_err();
-        assert!(e.to_string().contains("LOCKLEDGER_AUTO_EXPIRE"));
-    }
-}
+mod tests;

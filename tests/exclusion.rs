@@ -5,7 +5,7 @@
 
 use lockledger::clock::ManualClock;
 use lockledger::policy::stale::{HolderKind, LockState, StaleReason};
-use lockledger::registry::{LeaseGrant, LeaseRequest, LockReport};
+use lockledger::registry::{LeaseGrant, LeaseRequest, LockReport, SkipKind};
 use lockledger::store::history::HistoryQuery;
 use lockledger::{AcquireOptions, Config, LockKey, Registry, RegistryError};
 use std::path::PathBuf;
@@ -158,8 +158,36 @@ fn symlinks_and_fifos_are_refused_and_nothing_is_written_through_them() {
         "{msg}"
     );
     assert!(!msg.contains(dir.path().to_str().unwrap()), "{msg}");
-    assert!(reg.status(None, "x").is_err());
-    assert!(reg.clear(None, "x", None, "test").is_err());
+    // Status and clear answer, with the symlink reported on its own lock.
+    let r = report(&reg, &key);
+    assert_eq!(r.state, LockState::Unsafe, "{r:?}");
+    assert_eq!(r.unsafe_file.as_deref(), Some("a symbolic link"));
+    assert!(r.note.contains("x_messages.lock"), "{}", r.note);
+    let out = reg.clear(None, "x", None, "test").unwrap();
+    assert!(out.cleared.is_empty(), "{out:?}");
+    assert_eq!(out.skipped.len(), 1, "{out:?}");
+    assert_eq!(out.skipped[0].outcome, SkipKind::UnsafeLockFile);
+    assert_eq!(std::fs::read(&precious).unwrap(), b"do not empty me");
+
+    // A symlink put in place of a live lease's lock file: the lease is still the holder,
+    // reported with what is at its path now; once it ends, the lock is unsafe.
+    let leased = reg.key(None, "x", "memory").unwrap();
+    let l = lease(&reg, &leased, 60_000).unwrap();
+    std::fs::remove_file(lock_path(&reg, &leased)).unwrap();
+    std::os::unix::fs::symlink(&precious, lock_path(&reg, &leased)).unwrap();
+    let r = report(&reg, &leased);
+    assert_eq!(
+        (r.state, r.token),
+        (LockState::Held, Some(l.token)),
+        "{r:?}"
+    );
+    assert!(r.file_replaced, "{r:?}");
+    assert_eq!(r.unsafe_file.as_deref(), Some("a symbolic link"));
+    assert!(r.note.contains("symbolic link"), "{}", r.note);
+    let out = reg.clear(None, "x", None, "test").unwrap();
+    assert!(out.cleared.is_empty(), "{out:?}");
+    reg.release_lease(&l.lease_id).unwrap();
+    assert_eq!(report(&reg, &leased).state, LockState::Unsafe);
     assert_eq!(std::fs::read(&precious).unwrap(), b"do not empty me");
 
     let dangling = reg.key(None, "y", "messages").unwrap();
@@ -175,7 +203,10 @@ fn symlinks_and_fifos_are_refused_and_nothing_is_written_through_them() {
     let t = std::time::Instant::now();
     let err = lease(&reg, &fifo, 1000).unwrap_err();
     assert!(err.to_string().contains("FIFO"), "{err}");
-    assert!(reg.clear(None, "z", None, "test").is_err());
+    let out = reg.clear(None, "z", None, "test").unwrap();
+    assert_eq!(out.skipped[0].outcome, SkipKind::UnsafeLockFile, "{out:?}");
+    assert!(out.skipped[0].reason.contains("FIFO"), "{out:?}");
+    assert_eq!(report(&reg, &fifo).state, LockState::Unsafe);
     assert!(t.elapsed() < Duration::from_secs(2));
     // The database still takes writes at once: nothing hangs on the FIFO.
     let ok = reg.key(None, "z", "memory").unwrap();

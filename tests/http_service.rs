@@ -1871,16 +1871,25 @@ fn metrics_health_and_openapi() {
     );
     let text = r.text();
     assert!(text.contains("# TYPE lockledger_grants counter"), "{text}");
+    assert!(
+        text.contains("# HELP lockledger_grants Grants made by this service, by kind"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP lockledger_releases Grants ended by their holder"),
+        "{text}"
+    );
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(
         text.contains("lockledger_acquire_wait_seconds_bucket"),
         "{text}"
     );
-    assert_eq!(
-        sample(&text, "lockledger_grants_total"),
-        Some(0.0),
-        "{text}"
-    );
+    for kind in ["lease", "registration"] {
+        for counter in ["lockledger_grants_total", "lockledger_releases_total"] {
+            let name = format!("{counter}{{kind=\"{kind}\"}}");
+            assert_eq!(sample(&text, &name), Some(0.0), "{name}: {text}");
+        }
+    }
     for line in text
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -1894,7 +1903,7 @@ fn metrics_health_and_openapi() {
     let lease = srv.lease("c10", "messages", "metered", 30_000);
     let text = srv.get("/metrics").text();
     assert_eq!(
-        sample(&text, "lockledger_grants_total"),
+        sample(&text, "lockledger_grants_total{kind=\"lease\"}"),
         Some(1.0),
         "{text}"
     );
@@ -1913,7 +1922,7 @@ fn metrics_health_and_openapi() {
         "{text}"
     );
     assert_eq!(
-        sample(&text, "lockledger_grants_total"),
+        sample(&text, "lockledger_grants_total{kind=\"lease\"}"),
         Some(1.0),
         "{text}"
     );
@@ -1921,8 +1930,13 @@ fn metrics_health_and_openapi() {
     let text = srv.get("/metrics").text();
     assert_eq!(sample(&text, "lockledger_leases"), Some(0.0), "{text}");
     assert_eq!(
-        sample(&text, "lockledger_releases_total"),
+        sample(&text, "lockledger_releases_total{kind=\"lease\"}"),
         Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockledger_releases_total{kind=\"registration\"}"),
+        Some(0.0),
         "{text}"
     );
 
@@ -1941,6 +1955,133 @@ fn metrics_health_and_openapi() {
     ] {
         assert!(paths.contains_key(p), "no {p} in the API document");
     }
+}
+
+/// A process holding `owner`/`field`'s flock by itself, with no record (as the chat
+/// app's `FileLock` does), until killed.
+fn external_holder(storage: &Path, owner: &str, field: &str) -> lockledger_harness::Proc {
+    let cmd = lockledger(storage, &["hold", owner, field, "--external"]);
+    let holder = lockledger_harness::Proc::spawn(cmd, "external holder");
+    let line = holder.line(Duration::from_secs(10));
+    assert!(
+        line.as_deref().is_some_and(|l| l.contains("\"held\"")),
+        "{line:?}: {}",
+        holder.stderr_text()
+    );
+    holder
+}
+
+/// Registrations are counted as their own kind, never as leases; a process that does not
+/// hold the file is refused with its own code, naming the lock and the pid.
+#[test]
+fn registrations_are_counted_by_kind_and_a_refused_one_says_not_holding() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let srv = Server::start(&storage, &Opts::default());
+    let mut holder = external_holder(&storage, "r1", "memory");
+    let register = |pid: i64| {
+        srv.post(
+            "/api/v1/locks/r1/memory/register",
+            &json!({"pid": pid, "holder": "chat-app", "operation": "save_local"}),
+        )
+    };
+
+    // This test process does not hold the file: its own code, the lock and the pid named.
+    let me = i64::from(std::process::id());
+    let r = register(me);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_code(), "not_holding", "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "lock r1/memory cannot be registered for pid {me}:"
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("held by pid {}", holder.pid())),
+        "{msg}"
+    );
+    assert!(!msg.contains("cleared"), "{msg}");
+    // No lock file at all: the same code.
+    let r = srv.post(
+        "/api/v1/locks/r2/memory/register",
+        &json!({"pid": me, "holder": "chat-app", "operation": "save_local"}),
+    );
+    assert_eq!(r.error_code(), "not_holding", "{}", r.text());
+    assert!(
+        r.text().contains("r2_memory.lock does not exist"),
+        "{}",
+        r.text()
+    );
+
+    let r = register(i64::from(holder.pid()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["registration_id"].as_str().unwrap().to_string();
+    let text = srv.get("/metrics").text();
+    assert_eq!(
+        sample(&text, "lockledger_grants_total{kind=\"registration\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockledger_grants_total{kind=\"lease\"}"),
+        Some(0.0),
+        "a registration is not a lease: {text}"
+    );
+    let r = srv.send(srv.with_user(
+        Req::delete(&format!("/api/v1/registrations/{id}")).header("X-Lockledger-Client", "t"),
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = srv.get("/metrics").text();
+    assert_eq!(
+        sample(&text, "lockledger_releases_total{kind=\"registration\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockledger_releases_total{kind=\"lease\"}"),
+        Some(0.0),
+        "an unregistration is not a lease release: {text}"
+    );
+    holder.kill();
+}
+
+/// LOCKLEDGER_ACCESS_LOG (and the other boolean variables) take the usual spellings, as
+/// deploy/lockledger.service suggests (`=1`), and still refuse nonsense.
+#[test]
+fn boolean_environment_variables_take_the_usual_spellings() {
+    let logged = |value: &str| -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = Server::start(
+            &storage_in(&dir),
+            &Opts::default()
+                .env("LOCKLEDGER_ACCESS_LOG", value)
+                .env("LOCKLEDGER_AUTO_EXPIRE", value)
+                .env("RUST_LOG", "info"),
+        );
+        assert_eq!(srv.get("/healthz").status, 200);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            let seen = srv.stderr().contains("GET /healthz -> 200");
+            if seen || Instant::now() >= deadline {
+                return seen;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for on in ["1", "true", "yes", "on", "TRUE"] {
+        assert!(logged(on), "LOCKLEDGER_ACCESS_LOG={on} logs requests");
+    }
+    for off in ["0", "false", "no", "off"] {
+        assert!(!logged(off), "LOCKLEDGER_ACCESS_LOG={off} logs no requests");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = lockledger(&storage_in(&dir), &["serve", "--bind", "127.0.0.1:0"]);
+    cmd.env("LOCKLEDGER_ACCESS_LOG", "maybe");
+    let (code, _, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("maybe"), "{stderr}");
 }
 
 // ------------------------------------------------------------------ beyond the brief
@@ -2113,6 +2254,57 @@ fn global_clear_takes_every_stale_lock_and_no_live_one() {
     assert_eq!(srv.lock("g2", "memory")["state"], "free");
     assert_eq!(srv.lock("g3", "messages")["state"], "held");
     assert_eq!(srv.renew(&live.id).status, 200);
+    // g3 had nothing stale, so it was not cleared; nothing it cleared is left.
+    assert_eq!(v["success"], true, "{v}");
+}
+
+/// POST /clear_locks says `success: true` only when nothing of the owners it cleared is
+/// still held or stale: a stale lock cleared beside a lock a real process holds is not a
+/// success, and the message says who holds what.
+#[test]
+fn global_clear_is_a_success_only_when_nothing_is_left_held_or_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(&dir);
+    let opts = Opts::default().env("LOCKLEDGER_AUTO_EXPIRE", "0");
+    let srv = Server::start(&storage, &opts);
+    srv.lease("h1", "messages", "gone", 200);
+    // A real process holds h1's memory lock by itself (as the chat app's FileLock does).
+    let mut holder = external_holder(&storage, "h1", "memory");
+    wait_for(Duration::from_secs(3), "h1/messages stale", || {
+        (srv.lock("h1", "messages")["state"] == "stale").then_some(())
+    });
+    let clear_all = || {
+        let r = srv.send(Req::post("/clear_locks").empty_json().bearer(&srv.admin));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    let v = clear_all();
+    assert_eq!(v["cleared"], json!(["h1_messages.lock"]), "{v}");
+    assert_eq!(v["success"], false, "a lock is still held: {v}");
+    let skipped = v["skipped"].as_array().unwrap();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["field"] == "memory" && s["outcome"] == "external"),
+        "{v}"
+    );
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("still held") && message.contains(&format!("pid {}", holder.pid())),
+        "{message}"
+    );
+    assert!(!message.contains(['<', '>', '&', '"', '\'']), "{message}");
+    assert_eq!(srv.lock("h1", "memory")["state"], "held");
+
+    // Once the holder is gone and something is stale again, a clear leaves nothing.
+    holder.kill();
+    srv.lease("h1", "all", "gone-too", 200);
+    wait_for(Duration::from_secs(3), "h1/all stale", || {
+        (srv.lock("h1", "all")["state"] == "stale").then_some(())
+    });
+    let v = clear_all();
+    assert_eq!(v["cleared"], json!(["h1_all.lock"]), "{v}");
+    assert_eq!(v["success"], true, "{v}");
 }
 
 /// Admin SQL: views readable, rows capped, runaway queries stopped, no server paths.

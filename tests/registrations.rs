@@ -30,7 +30,17 @@ fn a_registrant_is_checked_recorded_reconciled_and_revocable() {
     // Not the holder: refused, nothing recorded.
     let me = std::process::id() as i32;
     let err = reg.register(&key, me, "chat-app", "save").unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotHolding { pid, .. } if pid == me),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("/proc/locks"), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "lock conv7/messages cannot be registered for pid {me}"
+        )),
+        "{err}"
+    );
     let r = reg.status(None, "conv7").unwrap().locks;
     let r = r.iter().find(|l| l.field == "messages").unwrap();
     assert_eq!(r.kind, Some(HolderKind::External));

@@ -502,6 +502,52 @@ fn tokens_increase_across_reacquisition_and_reopening_and_a_second_instance_gets
 
 // ------------------------------------------------------------------ 3. leases
 
+/// Busy answers folded into one row across several flushes: the row's reason describes
+/// all of them (its total count and the longest wait), not the last batch.
+#[test]
+fn a_folded_busy_row_describes_every_answer_it_stands_for() {
+    let dir = storage();
+    let (reg, _clock) = open_manual(Config::defaults(dir.path()));
+    let key = reg.key(None, "c-busy", "messages").unwrap();
+    let _held = reg.acquire(&key, &opts("writer", "save", 0)).unwrap();
+    let busy_row = || {
+        let rows: Vec<EventRow> = events_of(&reg, &key)
+            .into_iter()
+            .filter(|e| e.event == "wait_timeout")
+            .collect();
+        assert_eq!(rows.len(), 1, "one folded row: {rows:?}");
+        rows[0].clone()
+    };
+    // A blocking acquire writes its busy answer as it gives up: each is its own flush.
+    let _ = expect_busy(&reg, &key, 0);
+    reg.flush_busy().unwrap();
+    let row = busy_row();
+    assert_eq!(row.count, 1);
+    assert!(
+        row.reason.as_deref().unwrap().starts_with("waited "),
+        "{row:?}"
+    );
+    // A longer wait, then three quick answers.
+    let _ = expect_busy(&reg, &key, 60);
+    for _ in 0..3 {
+        let _ = expect_busy(&reg, &key, 0);
+    }
+    reg.flush_busy().unwrap();
+    let row = busy_row();
+    assert_eq!(row.count, 5, "{row:?}");
+    let reason = row.reason.clone().unwrap();
+    assert!(reason.contains("5 busy answers"), "{reason}");
+    let longest: u64 = reason
+        .strip_prefix("waited up to ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{reason}"));
+    assert!(
+        longest >= 60,
+        "the longest wait of the row, not of the last batch: {reason}"
+    );
+}
+
 #[test]
 fn expired_lease_stays_stale_without_auto_expire_and_a_safe_clear_frees_it() {
     let dir = storage();

@@ -120,8 +120,7 @@ fn hold_external(g: &GlobalOpts, a: HoldArgs) -> Result<i32, RegistryError> {
     let config = g.config()?;
     let key = LockKey::in_config(&config, g.namespace(), &a.owner, &a.field)?;
     let namespace = ids::namespace_of(&config, g.namespace())?;
-    let dir =
-        flock::ensure_dir(&config.locks_dir(), config.locks_dir_mode).map_err(StoreError::Io)?;
+    let dir = crate::registry::lockdir::ensure_storage(&config).map_err(StoreError::Io)?;
     let deadline = Instant::now() + Duration::from_millis(a.wait_ms);
     let held = flock::acquire_until(
         &dir.join(key.file_name(namespace)),

@@ -2,6 +2,7 @@
 
 use super::{GlobalOpts, EXIT_ERROR, EXIT_OK};
 use crate::registry::{Registry, RegistryError};
+use clap::builder::BoolishValueParser;
 use clap::Args;
 use std::time::Duration;
 
@@ -26,8 +27,9 @@ pub struct ServeArgs {
     /// Demo mode: streamed chat replies hold leases; simulated stuck holders
     #[arg(long)]
     pub demo: bool,
-    /// Log every request (method, path, status, time) at info level
-    #[arg(long, env = "LOCKLEDGER_ACCESS_LOG")]
+    /// Log every request (method, path, status, time) at info level. The environment
+    /// variable takes 1/true/yes/on or 0/false/no/off.
+    #[arg(long, env = "LOCKLEDGER_ACCESS_LOG", value_parser = BoolishValueParser::new())]
     pub access_log: bool,
     /// Most connections open at once (kept below the file-descriptor limit)
     #[arg(long, env = "LOCKLEDGER_MAX_CONNECTIONS", default_value_t = 4096)]

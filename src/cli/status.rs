@@ -40,6 +40,7 @@ fn paint(text: &str, state: LockState, color: bool) -> String {
         LockState::Free => "32",
         LockState::Held => "33",
         LockState::Stale => "31",
+        LockState::Unsafe => "35",
     };
     format!("\x1b[{code}m{text}\x1b[0m")
 }

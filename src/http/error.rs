@@ -161,6 +161,7 @@ pub fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::NotClearable { .. } => {
             ApiError::new(StatusCode::CONFLICT, "not_clearable", msg)
         }
+        RegistryError::NotHolding { .. } => ApiError::new(StatusCode::CONFLICT, "not_holding", msg),
         RegistryError::NotHeld { .. } => ApiError::new(StatusCode::CONFLICT, "not_held", msg),
         RegistryError::LeaseGone { .. } | RegistryError::Revoked { .. } => {
             ApiError::new(StatusCode::GONE, "lease_gone", msg)

@@ -1,7 +1,8 @@
 //! Service metrics, kept and rendered by `prometheus-client` (OpenMetrics text).
 //!
-//! Owns the numbers the service itself produces (grants, busy answers, releases,
-//! expiries, clears, responses by status class, wait and hold times). Gauges that describe
+//! Owns the numbers the service itself produces (grants and releases by kind — lease or
+//! registration —, busy answers, expiries, clears, responses by status class, wait and
+//! hold times). Gauges that describe
 //! the registry (held, stale, waiting, leases) are set by the caller at scrape time from
 //! what the registry reports, just before rendering.
 
@@ -22,6 +23,32 @@ pub struct StatusClass {
     class: &'static str,
 }
 
+/// What kind of grant a grant or release counter counts: the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// A lease this service granted (and holds the flock for).
+    Lease,
+    /// A process that took the flock itself, recorded by `POST …/register`.
+    Registration,
+}
+
+impl GrantKind {
+    const ALL: [GrantKind; 2] = [GrantKind::Lease, GrantKind::Registration];
+    fn label(self) -> KindLabel {
+        KindLabel {
+            kind: match self {
+                GrantKind::Lease => "lease",
+                GrantKind::Registration => "registration",
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    kind: &'static str,
+}
+
 /// Registry gauges, read at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gauges {
@@ -38,9 +65,9 @@ pub struct Gauges {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub grants: Counter,
+    grants: Family<KindLabel, Counter>,
     pub busy: Counter,
-    pub releases: Counter,
+    releases: Family<KindLabel, Counter>,
     pub expiries: Counter,
     pub clears: Counter,
     pub force_clears: Counter,
@@ -61,9 +88,9 @@ impl Default for Metrics {
         let histogram = || Histogram::new(BUCKETS);
         let mut m = Metrics {
             registry: Registry::with_prefix("lockledger"),
-            grants: Counter::default(),
+            grants: Family::default(),
             busy: Counter::default(),
-            releases: Counter::default(),
+            releases: Family::default(),
             expiries: Counter::default(),
             clears: Counter::default(),
             force_clears: Counter::default(),
@@ -105,7 +132,12 @@ impl Default for Metrics {
             m.waiting.clone(),
         );
         r.register("leases", "Leases this service holds", m.leases.clone());
-        r.register("grants", "Leases granted", m.grants.clone());
+        r.register(
+            "grants",
+            "Grants made by this service, by kind: lease (a lease granted) or registration \
+             (a process that took the flock itself, recorded)",
+            m.grants.clone(),
+        );
         r.register(
             "acquire_busy",
             "Acquires that gave up waiting",
@@ -113,7 +145,8 @@ impl Default for Metrics {
         );
         r.register(
             "releases",
-            "Leases released by their client",
+            "Grants ended by their holder through this service, by kind: lease (released \
+             by its client) or registration (unregistered)",
             m.releases.clone(),
         );
         r.register("expiries", "Leases ended by the reaper", m.expiries.clone());
@@ -143,6 +176,11 @@ impl Default for Metrics {
             "How long released leases were held",
             m.hold_time.clone(),
         );
+        // Every kind is rendered, 0 until it happens.
+        for kind in GrantKind::ALL {
+            let _ = m.grants.get_or_create(&kind.label());
+            let _ = m.releases.get_or_create(&kind.label());
+        }
         m
     }
 }
@@ -157,6 +195,16 @@ impl Metrics {
             _ => "5xx",
         };
         self.responses.get_or_create(&StatusClass { class }).inc();
+    }
+
+    /// A grant of `kind` was made.
+    pub fn count_grant(&self, kind: GrantKind) {
+        self.grants.get_or_create(&kind.label()).inc();
+    }
+
+    /// A grant of `kind` was ended by its holder (released, unregistered).
+    pub fn count_release(&self, kind: GrantKind) {
+        self.releases.get_or_create(&kind.label()).inc();
     }
 
     pub fn observe_wait_ms(&self, ms: f64) {
@@ -194,7 +242,10 @@ mod tests {
     #[test]
     fn counters_histograms_and_status_classes_render() {
         let m = Metrics::default();
-        m.grants.inc();
+        m.count_grant(GrantKind::Lease);
+        m.count_grant(GrantKind::Registration);
+        m.count_grant(GrantKind::Registration);
+        m.count_release(GrantKind::Lease);
         m.observe_wait_ms(0.2);
         m.observe_wait_ms(20.0);
         m.observe_wait_ms(2_000_000.0);
@@ -205,7 +256,26 @@ mod tests {
             held: 3,
             ..Gauges::default()
         });
-        assert!(out.contains("lockledger_grants_total 1"), "{out}");
+        assert!(
+            out.contains("lockledger_grants_total{kind=\"lease\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_grants_total{kind=\"registration\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_releases_total{kind=\"lease\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lockledger_releases_total{kind=\"registration\"} 0"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("# HELP lockledger_grants Leases granted"),
+            "{out}"
+        );
         assert!(out.contains("lockledger_locks_held 3"), "{out}");
         assert!(
             out.contains("lockledger_acquire_wait_seconds_bucket{le=\"0.0005\"} 1"),

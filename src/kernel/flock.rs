@@ -15,6 +15,8 @@
 //!   naming the file and what it is; nothing is opened through a symlink, and a FIFO or
 //!   device is never opened at all (`lstat` first, `fstat` after opening to close the
 //!   race). Nothing here ever blocks in `open` or `flock`.
+//! - A lock file this module creates has exactly the mode asked for (created with
+//!   `O_EXCL`, then `fchmod`ed), whatever the umask; an existing one keeps its own.
 //! - A [`HeldFlock`] is the only way to hold a lock; it remembers the identity (device,
 //!   inode) of the file it locked, and dropping it closes the descriptor, which releases
 //!   the lock (the descriptor is never duplicated, so nothing else keeps it).
@@ -131,9 +133,26 @@ pub fn file_id(path: &Path) -> Result<Option<FileId>, FlockError> {
     }
 }
 
+/// `open(2)` of a lock file with `O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC` and
+/// `extra` flags: the descriptor, or the OS error.
+fn open_fd(c_path: &std::ffi::CStr, extra: libc::c_int, mode: u32) -> std::io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | extra;
+    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call; the
+    // mode argument is read only with O_CREAT.
+    let fd = unsafe { libc::open(c_path.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open(2) and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Opens the lock file safely: never through a symlink, never a FIFO or device, never
-/// blocking. `create` makes a missing file (mode `file_mode`, before the umask).
-/// `Ok(None)`: missing and not created.
+/// blocking. `create` makes a missing file with mode `file_mode` exactly: the file is
+/// created exclusively (`O_CREAT | O_EXCL`, which also refuses any symlink) and then
+/// `fchmod`ed, so the umask cannot take bits away (a group-shared lock file must be
+/// 0660 even under `UMask=0077`). An existing file keeps its mode. `Ok(None)`: missing
+/// and not created.
 fn open_lock_file(
     path: &Path,
     create: bool,
@@ -142,7 +161,8 @@ fn open_lock_file(
     let name = || display_name(path);
     // Refuse what is not a regular file before opening it: opening a FIFO or a device
     // can have effects of its own.
-    if file_id(path)?.is_none() && !create {
+    let exists = file_id(path)?.is_some();
+    if !exists && !create {
         return Ok(None);
     }
     let c_path =
@@ -150,36 +170,61 @@ fn open_lock_file(
             name: name(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"),
         })?;
-    let mut flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    if create {
-        flags |= libc::O_CREAT;
-    }
-    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call; the
-    // mode argument is read only with O_CREAT.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags, file_mode as libc::c_uint) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENOENT) if !create => Ok(None),
-            // O_NOFOLLOW on a symlink planted between our lstat and open.
-            Some(libc::ELOOP) => Err(FlockError::NotRegular {
-                name: name(),
-                what: "a symbolic link",
-            }),
-            _ => Err(FlockError::Open {
-                name: name(),
-                source: err,
-            }),
+    let refused = |err: std::io::Error| match err.raw_os_error() {
+        // O_NOFOLLOW on a symlink planted between our lstat and open.
+        Some(libc::ELOOP) => FlockError::NotRegular {
+            name: name(),
+            what: "a symbolic link",
+        },
+        _ => FlockError::Open {
+            name: name(),
+            source: err,
+        },
+    };
+    let missing = || Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+    let mut opened = if exists {
+        open_fd(&c_path, 0, 0)
+    } else {
+        missing()
+    };
+    let mut created = false;
+    // Missing (or deleted since our lstat): create it, exclusively.
+    if create && matches!(&opened, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+        opened = match open_fd(&c_path, libc::O_CREAT | libc::O_EXCL, file_mode) {
+            Ok(f) => {
+                created = true;
+                Ok(f)
+            }
+            // Someone else created it (or planted something) since our lstat: open what
+            // is there now, as for an existing file; `fstat` below judges it. A symlink,
+            // FIFO or device planted meanwhile is refused unopened.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                file_id(path)?;
+                open_fd(&c_path, 0, 0)
+            }
+            Err(e) => Err(e),
         };
     }
-    // SAFETY: fd was just returned by open(2) and is owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !create => return Ok(None),
+        Err(e) => return Err(refused(e)),
+    };
     let meta = file.metadata().map_err(|source| FlockError::Open {
         name: name(),
         source,
     })?;
     if let Some(what) = kind_of(meta.file_type()) {
         return Err(FlockError::NotRegular { name: name(), what });
+    }
+    if created && meta.mode() & 0o7777 != file_mode {
+        // SAFETY: fchmod on a descriptor owned by `file` for the duration of the call.
+        if unsafe { libc::fchmod(file.as_raw_fd(), file_mode as libc::mode_t) } != 0 {
+            return Err(FlockError::Open {
+                name: name(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
     }
     Ok(Some((file, FileId::of(&meta))))
 }
@@ -287,9 +332,12 @@ pub fn probe(path: &Path) -> Result<Probed, FlockError> {
 
 /// Creates a directory (and its parents) with `mode` if it does not exist; an existing
 /// directory keeps its mode (it may be the chat app's own). Refuses a symlink or a
-/// non-directory there.
+/// non-directory there. The mode is set after creating, so the umask cannot take bits
+/// away. Where setting a setuid/setgid bit is refused (systemd's `RestrictSUIDSGID=`
+/// makes it `EPERM`), the directory gets the mode without it and a warning is logged.
+/// Parents it creates get the mode's permission bits less the umask.
 pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     match std::fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(dir.to_path_buf()),
         Ok(_) => {
@@ -303,11 +351,20 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<PathBuf> {
     }
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(mode)
+        .mode(mode & 0o777)
         .create(dir)?;
-    // The umask may have taken bits away; the mode asked for is what is wanted.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    let chmod = |m: u32| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m));
+    match chmod(mode) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && mode & 0o7000 != 0 => {
+            log::warn!(
+                "cannot give directory {} mode {mode:o} ({e}); it is {:o} (without setuid/setgid)",
+                display_name(dir),
+                mode & 0o777
+            );
+            chmod(mode & 0o777)?;
+        }
+        other => other?,
+    }
     Ok(dir.to_path_buf())
 }
 

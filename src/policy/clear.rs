@@ -6,7 +6,7 @@
 //! and never an external holder; reconciliation closes only records that claim nothing
 //! real (their locking process is gone, or nobody holds the flock).
 
-use super::stale::{HolderKind, Liveness, StaleReason, Verdict};
+use super::stale::{HolderKind, Liveness, LockState, StaleReason, Verdict};
 
 /// What a clear needs to know about a recorded holder besides its verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub enum Skip {
     HeldTooLong,
     /// A live holder within its limits.
     Live,
+    /// No record, and something other than a regular file at the lock path: it is never
+    /// opened (nor followed), so nothing can be cleared; removing it is for people.
+    UnsafeLockFile,
 }
 
 /// What a safe clear does with one lock, decided before touching anything.
@@ -71,7 +74,9 @@ fn claims_nothing(flock_held: bool, h: &HolderFacts) -> bool {
 /// [`classify`], `holder` the facts of its record, if any. Live holders are never touched.
 pub fn plan(flock_held: bool, holder: Option<HolderFacts>, verdict: &Verdict) -> Plan {
     let Some(h) = holder else {
-        return if flock_held {
+        return if verdict.state == LockState::Unsafe {
+            Plan::Skip(Skip::UnsafeLockFile)
+        } else if flock_held {
             Plan::Skip(Skip::External)
         } else {
             Plan::Nothing
@@ -184,6 +189,10 @@ mod tests {
             release_handle,
         };
         assert_eq!(plan(false, None, &Verdict::free()), Plan::Nothing);
+        assert_eq!(
+            plan(false, None, &Verdict::unsafe_file()),
+            Plan::Skip(Skip::UnsafeLockFile)
+        );
         assert_eq!(
             plan(true, None, &Verdict::held(External)),
             Plan::Skip(Skip::External)

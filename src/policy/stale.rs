@@ -19,6 +19,10 @@ pub enum LockState {
     Free,
     Held,
     Stale,
+    /// Something other than a regular file is at the lock path (a symlink, a FIFO, ...),
+    /// and no recorded holder: lockledger never opens it, so it cannot tell whether it is
+    /// held, and it cannot be cleared (remove the file).
+    Unsafe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,6 +49,7 @@ impl LockState {
             LockState::Free => "free",
             LockState::Held => "held",
             LockState::Stale => "stale",
+            LockState::Unsafe => "unsafe",
         }
     }
     pub fn parse(s: &str) -> Option<LockState> {
@@ -52,6 +57,7 @@ impl LockState {
             "free" => Some(LockState::Free),
             "held" => Some(LockState::Held),
             "stale" => Some(LockState::Stale),
+            "unsafe" => Some(LockState::Unsafe),
             _ => None,
         }
     }
@@ -133,6 +139,14 @@ impl Verdict {
             state: LockState::Held,
             stale_reason: None,
             kind: Some(kind),
+        }
+    }
+    /// No recorded holder and something other than a regular file at the lock path.
+    pub fn unsafe_file() -> Verdict {
+        Verdict {
+            state: LockState::Unsafe,
+            stale_reason: None,
+            kind: None,
         }
     }
     pub fn stale(kind: HolderKind, reason: StaleReason) -> Verdict {

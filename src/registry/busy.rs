@@ -5,7 +5,9 @@
 //! transaction of the registry (so history keeps their order with what followed), or by
 //! [`Registry::flush_busy`] (the service's upkeep, every reaper period): one
 //! `wait_timeout` row per lock, holder, operation and minute, whose `count` says how many
-//! answers it stands for. A crash loses at most the counts of that last moment.
+//! answers it stands for and whose reason describes all of them (the row's total count,
+//! the longest wait among them), however many flushes it grew over. A crash loses at
+//! most the counts of that last moment.
 
 use super::grant::GrantSpec;
 use super::{Registry, RegistryError};
@@ -34,11 +36,37 @@ struct Pending {
     gave_up: bool,
 }
 
-/// The row this process last wrote for an asker: more answers in the same minute add to it.
+/// The row this process last wrote for an asker: more answers in the same minute add to
+/// it. The longest wait and whether a waiter went away cover every answer in the row, so
+/// its reason can describe all of them.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Written {
     event_id: i64,
     minute: i64,
+    longest_wait: Duration,
+    gave_up: bool,
+}
+
+/// The reason of a folded busy row standing for `count` answers: it describes them all.
+fn busy_reason(count: i64, longest_wait: Duration, gave_up: bool) -> String {
+    let waited = longest_wait.as_millis();
+    let went = if gave_up { "; a waiter went away" } else { "" };
+    if count == 1 {
+        format!("waited {waited} ms{went}")
+    } else {
+        format!("waited up to {waited} ms, {count} busy answers{went}")
+    }
+}
+
+/// How many answers the busy row `event_id` stands for now (None: it is gone, pruned).
+/// Read in the write transaction that adds to it, so the sum is exact.
+fn row_count(conn: &rusqlite::Connection, event_id: i64) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(
+        "SELECT count FROM lock_events WHERE event_id = ?1 AND event = 'wait_timeout'",
+    )?
+    .query_row([event_id], |r| r.get(0))
+    .optional()
 }
 
 #[derive(Debug, Default)]
@@ -149,22 +177,21 @@ impl Registry {
         let mut now_written = Vec::new();
         for (asker, p) in &busy.answers {
             let minute = p.at / 60_000;
-            let waited = p.longest_wait.as_millis();
-            let went = if p.gave_up {
-                "; a waiter went away"
-            } else {
-                ""
-            };
-            let reason = if p.count == 1 {
-                format!("waited {waited} ms{went}")
-            } else {
-                format!("waited up to {waited} ms, {} busy answers{went}", p.count)
-            };
             if let Some(w) = busy.written.get(asker).filter(|w| w.minute == minute) {
-                if history::add_to_count(conn, w.event_id, p.count, p.at, &reason)? {
-                    continue;
+                if let Some(before) = row_count(conn, w.event_id)? {
+                    let grown = Written {
+                        longest_wait: w.longest_wait.max(p.longest_wait),
+                        gave_up: w.gave_up || p.gave_up,
+                        ..*w
+                    };
+                    let reason = busy_reason(before + p.count, grown.longest_wait, grown.gave_up);
+                    if history::add_to_count(conn, w.event_id, p.count, p.at, &reason)? {
+                        now_written.push((asker.clone(), grown));
+                        continue;
+                    }
                 }
             }
+            let reason = busy_reason(p.count, p.longest_wait, p.gave_up);
             let file = self.file_of(&asker.key)?;
             let lock_id = records::ensure_lock(conn, &asker.key, &file, p.at)?;
             let event_id = history::insert_event(
@@ -185,7 +212,15 @@ impl Registry {
                     ..NewEvent::default()
                 },
             )?;
-            now_written.push((asker.clone(), Written { event_id, minute }));
+            now_written.push((
+                asker.clone(),
+                Written {
+                    event_id,
+                    minute,
+                    longest_wait: p.longest_wait,
+                    gave_up: p.gave_up,
+                },
+            ));
         }
         Ok(now_written)
     }

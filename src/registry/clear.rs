@@ -6,8 +6,8 @@
 //! lock file.
 
 use super::report::LockReport;
-use super::words::{display_field, remaining_note, skip_reason, without_paths};
-use super::{check_label, close_record, LockRef, Registry, RegistryError};
+use super::words::{display_field, remaining_note, skip_reason, unsafe_file_words, without_paths};
+use super::{close_record, LockRef, Registry, RegistryError, MAX_LABEL_LEN};
 use crate::ids::{self, LockKey};
 use crate::kernel::process;
 use crate::kernel::view::KernelView;
@@ -41,6 +41,9 @@ pub enum SkipKind {
     External,
     /// A lease whose kernel lock another lockledger service holds.
     LeasedElsewhere,
+    /// Something other than a regular file is at the lock path (a symlink, a FIFO, ...):
+    /// it is never opened or followed, so it cannot be cleared; remove it.
+    UnsafeLockFile,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -151,8 +154,11 @@ impl Registry {
         match seen.plan() {
             Plan::Nothing => {}
             Plan::Skip(skip) => {
-                let reason = skip_reason(skip, holder);
-                let external = holder.is_none();
+                let reason = match (skip, seen.unsafe_file) {
+                    (Skip::UnsafeLockFile, Some(what)) => unsafe_file_words(file, what),
+                    _ => skip_reason(skip, holder),
+                };
+                let external = skip == Skip::External && holder.is_none();
                 let mut skipped = SkippedLock {
                     field: key.field().to_string(),
                     file: file.to_string(),
@@ -161,6 +167,7 @@ impl Registry {
                         Skip::HeldTooLong => SkipKind::HeldTooLong,
                         Skip::External => SkipKind::External,
                         Skip::LeasedElsewhere => SkipKind::LeasedElsewhere,
+                        Skip::UnsafeLockFile => SkipKind::UnsafeLockFile,
                     },
                     reason,
                     holder: holder.map(|h| h.holder.clone()),
@@ -240,11 +247,17 @@ impl Registry {
         actor: &str,
     ) -> Result<ForceCleared, RegistryError> {
         if reason.trim().is_empty() {
-            return Err(RegistryError::BadRequest(
-                "a force clear needs a reason".into(),
-            ));
+            return Err(RegistryError::BadRequest(format!(
+                "lock {key}: a force clear needs a reason"
+            )));
         }
-        check_label("reason", reason)?;
+        if reason.len() > MAX_LABEL_LEN || reason.chars().any(char::is_control) {
+            return Err(RegistryError::BadRequest(format!(
+                "lock {key}: a force-clear reason must be at most {MAX_LABEL_LEN} bytes of printable \
+                 text (UTF-8; this one is {} bytes)",
+                reason.len()
+            )));
+        }
         let file = self.file_of(key)?;
         let (key, reason, actor) = (key.clone(), reason.to_string(), actor.to_string());
         self.write(move |reg, conn| {
@@ -332,7 +345,7 @@ pub struct LockOutcome {
     pub field: String,
     pub file: String,
     /// `cleared`, or why it was left alone: `live`, `held_too_long`, `changed`,
-    /// `external`, `leased_elsewhere`.
+    /// `external`, `leased_elsewhere`, `unsafe_lock_file`.
     pub outcome: String,
     /// Its state after the clear.
     pub state_now: LockState,
@@ -417,13 +430,16 @@ impl Registry {
             .into_iter()
             .filter(|l| l.state != LockState::Free)
             .collect();
-        // Held or stale locks the clear had nothing to say about (keys not configured).
+        // Held, stale or unsafe locks the clear had nothing to say about (keys not
+        // configured).
         for l in &remaining {
             if !outcomes.iter().any(|o| o.field == l.field) {
                 outcomes.push(LockOutcome {
                     field: l.field.clone(),
                     file: l.file.clone(),
-                    outcome: if l.kind == Some(crate::policy::stale::HolderKind::External) {
+                    outcome: if l.state == LockState::Unsafe {
+                        "unsafe_lock_file".into()
+                    } else if l.kind == Some(crate::policy::stale::HolderKind::External) {
                         "external".into()
                     } else {
                         "live".into()

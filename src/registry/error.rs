@@ -22,6 +22,13 @@ pub enum RegistryError {
     },
     #[error("lock {lock} cannot be cleared here: {reason}")]
     NotClearable { lock: String, reason: String },
+    /// A registration refused because the process does not hold the lock file's flock.
+    #[error("lock {lock} cannot be registered for pid {pid}: {reason}")]
+    NotHolding {
+        lock: String,
+        pid: i32,
+        reason: String,
+    },
     #[error("lock {lock} is not held")]
     NotHeld { lock: String },
     #[error("lease {lease_id} has ended: {why}")]

@@ -1,17 +1,31 @@
-//! The names of the files in the locks directory, kept in memory and read again only when
+//! The storage and locks directories: creating them with the configured modes, and the
+//! names of the files in the locks directory, kept in memory and read again only when
 //! the directory changed, so a status read can find an owner's lock files whose keys are
 //! not configured (the chat app adds keys as it grows) without listing a directory of
 //! tens of thousands of files each time.
 //!
-//! Invariants: the list is re-read whenever the directory's modification time (or
-//! identity) differs from the one seen before the last listing, so a file created before
-//! a status read is always in the list it uses; a listing that fails leaves the list
-//! empty rather than stale.
+//! Invariants: a storage or locks directory lockledger creates gets exactly its
+//! configured mode (with `shared_group`, one the group can pass through to `locks/`),
+//! whatever the umask; an existing one keeps its own. The list is re-read whenever the
+//! directory's modification time (or identity) differs from the one seen before the
+//! last listing, so a file created before a status read is always in the list it uses; a
+//! listing that fails leaves the list empty rather than stale.
 
+use crate::config::Config;
+use crate::kernel::flock;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// Creates the storage directory, then its locks directory, each with its configured mode
+/// if it does not exist yet; returns the locks directory. (The storage directory comes
+/// first, so it never gets a mode meant for `locks/` as a parent created on the way.)
+pub fn ensure_storage(config: &Config) -> std::io::Result<PathBuf> {
+    let modes = config.modes();
+    flock::ensure_dir(&config.storage_dir, modes.storage_dir)?;
+    flock::ensure_dir(&config.locks_dir(), modes.locks_dir)
+}
 
 /// The directory's identity and modification time, as last listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,7 @@ pub mod grant;
 pub mod guard;
 mod holdings;
 pub mod lease;
-mod lockdir;
+pub mod lockdir;
 mod observe;
 pub mod register;
 pub mod report;
@@ -58,7 +58,7 @@ pub use words::{html_safe, remaining_note};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Namespace};
 use crate::ids::{self, LockKey};
-use crate::kernel::{flock, process};
+use crate::kernel::process;
 use crate::policy::stale::Policy;
 use crate::store::ceiling::Ceiling;
 use crate::store::db::{self, Access};
@@ -134,9 +134,10 @@ impl Registry {
         config
             .validate()
             .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+        // Before the store creates the storage directory (privately): the configured
+        // modes decide, and `shared_group` lets the group through.
+        let locks_dir = lockdir::ensure_storage(&config).map_err(StoreError::Io)?;
         let conn = db::open_and_migrate(&config)?;
-        let locks_dir = flock::ensure_dir(&config.locks_dir(), config.locks_dir_mode)
-            .map_err(StoreError::Io)?;
         let ceiling = Ceiling::open(&conn, config.ceiling_path())?;
         let watch = Arc::new(Watch::new(&config.db_path())?);
         let writer = Writer::start(conn, Some(Arc::clone(&watch)), Some(history::tidy))?;

@@ -10,10 +10,13 @@
 //! - The record wins over the path: a holder whose lock file was deleted or replaced is
 //!   still the holder while it lives; a process locking the new file at that path is
 //!   reported as a conflicting holder.
+//! - A symlink, FIFO, socket or device at a lock path is `lstat`ed, never opened or
+//!   followed, and is reported on that lock alone (state `unsafe` when nobody is
+//!   recorded): one hostile file never hides the state of the owner's other locks.
 
 use super::Registry;
 use super::RegistryError;
-use crate::kernel::flock::FileId;
+use crate::kernel::flock::{self, FileId, FlockError};
 use crate::kernel::process;
 use crate::kernel::view::KernelView;
 use crate::policy::clear::{self, ForcePlan, HolderFacts, Plan};
@@ -34,6 +37,21 @@ pub(super) struct Observed {
     /// names a holder of another file: a conflicting holder.
     pub path_file: Option<FileId>,
     pub conflict: bool,
+    /// What is at the lock path when it is not a regular file ("a symbolic link", "a
+    /// FIFO (named pipe)", ...): it was only `lstat`ed, never opened or followed.
+    pub unsafe_file: Option<&'static str>,
+}
+
+/// The file at a lock path, seen with `lstat` only: a regular file's identity (or
+/// nothing there), or what unsafe thing is there instead. Other errors are errors.
+fn at_path_lstat(
+    path: &std::path::Path,
+) -> Result<Result<Option<FileId>, &'static str>, FlockError> {
+    match flock::file_id(path) {
+        Ok(id) => Ok(Ok(id)),
+        Err(FlockError::NotRegular { what, .. }) => Ok(Err(what)),
+        Err(e) => Err(e),
+    }
 }
 
 impl Observed {
@@ -144,7 +162,22 @@ impl Registry {
         let path = self.path_of_file(file);
         let holder = row.and_then(|r| r.holder.as_ref().map(|h| (r.lock_id, h)));
         let Some((lock_id, h)) = holder else {
-            let at_path = view.at_path(&path)?;
+            let at_path = match view.at_path(&path) {
+                Ok(p) => p,
+                // Reported on this lock alone; the owner's other locks are unaffected.
+                Err(FlockError::NotRegular { what, .. }) => {
+                    return Ok(Observed {
+                        flock_held: false,
+                        verdict: Verdict::unsafe_file(),
+                        holder: None,
+                        file_replaced: false,
+                        path_file: None,
+                        conflict: false,
+                        unsafe_file: Some(what),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
             let obs = Observation {
                 flock_held: at_path.held,
                 record: None,
@@ -156,12 +189,20 @@ impl Registry {
                 file_replaced: false,
                 path_file: at_path.id,
                 conflict: false,
+                unsafe_file: None,
             });
         };
         let own = self.own_lease(lock_id, h);
         let holder_file = own.as_ref().map(|o| o.file).or(h.file_id);
-        let current = crate::kernel::flock::file_id(&path)?;
-        let file_replaced = holder_file.is_some_and(|id| current != Some(id));
+        // Something unsafe put at the path of a recorded holder: the holder's file is no
+        // longer there; the holder is judged as for any replaced file, and nothing at
+        // the path is opened.
+        let (current, unsafe_file) = match at_path_lstat(&path)? {
+            Ok(id) => (id, None),
+            Err(what) => (None, Some(what)),
+        };
+        let file_replaced =
+            holder_file.is_some_and(|id| current != Some(id)) || unsafe_file.is_some();
         let (holder_held, path_held) = match (&own, file_replaced) {
             // Our own handle on the file at the path: held, nothing to ask.
             (Some(_), false) => (true, true),
@@ -170,10 +211,9 @@ impl Registry {
                 (at_path.held, at_path.held)
             }
             (_, true) => {
-                let old = holder_file.unwrap_or(FileId { dev: 0, ino: 0 });
                 let holder_held = own.is_some()
-                    || view
-                        .file_held(old)
+                    || holder_file
+                        .and_then(|old| view.file_held(old))
                         .unwrap_or_else(|| self.holder_alive(lock_id, h));
                 let path_held = current.is_some() && view.at_path(&path)?.held;
                 (holder_held, path_held)
@@ -190,6 +230,7 @@ impl Registry {
             file_replaced,
             path_file: current,
             conflict: file_replaced && path_held,
+            unsafe_file,
         })
     }
 

@@ -60,19 +60,32 @@ impl Registry {
             })?;
         let file = self.file_of(key)?;
         let path = self.path_of_file(&file);
-        let not_holding = |why: String| RegistryError::NotClearable {
+        let not_holding = |reason: String| RegistryError::NotHolding {
             lock: key.to_string(),
-            reason: why,
+            pid,
+            reason,
         };
-        let id = flock::file_id(&path)?
-            .ok_or_else(|| not_holding(format!("its lock file {file} does not exist")))?;
+        let id = flock::file_id(&path)?.ok_or_else(|| {
+            not_holding(format!(
+                "it does not hold the lock: its lock file {file} does not exist; take the lock first, then register"
+            ))
+        })?;
         let holders = Snapshot::read()
             .map_err(|e| StoreError::Io(std::io::Error::other(format!("/proc/locks: {e}"))))?
             .holders(id);
         if !holders.contains(&pid) {
+            let held_by = match holders.as_slice() {
+                [] => "nobody holds it".to_string(),
+                pids => format!(
+                    "it is held by pid {}",
+                    pids.iter()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             return Err(not_holding(format!(
-                "/proc/locks does not show pid {pid} holding {file} (holders: {holders:?}); \
-                 take the lock first, then register"
+                "/proc/locks does not show it holding {file} ({held_by}); take the lock first, then register"
             )));
         }
         let registration_id = crate::random::hex(16)

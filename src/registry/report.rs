@@ -58,6 +58,11 @@ pub struct LockReport {
     /// key that is not configured is reported too (`false`), so a status is never "all
     /// clear" while any lock file of the owner is held.
     pub configured: bool,
+    /// What is at the lock path when it is not a regular file: "a symbolic link", "a
+    /// FIFO (named pipe)", "a socket", "a character device", "a block device", "a
+    /// directory". lockledger never opens or follows it; with no recorded holder the
+    /// state is `unsafe`.
+    pub unsafe_file: Option<String>,
     /// Would a safe clear from here clear it?
     pub clearable: bool,
     /// One line for humans: who holds it, or why it is stale.
@@ -146,6 +151,7 @@ impl Registry {
             file_replaced: seen.file_replaced,
             conflict: None,
             configured: ns.fields.iter().any(|f| f == field),
+            unsafe_file: seen.unsafe_file.map(str::to_string),
             clearable: matches!(seen.plan(), Plan::Clear { .. }),
             note: String::new(),
         };
@@ -167,7 +173,9 @@ impl Registry {
         report
     }
 
-    /// Every configured lock of one owner, with its state. Changes nothing.
+    /// Every configured lock of one owner, with its state, and every other lock file of
+    /// the owner. Changes nothing. A symlink, FIFO or the like at one lock path is
+    /// reported on that lock (state `unsafe`), never as an error of the whole status.
     pub fn status(
         &self,
         namespace: Option<&str>,
@@ -288,7 +296,7 @@ impl Registry {
             match seen.verdict.state {
                 LockState::Held => counts.held += 1,
                 LockState::Stale => counts.stale += 1,
-                LockState::Free => {}
+                LockState::Free | LockState::Unsafe => {}
             }
             counts.file_replaced += u64::from(seen.file_replaced);
             counts.conflicts += u64::from(seen.conflict);

@@ -62,8 +62,24 @@ pub fn describe_holder(r: &LockReport) -> String {
     }
 }
 
+/// What is wrong with an unsafe lock file, and what to do: for notes and clear answers.
+/// `file` is a bare file name and `what` static words, so it is free of markup
+/// characters.
+pub(super) fn unsafe_file_words(file: &str, what: &str) -> String {
+    format!(
+        "its lock file {file} is {what}, not a regular file; lockledger never opens or follows it, \
+         so it cannot tell whether the lock is held and cannot clear it (remove it so a regular lock file can be created)"
+    )
+}
+
 pub(super) fn note_for(r: &LockReport) -> String {
     let mut note = state_note(r);
+    if let (Some(what), false) = (&r.unsafe_file, r.state == LockState::Unsafe) {
+        note.push_str(&format!(
+            "; {} is now at the lock path instead of its lock file (lockledger does not open it)",
+            what
+        ));
+    }
     if r.file_replaced {
         note.push_str(
             "; its lock file was deleted or replaced at the lock path while it held it \
@@ -87,6 +103,13 @@ fn state_note(r: &LockReport) -> String {
     let lock = format!("lock {}/{}", r.owner, display_field(&r.field));
     match (r.state, r.stale_reason) {
         (LockState::Free, _) => format!("{lock} is free"),
+        (LockState::Unsafe, _) => format!(
+            "{lock}: {}",
+            unsafe_file_words(
+                &r.file,
+                r.unsafe_file.as_deref().unwrap_or("not a regular file")
+            )
+        ),
         (LockState::Held, _) if r.revoke_requested => {
             format!(
                 "{lock} was force-cleared; {} has been asked to let go",
@@ -115,20 +138,18 @@ fn state_note(r: &LockReport) -> String {
 
 /// Why a clear left a lock alone, in words.
 pub(super) fn skip_reason(skip: Skip, h: Option<&HolderRow>) -> String {
-    let Some(h) = h else {
-        return "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into();
-    };
-    match skip {
-        Skip::External => "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into(),
-        Skip::LeasedElsewhere => format!(
+    match (skip, h) {
+        (Skip::UnsafeLockFile, _) => "its lock file is not a regular file; lockledger never opens or follows it, so it cannot clear it (remove it so a regular lock file can be created)".into(),
+        (Skip::External, _) | (_, None) => "held by a process lockledger does not manage (external); it cannot be cleared here — stop that process".into(),
+        (Skip::LeasedElsewhere, Some(h)) => format!(
             "leased through the lockledger service (pid {}), which holds the lock file; clear it through that service",
             h.locker_pid
         ),
-        Skip::HeldTooLong => format!(
+        (Skip::HeldTooLong, Some(h)) => format!(
             "held_too_long: {} is alive but has not renewed for longer than max_hold; a safe clear never touches a live holder (an admin may force-clear it)",
             holder_name(h)
         ),
-        Skip::Live => format!(
+        (Skip::Live, Some(h)) => format!(
             "held by a live holder ({}, {}) since {}; a safe clear never touches a live holder",
             holder_name(h),
             h.operation,
@@ -167,6 +188,10 @@ pub fn remaining_note(r: &LockReport) -> String {
     } else {
         format!("{} (a key lockledger is not configured for)", r.field)
     };
+    if r.state == LockState::Unsafe {
+        let what = r.unsafe_file.as_deref().unwrap_or("not a regular file");
+        return format!("{lock}: {}", unsafe_file_words(&html_safe(&r.file), what));
+    }
     let pid = r.pid.map(|p| format!("pid {p}"));
     let op = r.operation.as_deref().map(html_safe);
     let age = r.age_s.map(ago);

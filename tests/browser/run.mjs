@@ -52,7 +52,10 @@
 // is not configured, held by a Python filelock process, is HELD with "not configured"; a
 // deleted-and-replaced lock file and a second holder on the new file are warnings; with
 // --token the history page asks for the token, then CSV export fetches with it and saves every
-// row ("# rows: N"); folded busy answers show "wait_timeout ×5" in the table and timeline.
+// row ("# rows: N"); folded busy answers show "wait_timeout ×5" in the table and timeline. A
+// symlink and a FIFO among an owner's lock files are UNSAFE on their own locks (the other locks
+// as usual), and Clear skips them without following or opening them; the force-clear reason box
+// takes at most 200 bytes, as the service does, and says so when a reason is too long.
 
 import { test, before, after, describe } from "node:test";
 import assert from "node:assert/strict";
@@ -1446,6 +1449,102 @@ describe("what a clear really did, per lock (each test on a service of its own)"
     assert.ok(tip.includes("×5") && tip.includes("5 busy answers folded into one row"), tip);
     await page.click("#timeline-details summary");
     assert.match(await page.textContent("#timeline-tables .tl-marks-table"), /Busy answer or wait timed out ×5/);
+    await page.done();
+  }));
+
+  test("a symlink and a FIFO among the lock files are UNSAFE on their own locks; the others show as usual; Clear skips them", () => withService({}, async (svc) => {
+    const conv = "t-unsafe";
+    const locks = path.join(svc.dir, "locks");
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), "lockledger-outside-"));
+    const precious = path.join(outside, "precious.txt");
+    fs.writeFileSync(precious, "keep");
+    const live = await hold(svc, conv, "messages", ["--operation", "send_message"]);
+    const dead = await hold(svc, conv, "all");
+    await kill9(dead);
+    fs.symlinkSync(precious, path.join(locks, `${conv}_memory.lock`));
+    assert.equal(spawnSync("mkfifo", [path.join(locks, `${conv}_summaries.lock`)]).status, 0, "mkfifo");
+    const page = await newPage();
+    try {
+      await openChat(page, svc, conv);
+      await openLockStatus(page);
+      assert.equal(await badge(page, "memory"), "UNSAFE");
+      assert.equal(await badge(page, "summaries"), "UNSAFE");
+      assert.equal(await badge(page, "messages"), "HELD");
+      assert.equal(await badge(page, "all"), "STALE");
+      assert.equal(await badge(page, "artefacts"), "CLEAR");
+      const memory = lockItem(page, "memory");
+      assert.match(await memory.getAttribute("class"), /\bll-lock--unsafe\b/);
+      assert.match(await memory.locator(".ll-lock-reason").textContent(), /Not a regular lock file: a symbolic link is at this lock's path/);
+      assert.match(await memory.locator(".ll-note").textContent(), /t-unsafe_memory\.lock is a symbolic link/);
+      assert.match(await lockItem(page, "summaries").locator(".ll-note").textContent(), /FIFO/);
+      assert.match(await page.textContent(`${MODAL} .ll-summary`), /2 not a regular lock file/);
+
+      await page.click(`${MODAL} .ll-clear`);
+      await page.click(`${MODAL} .ll-confirm-yes`);
+      const result = page.locator(`${MODAL} .ll-result`);
+      await result.locator(".ll-outcome").first().waitFor({ timeout: 10000 });
+      await modalIdle(page);
+      const by = Object.fromEntries((await outcomesIn(page)).map((o) => [o.field, o]));
+      assert.equal(by.all.outcome, "cleared");
+      assert.equal(by.messages.outcome, "live");
+      for (const f of ["memory", "summaries"]) {
+        assert.equal(by[f].outcome, "unsafe_lock_file", JSON.stringify(by[f]));
+        assert.equal(by[f].word, "Left alone: not a regular lock file");
+        assert.equal(by[f].now, "now UNSAFE");
+      }
+      assert.equal(
+        (await result.locator(".ll-result-title").textContent()).trim(),
+        "Cleared 1 lock, but 1 lock is still held and 2 lock files are not a regular file"
+      );
+      assert.match(await result.getAttribute("class"), /\bll-result--warn\b/);
+      assert.equal(fs.readFileSync(precious, "utf8"), "keep", "nothing written through the symlink");
+      assert.ok(fs.lstatSync(path.join(locks, `${conv}_summaries.lock`)).isFIFO());
+    } finally {
+      await stopChild(live);
+      fs.rmSync(outside, { recursive: true, force: true });
+    }
+    await page.done();
+  }));
+
+  test("the force-clear reason box agrees with the service: at most 200 bytes, said plainly", () => withService({}, async (svc) => {
+    const conv = "t-reason";
+    const lease = await api(svc, "POST", `/api/v1/locks/${conv}/messages/acquire`, { body: { holder: "stream", operation: "stream_reply", ttl_ms: 600000 } });
+    assert.equal(lease.status, 200, JSON.stringify(lease.data));
+    // The service's own limit: 201 bytes is refused, naming the lock.
+    const refused = await api(svc, "POST", `/force_clear_locks/${conv}`, { body: { tokens: { messages: lease.data.token }, reason: "x".repeat(201) }, admin: true });
+    assert.equal(refused.status, 200, JSON.stringify(refused.data));
+    assert.match(refused.data.failed[0].reason, /lock t-reason\/messages: a force-clear reason must be at most 200 bytes/);
+
+    const page = await newPage();
+    await openChat(page, svc, conv);
+    await openLockStatus(page);
+    await page.click(`${MODAL} .ll-admin summary`);
+    await page.fill(`${MODAL} .ll-admin input[type=password]`, svc.adminToken);
+    await page.click(`${MODAL} .ll-admin-save`);
+    await lockItem(page, "messages").locator(".ll-force").click();
+    const panel = lockItem(page, "messages").locator(".ll-force-panel");
+    await panel.waitFor();
+    const reason = panel.locator(".ll-force-reason");
+    const hint = panel.locator(".ll-force-reason-hint");
+    const go = panel.locator(".ll-force-go");
+    assert.equal(await reason.getAttribute("maxlength"), "200");
+    assert.equal(await reason.getAttribute("aria-describedby"), await hint.getAttribute("id"));
+    await panel.locator(".ll-force-confirm").fill("messages");
+    // 150 characters, 300 bytes: within maxlength, over the service's limit.
+    await reason.fill("é".repeat(150));
+    assert.equal(await go.isDisabled(), true, "too many bytes");
+    assert.match(await hint.textContent(), /Too long: this reason is 300 bytes; the service keeps at most 200/);
+    assert.match(await hint.getAttribute("class"), /\bll-error\b/);
+    const exact = "y".repeat(200);
+    await reason.fill(exact);
+    assert.equal(await go.isDisabled(), false);
+    assert.equal((await hint.textContent()).trim(), "At most 200 bytes (200 used).");
+    await go.click();
+    const result = page.locator(`${MODAL} .ll-result`);
+    await result.locator(".ll-result-cleared").waitFor();
+    const hist = await api(svc, "GET", `/api/v1/history?owner=${conv}&event=force_cleared`);
+    assert.equal(hist.data.events.length, 1, JSON.stringify(hist.data));
+    assert.ok(hist.data.events[0].reason.startsWith(exact), hist.data.events[0].reason);
     await page.done();
   }));
 });

@@ -350,7 +350,7 @@ def test_refused_registration_still_locks_and_warns_once(
         service: Service, owner: str, tmp_path: Any,
         caplog: pytest.LogCaptureFixture) -> None:
     # A locks directory that is not the service's: /proc/locks cannot show this pid
-    # holding the service's file, so it answers 409 not_clearable.
+    # holding the service's file, so it answers 409 not_holding.
     locks = tmp_path / "locks"
     locks.mkdir()
     client = service.client()

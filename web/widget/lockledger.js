@@ -31,7 +31,7 @@
   var BUTTON_ID = "settings-lock-status-modal-open-button";
   var DIALOG_ID = "lock-status-modal";
 
-  var STATE_LABEL = { free: "CLEAR", held: "HELD", stale: "STALE" };
+  var STATE_LABEL = { free: "CLEAR", held: "HELD", stale: "STALE", unsafe: "UNSAFE" };
   var STALE_WORDS = {
     holder_dead: "Stale: the process that held it is gone (crashed or killed), but it was never released.",
     lease_expired: "Stale: the lease was not renewed in time.",
@@ -44,8 +44,15 @@
     held_too_long: { word: "Left alone: hung holder (admin may force clear)", tone: "stale" },
     changed: { word: "Changed since you looked", tone: "neutral" },
     external: { word: "Left alone: held outside lockledger", tone: "held" },
-    leased_elsewhere: { word: "Left alone: leased through another lockledger service", tone: "held" }
+    leased_elsewhere: { word: "Left alone: leased through another lockledger service", tone: "held" },
+    unsafe_lock_file: { word: "Left alone: not a regular lock file", tone: "stale" }
   };
+  /** The service refuses force-clear reasons longer than this many UTF-8 bytes. */
+  var MAX_REASON_BYTES = 200;
+
+  function utf8Length(text) {
+    return typeof TextEncoder === "function" ? new TextEncoder().encode(text).length : unescape(encodeURIComponent(text)).length;
+  }
   var KIND_WORDS = {
     lease: "service lease",
     library: "in-process (library)",
@@ -417,6 +424,13 @@
     }
 
     function lockDescription(lock) {
+      if (lock.state === "unsafe") {
+        return (
+          "Not a regular lock file: " + (lock.unsafe_file || "something else") + " is at this lock's path. " +
+          "lockledger never opens or follows it, so it cannot tell whether this lock is held, and it cannot be cleared here. " +
+          "Remove that file so a regular lock file can be created."
+        );
+      }
       if (lock.state !== "free" && lock.revoke_requested) return revokedWords(lock);
       if (lock.state === "stale") {
         return STALE_WORDS[lock.stale_reason] || "Stale" + (lock.stale_reason ? " (" + lock.stale_reason + ")." : ".");
@@ -434,6 +448,7 @@
       return (
         !!adminToken() &&
         lock.state !== "free" &&
+        lock.state !== "unsafe" &&
         lock.kind !== "external" &&
         !lock.revoke_requested &&
         lock.token !== null &&
@@ -459,6 +474,14 @@
           warnLine("ll-file-replaced", [
             "Its lock file was deleted or replaced while it was held. ",
             "The holder still holds the old file; lockledger grants this lock again only after that holder ends."
+          ])
+        );
+      }
+      if (lock.unsafe_file && lock.state !== "unsafe") {
+        out.push(
+          warnLine("ll-unsafe-path", [
+            "Its lock path now holds " + lock.unsafe_file + ", not a regular file; lockledger does not open it. ",
+            "The holder shown here still holds its own (replaced) lock file."
           ])
         );
       }
@@ -551,27 +574,31 @@
       var locks = Array.isArray(data.locks) ? data.locks : [];
       var held = 0;
       var stale = 0;
+      var unsafe = 0;
       var unconfigured = 0;
       var revoked = 0;
       locks.forEach(function (lock) {
         if (lock.state === "held") held += 1;
         if (lock.state === "stale") stale += 1;
+        if (lock.state === "unsafe") unsafe += 1;
         if (lock.configured === false && lock.state !== "free") unconfigured += 1;
         if (lock.state !== "free" && lock.revoke_requested) revoked += 1;
         lockList.appendChild(renderLock(lock));
       });
       var when = new Date().toLocaleTimeString();
       var text;
-      if (!held && !stale) text = "All " + locks.length + " locks are clear.";
+      if (!held && !stale && !unsafe) text = "All " + locks.length + " locks are clear.";
       else {
         var parts = [];
         if (held) parts.push(held + " held");
         if (stale) parts.push(stale + " stale");
+        if (unsafe) parts.push(unsafe + " not a regular lock file (cannot be checked)");
         if (revoked) parts.push(revoked + " force-cleared but not yet let go");
         if (unconfigured) parts.push(unconfigured + " on a key that is not configured");
         text = locks.length + " locks: " + parts.join(", ") + ".";
         if (data.can_cleanup) text += " Stuck locks can be cleared safely.";
-        else if (!stale) text += " Nothing to clear: live holders are left alone.";
+        else if (!stale && !unsafe) text += " Nothing to clear: live holders are left alone.";
+        else if (!stale) text += " Nothing can be cleared here: remove the file that is not a regular lock file.";
         else text += " Nothing can be cleared safely.";
       }
       summary.textContent = text + " Checked " + when + ".";
@@ -725,6 +752,7 @@
       var cleared = outcomes.filter(function (o) { return o.outcome === "cleared"; });
       var others = outcomes.filter(function (o) { return o.outcome !== "cleared"; });
       var still = outcomes.filter(function (o) { return o.state_now && o.state_now !== "free"; }).length;
+      var stillUnsafe = outcomes.filter(function (o) { return o.state_now === "unsafe"; }).length;
       if (cleared.length) {
         nodes.push(el("h4", { text: "Cleared" }));
         nodes.push(el("ul", { className: "ll-outcomes ll-result-cleared" }, cleared.map(outcomeItem)));
@@ -739,10 +767,12 @@
         heading = n ? "Cleared " + n + " stuck lock" + (n === 1 ? "" : "s") + ": all clear now" : "Nothing needed clearing: all clear now";
         if (!outcomes.length) nodes.push(el("p", { text: "No lock of this conversation is held or stale." }));
       } else {
-        var held = still || "Some";
-        heading =
-          (n ? "Cleared " + n + " lock" + (n === 1 ? "" : "s") + ", but " : "Nothing cleared: ") +
-          held + " lock" + (still === 1 ? " is" : "s are") + " still held";
+        var stillHeld = still - stillUnsafe;
+        var held = stillHeld || (stillUnsafe ? 0 : "Some");
+        var left = [];
+        if (held) left.push(held + " lock" + (stillHeld === 1 ? " is" : "s are") + " still held");
+        if (stillUnsafe) left.push(stillUnsafe + " lock file" + (stillUnsafe === 1 ? " is" : "s are") + " not a regular file");
+        heading = (n ? "Cleared " + n + " lock" + (n === 1 ? "" : "s") + ", but " : "Nothing cleared: ") + left.join(" and ");
         nodes.push(
           el("p", {
             className: "ll-muted",
@@ -908,7 +938,16 @@
       var reasonId = nextId("force-reason");
       var errId = nextId("force-err");
       var typed = el("input", { id: confirmId, type: "text", className: "ll-input ll-force-confirm", autocomplete: "off", spellcheck: "false", "aria-describedby": errId });
-      var reason = el("input", { id: reasonId, type: "text", className: "ll-input ll-force-reason", maxlength: "500", autocomplete: "off" });
+      var hintId = nextId("force-reason-hint");
+      var reason = el("input", {
+        id: reasonId,
+        type: "text",
+        className: "ll-input ll-force-reason",
+        maxlength: String(MAX_REASON_BYTES),
+        autocomplete: "off",
+        "aria-describedby": hintId
+      });
+      var hint = el("p", { id: hintId, className: "ll-muted ll-force-reason-hint", "aria-live": "polite" });
       var go = el("button", { type: "submit", className: "ll-btn ll-btn-danger ll-force-go", disabled: true }, "Force clear " + label);
       var cancel = el("button", { type: "button", className: "ll-btn ll-btn-secondary ll-force-cancel" }, "Cancel");
       var err = el("p", { id: errId, className: "ll-error", role: "alert", hidden: true });
@@ -928,14 +967,29 @@
         typed,
         el("label", { for: reasonId, text: "Reason (recorded in the history)" }),
         reason,
+        hint,
         err,
         el("div", { className: "ll-actions" }, go, cancel)
       );
+      function reasonBytes() {
+        return utf8Length(reason.value.trim());
+      }
       function valid() {
         var t = typed.value.trim();
-        return (t === "FORCE" || expected.indexOf(t) >= 0) && reason.value.trim().length > 0;
+        var bytes = reasonBytes();
+        return (t === "FORCE" || expected.indexOf(t) >= 0) && bytes > 0 && bytes <= MAX_REASON_BYTES;
       }
       function update() {
+        var bytes = reasonBytes();
+        if (bytes > MAX_REASON_BYTES) {
+          hint.textContent =
+            "Too long: this reason is " + bytes + " bytes; the service keeps at most " + MAX_REASON_BYTES +
+            " (letters outside plain ASCII take 2 to 4 bytes each). Shorten it to force clear.";
+          hint.className = "ll-error ll-force-reason-hint";
+        } else {
+          hint.textContent = "At most " + MAX_REASON_BYTES + " bytes (" + bytes + " used).";
+          hint.className = "ll-muted ll-force-reason-hint";
+        }
         go.disabled = !valid();
       }
       typed.addEventListener("input", update);
@@ -970,6 +1024,7 @@
             typed.focus();
           });
       });
+      update();
       openPanel = form;
       li.appendChild(form);
       typed.focus();

@@ -230,7 +230,7 @@ class LockLedger:
         """Records that process ``pid`` (default: this one) holds ``(owner, field)``'s
         lock file's flock, which it took itself
         (``POST /api/v1/locks/{owner}/{field}/register``). The service checks
-        ``/proc/locks`` first and answers 409 ``not_clearable`` unless that pid holds
+        ``/proc/locks`` first and answers 409 ``not_holding`` unless that pid holds
         that very file. Returns ``{registration_id, token, owner, field, file}``.
         :class:`~lockledger_client.FileLock` does this for you."""
         body = {"pid": os.getpid() if pid is None else int(pid), "holder": self.holder,

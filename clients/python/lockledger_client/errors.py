@@ -14,7 +14,7 @@ class LockLedgerError(Exception):
 
     Attributes:
         code: the service's error code (``busy``, ``lease_gone``, ``not_admin``,
-            ``invalid_id``, ``not_clearable``, ...) or ``unreachable`` /
+            ``invalid_id``, ``not_clearable``, ``not_holding``, ...) or ``unreachable`` /
             ``bad_response`` for transport problems.
         message: the human-readable message.
         status: the HTTP status, or ``None`` when no HTTP answer was received.

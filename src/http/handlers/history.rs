@@ -26,7 +26,7 @@ pub struct HistoryParams {
     #[serde(default, deserialize_with = "empty_as_none")]
     pub field: Option<String>,
     /// acquired, released, renewed, expired, cleared, force_cleared, reconciled,
-    /// wait_timeout or observed_external.
+    /// wait_timeout, observed_external or file_replaced.
     #[serde(default, deserialize_with = "empty_as_none")]
     pub event: Option<String>,
     #[serde(default, deserialize_with = "empty_as_none")]

@@ -30,7 +30,8 @@ pub fn is_legacy_path(path: &str) -> bool {
 }
 
 /// An error as the chat app's front end reads it: besides `{error: {code, message}}`,
-/// `success: false` and a top-level `message` ("Could not clear all locks: " + message).
+/// `success: false` and a top-level `message`: the error's message, stripped of markup
+/// characters (the front end inserts it as HTML).
 pub fn error(e: ApiError) -> ApiError {
     let message = html_safe(&e.message);
     let mut detail = match e.detail.clone() {
@@ -86,11 +87,25 @@ pub async fn status(cx: &Ctx<'_>) -> Result<Response, ApiError> {
 pub struct LegacySkipped {
     pub field: String,
     pub file: String,
-    /// Why: `live`, `held_too_long`, `changed`, `external` or `leased_elsewhere`.
+    /// Why: `live`, `held_too_long`, `changed`, `external`, `leased_elsewhere` or
+    /// `unsafe_lock_file`.
     pub outcome: SkipKind,
     pub reason: String,
     pub pid: Option<i32>,
     pub holder: Option<String>,
+}
+
+/// "are still held", or what else keeps locks from being clear (unsafe lock files).
+fn still(remaining: &[LockReport]) -> &'static str {
+    let unsafe_files = remaining
+        .iter()
+        .filter(|l| l.state == LockState::Unsafe)
+        .count();
+    match unsafe_files {
+        0 => "are still held",
+        n if n == remaining.len() => "have a lock file that is not a regular file",
+        _ => "are still held or have a lock file that is not a regular file",
+    }
 }
 
 /// `POST /ensure_locks_cleared` answer.
@@ -133,8 +148,9 @@ pub async fn ensure_cleared(cx: &Ctx<'_>) -> Result<Response, ApiError> {
             String::new()
         };
         format!(
-            "{cleared}{} lock(s) of {owner} are still held: {}.",
+            "{cleared}{} lock(s) of {owner} {}: {}.",
             report.remaining.len(),
+            still(&report.remaining),
             why.join("; ")
         )
     };
@@ -238,11 +254,15 @@ pub async fn force_clear(cx: &Ctx<'_>) -> Result<Response, ApiError> {
 /// `POST /clear_locks` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClearedAll {
+    /// True only when nothing of the owners that had stale locks is still held or stale
+    /// after the call (what `/ensure_locks_cleared` says of one conversation).
     pub success: bool,
     /// How many owners had stale locks.
     pub owners: usize,
     pub cleared: Vec<String>,
     pub skipped: Vec<SkippedLock>,
+    /// In plain words: what was cleared and what is still held or stale, lock by lock,
+    /// and what will free it. Safe to insert as HTML (no `<`, `>`, `&` or quotes).
     pub message: String,
 }
 
@@ -251,7 +271,7 @@ pub async fn clear_all(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let _: ClearBody = optional_body(cx.req)?;
     let reg = cx.app.registry.clone();
     let who = cx.actor();
-    let (cleared, skipped, owners) = blocking(move || {
+    let (reports, owners) = blocking(move || {
         let mut owners: BTreeSet<(String, String)> = BTreeSet::new();
         let mut cursor = 0;
         loop {
@@ -262,25 +282,58 @@ pub async fn clear_all(cx: &Ctx<'_>) -> Result<Response, ApiError> {
                 None => break,
             }
         }
-        let mut cleared = Vec::new();
-        let mut skipped = Vec::new();
+        // Each owner's clear is followed by a fresh look, so `success` says what is
+        // left, not what was attempted.
+        let mut reports = Vec::new();
         for (ns, owner) in &owners {
-            let out = reg.clear(Some(ns), owner, None, &who)?;
-            cleared.extend(out.cleared.into_iter().map(|c| c.file));
-            skipped.extend(out.skipped);
+            let report = reg.clear_and_look(Some(ns), owner, None, &who)?;
+            reports.push((owner.clone(), report));
         }
-        Ok((cleared, skipped, owners.len()))
+        Ok((reports, owners.len()))
     })
     .await?;
+    let success = reports.iter().all(|(_, r)| r.success);
+    let mut cleared = Vec::new();
+    let mut skipped = Vec::new();
+    let mut left = Vec::new();
+    for (owner, report) in reports {
+        cleared.extend(report.cleared.into_iter().map(|c| c.file));
+        skipped.extend(report.skipped.into_iter().map(|s| SkippedLock {
+            reason: html_safe(&s.reason),
+            holder: s.holder.as_deref().map(html_safe),
+            ..s
+        }));
+        left.extend(
+            report
+                .remaining
+                .iter()
+                .map(|l| (l.state, format!("{owner}: {}", remaining_note(l)))),
+        );
+    }
     cx.app.metrics.clears.inc_by(cleared.len() as u64);
-    let message = format!(
+    let done = format!(
         "cleared {} stuck lock(s) across {owners} owner(s)",
         cleared.len()
     );
+    let message = if left.is_empty() {
+        format!("{done}; nothing of them is held or stale now")
+    } else {
+        let what = if left.iter().any(|(s, _)| *s == LockState::Unsafe) {
+            "are still held or stale, or have a lock file that is not a regular file"
+        } else {
+            "are still held or stale"
+        };
+        let why: Vec<&str> = left.iter().map(|(_, w)| w.as_str()).collect();
+        format!(
+            "{done}, but {} lock(s) {what}: {}.",
+            left.len(),
+            why.join("; ")
+        )
+    };
     Ok(json_response(
         StatusCode::OK,
         &ClearedAll {
-            success: true,
+            success,
             owners,
             cleared,
             skipped,

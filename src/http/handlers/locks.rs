@@ -6,6 +6,7 @@ use crate::http::decode::{
     empty_as_none, optional_body, query, required_json, NamespaceQuery, NoQuery, MAX_WAIT_MS,
 };
 use crate::http::error::{json_response, registry_error, ApiError, Response};
+use crate::http::metrics::GrantKind;
 use crate::http::offload::{blocking, now_or_blocking};
 use crate::ids::{self, LockKey};
 use crate::policy::stale::LockState;
@@ -148,7 +149,7 @@ pub async fn acquire(cx: &Ctx<'_>) -> Result<Response, ApiError> {
         .map_err(registry_error);
     match result {
         Ok(grant) => {
-            cx.app.metrics.grants.inc();
+            cx.app.metrics.count_grant(GrantKind::Lease);
             cx.app
                 .metrics
                 .observe_wait_ms(started.elapsed().as_secs_f64() * 1000.0);
@@ -221,7 +222,7 @@ pub async fn release(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let id = lease_id(cx)?;
     let reg = cx.app.registry.clone();
     let held_ms = now_or_blocking(move || reg.release_lease(&id)).await?;
-    cx.app.metrics.releases.inc();
+    cx.app.metrics.count_release(GrantKind::Lease);
     if let Some(ms) = held_ms {
         cx.app.metrics.observe_hold_ms(ms as f64);
     }
@@ -342,7 +343,7 @@ pub async fn register(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let key = lock_key(cx, cx.arg(0), cx.arg(1))?;
     let reg = cx.app.registry.clone();
     let done = blocking(move || reg.register(&key, b.pid, &b.holder, &b.operation)).await?;
-    cx.app.metrics.grants.inc();
+    cx.app.metrics.count_grant(GrantKind::Registration);
     Ok(json_response(StatusCode::OK, &done))
 }
 
@@ -351,7 +352,7 @@ pub async fn unregister(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let id = lease_id(cx)?;
     let reg = cx.app.registry.clone();
     let held_ms = blocking(move || reg.unregister(&id)).await?;
-    cx.app.metrics.releases.inc();
+    cx.app.metrics.count_release(GrantKind::Registration);
     Ok(json_response(
         StatusCode::OK,
         &Released {

@@ -218,6 +218,14 @@ async fn real_answers_match_the_document() {
         json_of(&g)["lease_id"].as_str().unwrap().to_string()
     };
 
+    // A symlink on a configured key and a FIFO on a key that is not configured: reported
+    // per lock (state `unsafe`), in the documented shape of every status and clear answer.
+    let locks = app.registry.config().locks_dir();
+    std::os::unix::fs::symlink("/nonexistent-target", locks.join("c1_all.lock")).unwrap();
+    let fifo = std::ffi::CString::new(locks.join("c1_summaries.lock").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
     // A process that holds a lock file itself (this one) registers, then unregisters.
     let own_file = app.registry.config().locks_dir().join("c5_messages.lock");
     let own_flock = crate::kernel::flock::try_acquire(&own_file, 0o600)
@@ -464,7 +472,34 @@ async fn real_answers_match_the_document() {
         let problems: Vec<String> = errors.iter_errors(&body).map(|e| e.to_string()).collect();
         assert!(problems.is_empty(), "{method} {path}: {body} {problems:?}");
     }
+    // The unsafe files were in those answers, each on its own lock.
+    let status = json_of(&request("GET", "/api/v1/locks/c1").reply(&routes).await);
+    let states: Vec<(&str, &str)> = status["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| Some((l["field"].as_str()?, l["state"].as_str()?)))
+        .collect();
+    assert!(states.contains(&("all", "unsafe")), "{status}");
+    assert!(states.contains(&("summaries", "unsafe")), "{status}");
     drop(guard);
     drop(own_flock);
     drop(own_flock_2);
+}
+
+#[test]
+fn the_history_event_parameter_names_every_event() {
+    let doc: Value = serde_json::to_value(crate::http::openapi::document()).unwrap();
+    let params = doc["paths"]["/api/v1/history"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let event = params.iter().find(|p| p["name"] == "event").unwrap();
+    let text = event["description"].as_str().unwrap();
+    for kind in crate::store::history::EventKind::ALL {
+        assert!(
+            text.contains(kind.as_str()),
+            "{} missing from {text:?}",
+            kind.as_str()
+        );
+    }
 }
