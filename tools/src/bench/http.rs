@@ -133,11 +133,11 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
         let ratio = m_ll / m_rd;
         (
             format!(
-                "lockledger {}  redis_py {}  ratio {ratio:.2} (target >= 1.5)",
+                "lockledger {}  redis_py {}  ratio {ratio:.2} (target >= 2.0)",
                 rate(m_ll),
                 rate(m_rd)
             ),
-            Verdict::of(ratio >= 1.5),
+            Verdict::of(ratio >= 2.0),
             Data::new(m_ll, "pairs/s")
                 .compare("redis_py", m_rd, "pairs/s")
                 .ratio(ratio),
@@ -160,7 +160,7 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
             Data::new(m_ll, "pairs/s"),
         )
     };
-    let data = data.target(">= 1.5").floor(Some(floor.clone()));
+    let data = data.target(">= 2.0").floor(Some(floor.clone()));
     ctx.report_with("http_single_client", body, verdict, data);
     ctx.floor_line("http_single_client", "pair", &floor);
     ctx.detail(format!("floors here: {}", floors.describe()));

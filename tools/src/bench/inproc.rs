@@ -231,11 +231,11 @@ pub fn bench_inproc(ctx: &mut Ctx) -> R<()> {
         let ratio = m_ll / m_py;
         (
             format!(
-                "lockledger {}  python_filelock {}  ratio {ratio:.2} (target >= 1.0)",
+                "lockledger {}  python_filelock {}  ratio {ratio:.2} (target >= 2.0)",
                 rate(m_ll),
                 rate(m_py)
             ),
-            Verdict::of(ratio >= 1.0),
+            Verdict::of(ratio >= 2.0),
             Data::new(m_ll, "pairs/s")
                 .compare("python_filelock", m_py, "pairs/s")
                 .ratio(ratio),
@@ -250,7 +250,7 @@ pub fn bench_inproc(ctx: &mut Ctx) -> R<()> {
             Data::new(m_ll, "pairs/s"),
         )
     };
-    let data = data.target(">= 1.0").floor(Some(floor.clone()));
+    let data = data.target(">= 2.0").floor(Some(floor.clone()));
     ctx.report_with("in_process_pairs", body, verdict, data);
     ctx.floor_line("in_process_pairs", "pair", &floor);
     ctx.detail(format!(
