@@ -58,17 +58,6 @@ fn busy_reason(count: i64, longest_wait: Duration, gave_up: bool) -> String {
     }
 }
 
-/// How many answers the busy row `event_id` stands for now (None: it is gone, pruned).
-/// Read in the write transaction that adds to it, so the sum is exact.
-fn row_count(conn: &rusqlite::Connection, event_id: i64) -> rusqlite::Result<Option<i64>> {
-    use rusqlite::OptionalExtension;
-    conn.prepare_cached(
-        "SELECT count FROM lock_events WHERE event_id = ?1 AND event = 'wait_timeout'",
-    )?
-    .query_row([event_id], |r| r.get(0))
-    .optional()
-}
-
 #[derive(Debug, Default)]
 pub(super) struct BusyLog {
     pending: Mutex<HashMap<Asker, Pending>>,
@@ -178,7 +167,7 @@ impl Registry {
         for (asker, p) in &busy.answers {
             let minute = p.at / 60_000;
             if let Some(w) = busy.written.get(asker).filter(|w| w.minute == minute) {
-                if let Some(before) = row_count(conn, w.event_id)? {
+                if let Some(before) = history::folded_count(conn, w.event_id)? {
                     let grown = Written {
                         longest_wait: w.longest_wait.max(p.longest_wait),
                         gave_up: w.gave_up || p.gave_up,

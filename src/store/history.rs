@@ -159,6 +159,17 @@ pub fn add_to_count(
     Ok(false)
 }
 
+/// How many answers the folded busy row `event_id` stands for now (None: it is gone,
+/// pruned). Read in the write transaction that adds to it, so the sum is exact.
+pub fn folded_count(conn: &Connection, event_id: i64) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(
+        "SELECT count FROM lock_events WHERE event_id = ?1 AND event = 'wait_timeout'",
+    )?
+    .query_row([event_id], |r| r.get(0))
+    .optional()
+}
+
 /// Most inbox rows [`move_inbox`] moves in one call (one transaction of the writer).
 pub const MOVE_BATCH: usize = 2048;
 
