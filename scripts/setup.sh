@@ -32,6 +32,15 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check "./clients/python[filelock,flask]" pytest
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./clients/python
 
+# Chaos steps the service's wall clock with libfaketime (its hostile mode; without it
+# the run says clock_steps=0 and why).
+if ! ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib64/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+  echo "setup: installing faketime"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq faketime >/dev/null || echo "setup: faketime not installed; chaos runs without clock steps"
+fi
+
 # Browser tests drive Debian's Chromium with playwright-core (no browser download).
 if ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium"
