@@ -30,6 +30,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_event_inbox.sql",
         include_str!("../../migrations/0003_event_inbox.sql"),
     ),
+    (
+        "0004_holders_lease_index.sql",
+        include_str!("../../migrations/0004_holders_lease_index.sql"),
+    ),
 ];
 
 pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
