@@ -3,7 +3,7 @@
 #   ./scripts/setup.sh          what building and running the service needs
 #   ./scripts/setup.sh --tests  also what the tests need (the virtualenv .venv with
 #                               the Python client, filelock, Flask and pytest;
-#                               Chromium, playwright-core)
+#                               Chromium, playwright-core, PostgreSQL)
 # The Rust toolchain comes with the machine; everything else is installed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,12 @@ if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 && [ ! -e /usr/lib6
   apt-get update -qq
   apt-get install -y -qq faketime >/dev/null || echo "setup: faketime not installed; chaos runs without clock steps"
 fi
+
+# PostgreSQL: the tests start throwaway clusters of their own (tests/support's `pg`,
+# scripts/pg.sh), so only the server programs are needed here (pg_install is a no-op
+# when initdb is found).
+. scripts/pg.sh
+pg_install
 
 # Browser tests drive Debian's Chromium with playwright-core (no browser download).
 if ! command -v chromium >/dev/null 2>&1; then

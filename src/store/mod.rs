@@ -4,7 +4,8 @@
 //! - [`db`]: opening connections with the registry's settings, migrations, the read pool;
 //! - [`writer`]: the one group-committing writer every write goes through;
 //! - [`records`]: rows of the tables and the statements that read and write them;
-//! - [`console`]: read-only admin SQL, capped in rows and time.
+//! - [`console`]: read-only admin SQL, capped in rows and time;
+//! - [`pg`]: the PostgreSQL store for several hosts (so far its schema and migrations).
 //!
 //! Invariant: functions here run inside whatever transaction the caller opened and decide
 //! nothing about locks; policy lives in `policy`, orchestration in `registry`.
@@ -13,6 +14,7 @@ pub mod ceiling;
 pub mod console;
 pub mod db;
 pub mod history;
+pub mod pg;
 pub mod records;
 pub mod writer;
 

@@ -8,6 +8,7 @@
 //! - [`group`]: a process group that ends all of a run's children on every exit path;
 //! - [`http`]: the one HTTP/1.1 client (one-shot and keep-alive, plus raw connections);
 //! - [`wait`]: waits that always end at a deadline;
+//! - [`pg`]: throwaway PostgreSQL clusters ([`PgCluster`]), a database per test;
 //! - here: small helpers about locks and history shared by the tests.
 //!
 //! Invariants: nothing here waits without a deadline, and no child process outlives the
@@ -16,12 +17,14 @@
 
 pub mod group;
 pub mod http;
+pub mod pg;
 pub mod process;
 pub mod server;
 pub mod wait;
 
 pub use group::ProcessGroup;
 pub use http::{Client, Conn, Request, Response};
+pub use pg::PgCluster;
 pub use process::{exit_code, lockledger, run, send_signal, ChildGuard, Output, Proc, StderrTo};
 pub use server::{Server, ServerOpts, StartError};
 pub use wait::{poll_until, wait_exit, wait_for, wait_until, POLL};
