@@ -16,7 +16,6 @@ use crate::kernel::flock::{self, FileId, HeldFlock};
 use crate::policy::stale::{HolderKind, LockState};
 use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records::{self, NewHolder};
-use crate::store::StoreError;
 use rusqlite::Connection;
 use std::time::{Duration, Instant};
 
@@ -138,6 +137,39 @@ impl Registry {
             let mut holdings = self.holdings();
             if let Some(id) = &lease_id {
                 drop(holdings.remove_lease(id));
+            }
+        }
+        lock_grant
+    }
+
+    /// [`Registry::try_grant`] for the service's async threads: the non-blocking flock try
+    /// here, the record through the writer's async path. The grant comes wrapped: if this
+    /// future is dropped before it is claimed, it is given back.
+    async fn try_grant_async(
+        &self,
+        key: &LockKey,
+        file: &str,
+        spec: &GrantSpec,
+    ) -> Result<Option<Unclaimed>, RegistryError> {
+        let Some(flock) = flock::try_acquire(&self.path_of_file(file), self.file_mode())? else {
+            return Ok(None);
+        };
+        let (k, f, s) = (key.clone(), file.to_string(), spec.clone());
+        let lease_id = spec.lease.as_ref().map(|l| l.lease_id.clone());
+        let id = flock.id();
+        let lock_grant = self
+            .write_async(move |reg, conn| {
+                let granted = reg.record_grant(conn, &k, &f, s, id, Some(flock))?;
+                Ok(granted.map(|g| Unclaimed {
+                    registry: reg.clone(),
+                    granted: Some(g),
+                }))
+            })
+            .await;
+        if lock_grant.is_err() {
+            // The commit failed after the job ran: drop what it put in the holdings.
+            if let Some(id) = &lease_id {
+                drop(self.holdings().remove_lease(id));
             }
         }
         lock_grant
@@ -340,8 +372,9 @@ impl Registry {
     /// Waits in arrival order for a grant, up to `wait`, holding no thread: the waiter is
     /// a future, woken when it becomes the head and when the lock is let go in this
     /// process; the head retries on a backoff (1 ms doubling to 50 ms) for holders in other
-    /// processes. Each attempt (a non-blocking flock and a commit) runs on the blocking
-    /// pool. If this future is dropped after an attempt succeeded, the grant is given back.
+    /// processes. Each attempt is a non-blocking flock try on this thread and a commit
+    /// through the writer's async path (no thread waits for it). If this future is dropped
+    /// after an attempt succeeded, the grant is given back.
     pub(super) async fn grant_waiting_async(
         &self,
         key: &LockKey,
@@ -360,23 +393,9 @@ impl Registry {
             {
                 break;
             }
-            let (reg, k, f, s) = (self.clone(), key.clone(), file.clone(), spec.clone());
-            let attempt = move || {
-                Ok::<_, RegistryError>(reg.try_grant(&k, &f, &s)?.map(|g| Unclaimed {
-                    registry: reg.clone(),
-                    granted: Some(g),
-                }))
-            };
-            // On this thread when it needs no waiting (a flock try, a commit the writer
-            // can start at once); else on the blocking pool.
-            let attempt = match crate::store::writer::no_wait(&attempt) {
-                Err(RegistryError::Store(StoreError::WouldWait)) => {
-                    tokio::task::spawn_blocking(attempt).await.map_err(|_| {
-                        RegistryError::BadRequest("an acquire attempt failed".into())
-                    })?
-                }
-                other => other,
-            }?;
+            // The flock try here; the commit joins the writer's queue without holding a
+            // thread (see `store::writer::drain`).
+            let attempt = self.try_grant_async(key, &file, spec).await?;
             if let Some(mut unclaimed) = attempt {
                 if let Some(granted) = unclaimed.granted.take() {
                     return Ok(granted);

@@ -25,6 +25,7 @@ use crate::policy::stale::{HolderKind, StaleReason};
 use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records;
 use crate::store::StoreError;
+use rusqlite::Connection;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -217,30 +218,26 @@ impl Registry {
     /// Releases a lease: the record and a `released` event are committed, then the flock
     /// is let go.
     pub fn release_lease(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
-        let id = lease_id.to_string();
-        let (slot, held_ms) = self.write(move |reg, conn| {
-            let now = reg.now_ms();
-            let Some(slot) = reg.holdings().remove_lease(&id) else {
-                return Err(RegistryError::LeaseGone {
-                    lease_id: id,
-                    why: "it was already released, expired or cleared".into(),
-                });
-            };
-            let held_ms = close_record(
-                conn,
-                LockRef::of(&slot.key, slot.lock_id),
-                slot.token,
-                EventKind::Released,
-                now,
-                None,
-                None,
-            )?;
-            Ok((slot, held_ms))
-        })?;
+        let released = self.write(release_job(lease_id.to_string()))?;
+        Ok(self.after_release(released))
+    }
+
+    /// [`Registry::release_lease`] for the service's async threads: no thread waits for
+    /// the commit. If this future is dropped before the answer, the release still commits
+    /// and the flock still goes after it; only this process's waiters then learn of it by
+    /// their next retry instead of at once.
+    pub async fn release_lease_async(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
+        let released = self.write_async(release_job(lease_id.to_string())).await?;
+        Ok(self.after_release(released))
+    }
+
+    /// After the `released` event is committed: the flock goes (with the slot), then this
+    /// process's waiters are told.
+    fn after_release(&self, (slot, held_ms): (LeaseSlot, Option<i64>)) -> Option<i64> {
         let key = slot.key.clone();
         drop(slot);
         self.let_go(&key);
-        Ok(held_ms)
+        held_ms
     }
 
     /// The leases this process holds.
@@ -365,5 +362,31 @@ impl Registry {
             drop(slot);
             self.let_go(key);
         }
+    }
+}
+
+/// The writer job of a lease's release: the slot leaves the holdings and its `released`
+/// event is written; the slot (and with it the flock) is dropped only after the commit.
+fn release_job(
+    id: String,
+) -> impl FnOnce(&Registry, &Connection) -> Result<(LeaseSlot, Option<i64>), RegistryError> {
+    move |reg, conn| {
+        let now = reg.now_ms();
+        let Some(slot) = reg.holdings().remove_lease(&id) else {
+            return Err(RegistryError::LeaseGone {
+                lease_id: id,
+                why: "it was already released, expired or cleared".into(),
+            });
+        };
+        let held_ms = close_record(
+            conn,
+            LockRef::of(&slot.key, slot.lock_id),
+            slot.token,
+            EventKind::Released,
+            now,
+            None,
+            None,
+        )?;
+        Ok((slot, held_ms))
     }
 }

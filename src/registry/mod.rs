@@ -38,6 +38,7 @@ pub mod report;
 pub mod upkeep;
 pub mod waitq;
 mod words;
+mod writes;
 
 pub use clear::{
     ClearOutcome, ClearReport, ClearedLock, ForceCleared, LockOutcome, SkipKind, SkippedLock,
@@ -311,54 +312,6 @@ impl Registry {
             .clone();
         let (at, words) = last?;
         (at.elapsed() < std::time::Duration::from_secs(10)).then_some(words)
-    }
-
-    /// Runs a job in the writer's transaction and returns once it is committed.
-    fn write<R, F>(&self, f: F) -> Result<R, RegistryError>
-    where
-        F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
-        R: Send + 'static,
-    {
-        let out = self.write_inner(f);
-        if let Err(RegistryError::Store(e @ (StoreError::Busy | StoreError::Locked(_)))) = &out {
-            *self
-                .inner
-                .last_write_busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::Instant::now(), e.to_string()));
-        }
-        out
-    }
-
-    fn write_inner<R, F>(&self, f: F) -> Result<R, RegistryError>
-    where
-        F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
-        R: Send + 'static,
-    {
-        let Some(writer) = &self.inner.writer else {
-            return Err(StoreError::ReadOnly.into());
-        };
-        // Busy answers noted since the last write go first, in the same transaction.
-        let Some(busy) = self.take_busy() else {
-            let me = self.clone();
-            return writer.write(move |conn| f(&me, conn));
-        };
-        let (me, carried) = (self.clone(), busy.clone());
-        let outcome = writer.write(move |conn| {
-            let rows = me.write_busy(conn, &carried)?;
-            Ok((f(&me, conn)?, rows))
-        });
-        match outcome {
-            Ok((out, rows)) => {
-                self.busy_written(rows);
-                Ok(out)
-            }
-            Err(e) => {
-                self.restore_busy(busy);
-                Err(e)
-            }
-        }
     }
 
     /// Makes sure `token`, just issued in this transaction, is covered by the token

@@ -26,6 +26,12 @@
 //!   writer, submitted by that background thread every [`TIDY_EVERY`] commits and every
 //!   second: callers never run it, they only queue behind it like behind any other job.
 //! - With a [`Watch`], no batch starts once the database file is gone.
+//! - Async callers ([`Writer::write_async`], the service's requests) never block their
+//!   thread: a lone one commits at once on its own thread as in no-wait mode; otherwise
+//!   its job joins the queue and its future waits for the reply. Whoever commits takes
+//!   its job in the next batch; when the committer role would pass to a queued async job
+//!   (nobody sleeps on it), the writer's drain thread takes the role instead and commits
+//!   until a sleeping caller heads the queue or the queue is empty (see `drain`).
 
 use super::{busy_holder, StoreError, Watch};
 use rusqlite::Connection;
@@ -121,6 +127,9 @@ impl Ticket {
 struct Entry {
     job: Job,
     ticket: Arc<Ticket>,
+    /// A caller sleeps on the ticket and can be handed the committer role (an async
+    /// caller cannot: it awaits its reply instead).
+    waits: bool,
 }
 
 #[derive(Default)]
@@ -128,6 +137,8 @@ struct Queue {
     entries: VecDeque<Entry>,
     /// Someone holds the committer role.
     committing: bool,
+    /// The role passes to the drain thread (the queue's head is an async job).
+    drain: bool,
 }
 
 /// Handle to the single writer. Cloning shares it.
@@ -146,6 +157,8 @@ struct WriterInner {
     queue: Mutex<Queue>,
     /// Locked only by the holder of the committer role, so never contended.
     committer: Mutex<Committer>,
+    /// Wakes the drain thread (with `queue`) when the role passes to it.
+    drain_wake: Condvar,
 }
 
 struct Committer {
@@ -185,7 +198,12 @@ impl Writer {
                 commits: 0,
                 nudge,
             }),
+            drain_wake: Condvar::new(),
         });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("lockledger-drain".into())
+            .spawn(move || drain::run_drain(weak))?;
         if let Some(path) = db_path {
             let writer = Arc::downgrade(&inner);
             std::thread::Builder::new()
@@ -234,6 +252,7 @@ impl Writer {
             q.entries.push_back(Entry {
                 job,
                 ticket: Arc::clone(&ticket),
+                waits: true,
             });
             !std::mem::replace(&mut q.committing, true)
         };
@@ -264,8 +283,12 @@ impl Writer {
             q.committing = true;
         }
         let mut committer = lock(&self.inner.committer);
-        let entry = Entry { job, ticket };
-        let ran = committer.commit_alone_now(entry);
+        let entry = Entry {
+            job,
+            ticket,
+            waits: true,
+        };
+        let ran = committer.commit_alone_now(entry).is_ok();
         drop(committer);
         self.hand_on();
         if !ran {
@@ -274,11 +297,16 @@ impl Writer {
         rx.recv().unwrap_or(Err(E::from(StoreError::JobPanicked)))
     }
 
-    /// Gives the committer role to the head of the queue, or up when it is empty.
+    /// Gives the committer role to the head of the queue (to the drain thread when the
+    /// head is an async job), or up when the queue is empty.
     fn hand_on(&self) {
         let mut q = lock(&self.inner.queue);
         match q.entries.front() {
-            Some(next) => next.ticket.set(Turn::Commit),
+            Some(next) if next.waits => next.ticket.set(Turn::Commit),
+            Some(_) => {
+                q.drain = true;
+                self.inner.drain_wake.notify_one();
+            }
             None => q.committing = false,
         }
     }
@@ -316,12 +344,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Committer {
-    /// Commits `entry` alone if SQLite's write lock can be had at once; false (and the
-    /// job dropped unrun) if not.
-    fn commit_alone_now(&mut self, entry: Entry) -> bool {
+    /// Commits `entry` alone if SQLite's write lock can be had at once; gives it back
+    /// unrun if not.
+    fn commit_alone_now(&mut self, entry: Entry) -> Result<(), Entry> {
         if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
             Committer::refuse(vec![entry], || StoreError::Lost(why.clone()));
-            return true;
+            return Ok(());
         }
         let _ = self.conn.busy_timeout(Duration::ZERO);
         let begun = run(&self.conn, "BEGIN IMMEDIATE");
@@ -329,9 +357,9 @@ impl Committer {
         match begun {
             Ok(()) => {
                 self.commit_batch_begun(vec![entry]);
-                true
+                Ok(())
             }
-            Err(_) => false,
+            Err(_) => Err(entry),
         }
     }
 
@@ -451,7 +479,11 @@ impl Committer {
 }
 
 mod background;
+mod drain;
 use background::run_background;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod async_tests;

@@ -221,7 +221,7 @@ pub async fn release(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     query::<NoQuery>(&cx.req.query)?;
     let id = lease_id(cx)?;
     let reg = cx.app.registry.clone();
-    let held_ms = now_or_blocking(move || reg.release_lease(&id)).await?;
+    let held_ms = reg.release_lease_async(&id).await.map_err(registry_error)?;
     cx.app.metrics.count_release(GrantKind::Lease);
     if let Some(ms) = held_ms {
         cx.app.metrics.observe_hold_ms(ms as f64);
