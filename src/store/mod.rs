@@ -5,7 +5,7 @@
 //! - [`writer`]: the one group-committing writer every write goes through;
 //! - [`records`]: rows of the tables and the statements that read and write them;
 //! - [`console`]: read-only admin SQL, capped in rows and time;
-//! - [`pg`]: the PostgreSQL store for several hosts (so far its schema and migrations).
+//! - [`pg`]: the PostgreSQL store for several hosts (not wired into the registry yet).
 //!
 //! Invariant: functions here run inside whatever transaction the caller opened and decide
 //! nothing about locks; policy lives in `policy`, orchestration in `registry`.

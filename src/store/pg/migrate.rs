@@ -17,11 +17,18 @@ use postgres::Client;
 
 /// The migrations, in order: version, file name, SQL. The test
 /// `every_file_is_listed_in_order` keeps this list and `migrations/postgres/` in step.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_init.sql",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_waiters.sql",
+        include_str!("../../../migrations/postgres/0002_waiters.sql"),
+    ),
+];
 
 /// Key of the advisory lock migrators take: "lockledg" in ASCII, so no other
 /// application's key collides with it by accident.

@@ -1,0 +1,151 @@
+//! [`PgStore`]: a small pool of PostgreSQL connections to one registry database, with the
+//! session settings every connection of lockledger uses.
+//!
+//! Invariants:
+//! - nothing waits without a bound: connecting (`connect_timeout`), a free pooled
+//!   connection ([`POOL_WAIT`]), a row lock held by another transaction (`lock_timeout`,
+//!   [`LOCK_TIMEOUT_MS`]), a statement (`statement_timeout`, [`STATEMENT_TIMEOUT_MS`]) and
+//!   a transaction left open by a stalled process (`idle_in_transaction_session_timeout`)
+//!   are all limited; the settings are startup options, so every connection has them
+//!   from its first statement, the listener's too;
+//! - a store is usable only once [`migrate`](super::migrate) brought the schema up to
+//!   date ([`PgStore::open`] runs it);
+//! - "now" is always the database's clock ([`NOW_MS`]): hosts' clocks never judge a
+//!   lease;
+//! - connections are not pinged on checkout (one round trip less per call): a broken one
+//!   fails its call once and is dropped by the pool (`has_broken`).
+
+use super::error::PgError;
+use super::migrate::migrate;
+use r2d2_postgres::PostgresConnectionManager;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The database clock in UTC milliseconds, as the views read it.
+pub const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// Longest a statement may run.
+pub const STATEMENT_TIMEOUT_MS: u64 = 5_000;
+/// Longest a statement waits for a row lock another transaction holds.
+pub const LOCK_TIMEOUT_MS: u64 = 3_000;
+/// A session idle inside a transaction this long is ended by the server (its row locks
+/// with it): a stalled process cannot keep a lock row locked.
+pub const IDLE_IN_TRANSACTION_MS: u64 = 10_000;
+/// Longest wait to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a free pooled connection.
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Most connections one store keeps.
+pub const MAX_CONNS: u32 = 64;
+
+type Manager = PostgresConnectionManager<postgres::NoTls>;
+pub(crate) type Conn = r2d2::PooledConnection<Manager>;
+
+/// One service's handle on the shared registry database.
+pub struct PgStore {
+    pool: r2d2::Pool<Manager>,
+    config: postgres::Config,
+    service: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config may carry a password: never printed.
+        f.debug_struct("PgStore")
+            .field("service", &self.service)
+            .field("max_conns", &self.pool.max_size())
+            .finish()
+    }
+}
+
+/// The connection settings of every lockledger session: `url`'s, plus the timeouts above
+/// as startup options (added to any the URL gives), keepalives and an application name.
+pub fn session_config(url: &str) -> Result<postgres::Config, PgError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| PgError::BadRequest(format!("not a postgresql url: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let ours = format!(
+        "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} \
+         -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+    );
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+        _ => ours,
+    };
+    config.options(&options);
+    if config.get_application_name().is_none() {
+        config.application_name("lockledger");
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(Duration::from_secs(15));
+    Ok(config)
+}
+
+impl PgStore {
+    /// Connects to the registry database at `url` with a pool of at most `max_conns`
+    /// connections (1..=[`MAX_CONNS`]) and brings its schema up to date.
+    pub fn open(url: &str, max_conns: u32) -> Result<PgStore, PgError> {
+        if !(1..=MAX_CONNS).contains(&max_conns) {
+            return Err(PgError::BadRequest(format!(
+                "max_conns must be 1..={MAX_CONNS}, not {max_conns}"
+            )));
+        }
+        let config = session_config(url)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(max_conns)
+            .min_idle(Some(1))
+            .connection_timeout(POOL_WAIT)
+            .test_on_check_out(false)
+            .build(Manager::new(config.clone(), postgres::NoTls))
+            .map_err(pool_error)?;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let service = format!(
+            "{}:{}:{}",
+            crate::kernel::process::hostname(),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let store = PgStore {
+            pool,
+            config,
+            service,
+        };
+        migrate(&mut *store.conn()?)?;
+        Ok(store)
+    }
+
+    /// This store's name in `lock_waiters`: `host:pid:n`, unique among live stores.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The session settings of this store's connections (for a [`super::FreeListener`]).
+    pub fn session_config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// The database's clock now (UTC ms).
+    pub fn now_ms(&self) -> Result<i64, PgError> {
+        let row = self
+            .conn()?
+            .query_typed_one(&format!("SELECT {NOW_MS}"), &[])?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// A pooled connection, waiting at most [`POOL_WAIT`].
+    pub(crate) fn conn(&self) -> Result<Conn, PgError> {
+        self.pool.get().map_err(pool_error)
+    }
+}
+
+fn pool_error(e: r2d2::Error) -> PgError {
+    PgError::Pool {
+        wait_ms: POOL_WAIT.as_millis() as u64,
+        why: e.to_string(),
+    }
+}

@@ -1,0 +1,235 @@
+//! Waiting for a lock across services: [`PgStore::acquire_waiting`] and its rows in
+//! `lock_waiters` (migration 0002), which give waiters of different services one arrival
+//! order.
+//!
+//! Invariants:
+//! - a caller that has to wait queues one row (`seq` is its place) and keeps it alive
+//!   with a heartbeat (database clock) every [`HEARTBEAT_EVERY`]; the row lapses
+//!   [`WAITER_TTL_MS`] after the last heartbeat, so a service that dies while waiting
+//!   blocks that lock's line for at most that long;
+//! - the row is deleted in the grant's own transaction, or when the caller gives up
+//!   (then the lock is notified, so the next in line looks at once). On every return,
+//!   error paths included, the caller's row is gone or lapsing;
+//! - a caller whose row lapsed (it was paused past the ttl) queues again at the back;
+//! - each try is one grant attempt (`leases`: a read-only look, then a grant transaction
+//!   only when it may be the caller's turn), so waiting never holds a database lock or a
+//!   transaction open; between tries the caller sleeps until a notification
+//!   names it first in line (or names nobody) or a backoff tick (1 ms doubling to
+//!   [`MAX_BACKOFF`]) passes: the tick is the polling backstop for lost notifications,
+//!   for expiries nobody announced and for a line whose head lapsed.
+
+use super::ends::free_payload;
+use super::error::{Busy, PgError};
+use super::leases::Attempt;
+use super::listen::FreeListener;
+use super::listen::CHANNEL;
+use super::request::{GrantRequest, Granted};
+use super::store::{PgStore, NOW_MS};
+use postgres::types::Type;
+use std::time::{Duration, Instant};
+
+/// A waiter row lapses this long after its last heartbeat (database clock).
+pub const WAITER_TTL_MS: i64 = 3_000;
+/// How often a waiting caller renews its row.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(750);
+/// The longest sleep between two tries when no notification comes.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(50);
+/// The first sleep between two tries.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+
+/// What woke the try that was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The first try, before any wait.
+    First,
+    /// A notification for the lock.
+    Notified,
+    /// The backoff tick ran out (polling backstop) or a heartbeat was due.
+    Tick,
+}
+
+/// A grant after waiting, with how the wait went.
+#[derive(Debug, Clone)]
+pub struct Waited {
+    pub granted: Granted,
+    /// Tries (1: granted at once).
+    pub attempts: u32,
+    /// Wake-ups by a notification for this lock.
+    pub notified: u32,
+    /// Wake-ups by the backoff tick.
+    pub ticks: u32,
+    /// What woke the try that was granted.
+    pub woken_by: Wake,
+    /// Times the caller queued again because its row had lapsed.
+    pub requeued: u32,
+    pub waited: Duration,
+}
+
+/// The caller's row in `lock_waiters`.
+struct Place {
+    lock_id: i64,
+    seq: i64,
+    next_heartbeat: Instant,
+}
+
+impl PgStore {
+    /// Tries to grant `req`; while the lock is held (or promised to earlier waiters of
+    /// any service), waits in line until granted or `wait` has passed
+    /// ([`PgError::WaitTimeout`] with the last refusal). `listener` wakes the wait when
+    /// the lock is freed; without notifications the wait still ends by polling.
+    pub fn acquire_waiting(
+        &self,
+        req: &GrantRequest,
+        wait: Duration,
+        listener: &FreeListener,
+    ) -> Result<Waited, PgError> {
+        let start = Instant::now();
+        let deadline = start + wait;
+        // Checked once: a lease keeps one id over all tries.
+        let req = req.checked()?;
+        let busy = match self.attempt(&req, None)? {
+            Attempt::Granted(granted) => {
+                return Ok(Waited {
+                    granted,
+                    attempts: 1,
+                    notified: 0,
+                    ticks: 0,
+                    woken_by: Wake::First,
+                    requeued: 0,
+                    waited: start.elapsed(),
+                })
+            }
+            Attempt::Refused(busy) => busy,
+            Attempt::LostPlace => return Err(PgError::Postgres("a plain try lost a place".into())),
+        };
+        if Instant::now() >= deadline {
+            return Err(timeout(busy, start));
+        }
+        // Watch before queueing: a free after this point wakes the next wait.
+        let mut watch = listener.watch(busy.lock_id);
+        let mut place = self.enqueue(busy.lock_id, &req)?;
+        watch.queued(place.seq);
+        let mut stats = Waited {
+            granted: Granted::default(),
+            attempts: 1,
+            notified: 0,
+            ticks: 0,
+            woken_by: Wake::First,
+            requeued: 0,
+            waited: Duration::ZERO,
+        };
+        let mut last = busy;
+        let mut backoff = MIN_BACKOFF;
+        let result = loop {
+            let mark = watch.mark();
+            stats.attempts += 1;
+            match self.attempt(&req, Some(place.seq)) {
+                Ok(Attempt::Granted(granted)) => {
+                    stats.granted = granted;
+                    stats.waited = start.elapsed();
+                    return Ok(stats);
+                }
+                Ok(Attempt::Refused(busy)) => last = busy,
+                Ok(Attempt::LostPlace) => match self.enqueue(last.lock_id, &req) {
+                    Ok(p) => {
+                        place = p;
+                        watch.queued(place.seq);
+                        stats.requeued += 1;
+                        continue;
+                    }
+                    Err(e) => break Err(e),
+                },
+                // A lock row held past lock_timeout is another tick of waiting.
+                Err(PgError::LockTimeout(why)) => log::warn!("waiting for a lock: {why}"),
+                Err(e) => break Err(e),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(timeout(last.clone(), start));
+            }
+            if now >= place.next_heartbeat {
+                match self.heartbeat(place.seq) {
+                    Ok(true) => place.next_heartbeat = now + HEARTBEAT_EVERY,
+                    // Lapsed: the next try says LostPlace and queues again.
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            let until = deadline.min(now + backoff).min(place.next_heartbeat);
+            if watch.wait(mark, until) {
+                stats.notified += 1;
+                stats.woken_by = Wake::Notified;
+                backoff = MIN_BACKOFF;
+            } else {
+                stats.ticks += 1;
+                stats.woken_by = Wake::Tick;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        };
+        if let Err(e) = self.leave(place.lock_id, place.seq) {
+            log::warn!("could not leave the line of lock {}: {e}", place.lock_id);
+        }
+        result
+    }
+
+    /// Queues a waiter row for `lock_id` at the back of the line.
+    fn enqueue(&self, lock_id: i64, req: &GrantRequest) -> Result<Place, PgError> {
+        let row = self.conn()?.query_typed_one(
+            &format!(
+                "INSERT INTO lock_waiters (lock_id, service, host, pid, holder, operation,
+                                           enqueued_at, expires_at)
+                 SELECT $1, $2, $3, $4, $5, $6, n.now_ms, n.now_ms + $7
+                 FROM (SELECT {NOW_MS} AS now_ms) n
+                 RETURNING seq"
+            ),
+            &[
+                (&lock_id, Type::INT8),
+                (&self.service(), Type::TEXT),
+                (&req.host, Type::TEXT),
+                (&i64::from(req.locker_pid), Type::INT8),
+                (&req.holder, Type::TEXT),
+                (&req.operation, Type::TEXT),
+                (&WAITER_TTL_MS, Type::INT8),
+            ],
+        )?;
+        Ok(Place {
+            lock_id,
+            seq: row.try_get(0)?,
+            next_heartbeat: Instant::now() + HEARTBEAT_EVERY,
+        })
+    }
+
+    /// Moves the row's lapse time forward; false if it has lapsed already (it is never
+    /// revived: others may have been granted past it).
+    fn heartbeat(&self, seq: i64) -> Result<bool, PgError> {
+        let n = self.conn()?.execute_typed(
+            &format!(
+                "UPDATE lock_waiters SET expires_at = {NOW_MS} + $2
+                 WHERE seq = $1 AND expires_at > {NOW_MS}"
+            ),
+            &[(&seq, Type::INT8), (&WAITER_TTL_MS, Type::INT8)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Leaves the line and notifies the lock, so the next waiter looks at once.
+    fn leave(&self, lock_id: i64, seq: i64) -> Result<(), PgError> {
+        self.conn()?.query_typed(
+            &format!(
+                "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
+                 d AS (DELETE FROM lock_waiters WHERE seq = $1)
+                 SELECT pg_notify('{CHANNEL}', {}) FROM n",
+                free_payload("$2::bigint", "$1::bigint")
+            ),
+            &[(&seq, Type::INT8), (&lock_id, Type::INT8)],
+        )?;
+        Ok(())
+    }
+}
+
+fn timeout(busy: Busy, start: Instant) -> PgError {
+    PgError::WaitTimeout {
+        busy: Box::new(busy),
+        waited_ms: start.elapsed().as_millis() as u64,
+    }
+}
