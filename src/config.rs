@@ -95,6 +95,10 @@ pub struct Config {
     /// Mode of a lock file lockledger creates, whatever the umask (it is set with
     /// `fchmod` after the file is created; an existing file keeps its own).
     pub lock_file_mode: u32,
+    /// A PostgreSQL URL (`postgres://USER@HOST:PORT/DB`): lease records, grants and
+    /// history live there, shared by the services of several hosts (None: SQLite in the
+    /// storage directory, the embedded default).
+    pub database: Option<String>,
 }
 
 /// The modes of what lockledger creates: the storage directory, the locks directory and
@@ -178,6 +182,7 @@ impl Config {
             storage_dir_mode: PRIVATE_MODES.storage_dir,
             locks_dir_mode: PRIVATE_MODES.locks_dir,
             lock_file_mode: PRIVATE_MODES.lock_file,
+            database: None,
         }
     }
 

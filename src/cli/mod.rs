@@ -58,6 +58,15 @@ pub struct GlobalOpts {
     /// Lock namespace (default: the first configured, `conversation`)
     #[arg(long, global = true, env = "LOCKLEDGER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Shared registry database for several hosts: postgres://USER@HOST:PORT/DB (default:
+    /// SQLite in the storage directory)
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKLEDGER_DATABASE",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
 }
 
 impl GlobalOpts {
@@ -66,8 +75,17 @@ impl GlobalOpts {
     }
 
     pub fn config(&self) -> Result<Config, RegistryError> {
-        Config::load(&self.storage, self.config.as_deref())
-            .map_err(|e| RegistryError::BadRequest(e.to_string()))
+        let mut config = Config::load(&self.storage, self.config.as_deref())
+            .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
+        if let Some(url) = self.database.as_deref().filter(|u| !u.is_empty()) {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(RegistryError::BadRequest(
+                    "--database takes a postgres://USER@HOST:PORT/DB URL".into(),
+                ));
+            }
+            config.database = Some(url.to_string());
+        }
+        Ok(config)
     }
 
     /// The registry on the configured storage.

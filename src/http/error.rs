@@ -181,6 +181,13 @@ pub fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::Store(StoreError::Lost(_)) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", msg)
         }
+        RegistryError::Unsupported(_) => {
+            ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", msg)
+        }
+        RegistryError::Store(StoreError::Shared(_)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", msg)
+                .retry_after(1)
+        }
         RegistryError::Flock(FlockError::NotRegular { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "unsafe_lock_file", msg)
         }

@@ -89,6 +89,7 @@ impl Registry {
         tokens: Option<BTreeMap<String, i64>>,
         actor: &str,
     ) -> Result<ClearOutcome, RegistryError> {
+        self.local_only("a safe clear")?;
         let ns = ids::namespace_of(&self.inner.config, namespace)?.clone();
         ids::check_owner(owner)?;
         let mut expected: BTreeMap<String, i64> = BTreeMap::new();
@@ -246,6 +247,7 @@ impl Registry {
         reason: &str,
         actor: &str,
     ) -> Result<ForceCleared, RegistryError> {
+        self.local_only("a force clear")?;
         if reason.trim().is_empty() {
             return Err(RegistryError::BadRequest(format!(
                 "lock {key}: a force clear needs a reason"

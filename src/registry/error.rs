@@ -41,6 +41,9 @@ pub enum RegistryError {
     BadRequest(String),
     #[error("lock {lock} has too many waiters ({why}); try again shortly")]
     TooManyWaiters { lock: String, why: String },
+    /// Not available on this registry's database (yet); nothing was changed.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

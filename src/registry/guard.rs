@@ -22,6 +22,7 @@ impl Registry {
         key: &LockKey,
         opts: &AcquireOptions,
     ) -> Result<LockGuard, RegistryError> {
+        self.local_only("an in-process lock guard")?;
         check_label("holder", &opts.holder)?;
         check_label("operation", &opts.operation)?;
         let spec = GrantSpec {

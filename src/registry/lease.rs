@@ -133,6 +133,7 @@ impl Registry {
         req: &LeaseRequest,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<LeaseGrant, RegistryError> {
+        self.local_only("a lease from the library or the CLI")?;
         let spec = self.lease_spec(req)?;
         let granted = self.grant_waiting(key, &spec, req.wait, cancelled)?;
         let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
@@ -152,6 +153,9 @@ impl Registry {
         req: &LeaseRequest,
     ) -> Result<LeaseGrant, RegistryError> {
         let spec = self.lease_spec(req)?;
+        if let Some(d) = self.dist() {
+            return self.dist_acquire_lease(d, key, &spec, req.wait).await;
+        }
         let granted = self.grant_waiting_async(key, &spec, req.wait).await?;
         let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
         Ok(LeaseGrant {
@@ -168,6 +172,11 @@ impl Registry {
             lease_id: lease_id.to_string(),
             why: why.to_string(),
         };
+        if let Some(d) = self.dist() {
+            let ttl = self.holdings().lease(lease_id).map(|s| s.ttl);
+            let ttl = ttl.unwrap_or(self.inner.config.default_lease_ttl);
+            return self.dist_renew(d, lease_id, ttl);
+        }
         let (key, lock_id, token, ttl) = {
             let holdings = self.holdings();
             let slot = holdings
@@ -218,6 +227,9 @@ impl Registry {
     /// Releases a lease: the record and a `released` event are committed, then the flock
     /// is let go.
     pub fn release_lease(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
+        if let Some(d) = self.dist() {
+            return self.dist_release(d, lease_id);
+        }
         let released = self.write(release_job(lease_id.to_string()))?;
         Ok(self.after_release(released))
     }
@@ -227,6 +239,12 @@ impl Registry {
     /// and the flock still goes after it; only this process's waiters then learn of it by
     /// their next retry instead of at once.
     pub async fn release_lease_async(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
+        if self.dist().is_some() {
+            let (me, id) = (self.clone(), lease_id.to_string());
+            return tokio::task::spawn_blocking(move || me.release_lease(&id))
+                .await
+                .map_err(|_| RegistryError::Store(StoreError::JobPanicked))?;
+        }
         let released = self.write_async(release_job(lease_id.to_string())).await?;
         Ok(self.after_release(released))
     }
@@ -257,6 +275,9 @@ impl Registry {
     /// Ends this process's leases that expired (when `auto_expire`) or whose client
     /// process died. Returns the locks it ended.
     pub fn reap(&self) -> Result<Vec<String>, RegistryError> {
+        if let Some(d) = self.dist() {
+            return self.dist_reap(d);
+        }
         let auto = self.inner.config.auto_expire;
         let now = self.monotonic();
         // Deadlines are judged on the monotonic clock (`lease_end` compares two numbers on

@@ -26,6 +26,7 @@
 
 mod busy;
 pub mod clear;
+mod dist;
 pub mod error;
 pub mod grant;
 pub mod guard;
@@ -114,6 +115,8 @@ struct Inner {
     /// and the words it failed with (for `/healthz`).
     last_write_busy: Mutex<Option<(std::time::Instant, String)>>,
     me: (i32, Option<u64>),
+    /// The shared database, when leases live in PostgreSQL (`Config::database`).
+    dist: Option<Arc<dist::Dist>>,
 }
 
 /// The registry. Cheap to clone; all clones share one writer, pool and lease table.
@@ -143,7 +146,11 @@ impl Registry {
         let watch = Arc::new(Watch::new(&config.db_path())?);
         let writer = Writer::start(conn, Some(Arc::clone(&watch)), Some(history::tidy))?;
         let readers = db::read_pool(&config, 8, Access::ReadWrite)?;
-        Ok(Registry::assemble(
+        let dist = match &config.database {
+            Some(url) => Some(Arc::new(dist::Dist::open(url)?)),
+            None => None,
+        };
+        let mut reg = Registry::assemble(
             config,
             locks_dir,
             clock,
@@ -151,7 +158,11 @@ impl Registry {
             readers,
             Some(watch),
             Some(ceiling),
-        ))
+        );
+        if let Some(inner) = Arc::get_mut(&mut reg.inner) {
+            inner.dist = dist;
+        }
+        Ok(reg)
     }
 
     /// Opens the registry for reading only, for a user who may read the storage but not
@@ -209,6 +220,7 @@ impl Registry {
                 lock_dir,
                 last_write_busy: Mutex::new(None),
                 me: process::current(),
+                dist: None,
             }),
         }
     }
@@ -326,10 +338,14 @@ impl Registry {
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<history::EventRow>, RegistryError> {
         let mut q = q.clone();
         q.limit = q.limit.clamp(1, 10_000);
+        if let Some(d) = self.dist() {
+            return self.dist_history(d, &q);
+        }
         self.read(|c| Ok(history::history(c, &q)?))
     }
 
     pub fn fence_check(&self, key: &LockKey, token: i64) -> Result<FenceCheck, RegistryError> {
+        self.local_only("the fencing check")?;
         let row = self.read(|c| Ok(records::find_lock(c, key)?))?;
         let Some(row) = row else {
             return Ok(FenceCheck {
@@ -346,6 +362,12 @@ impl Registry {
             current,
             newest_token: row.last_token,
         })
+    }
+
+    /// The database the admin SQL console reads (the SQLite one; not yet on PostgreSQL).
+    pub fn console_db(&self) -> Result<PathBuf, RegistryError> {
+        self.local_only("the admin SQL console")?;
+        Ok(self.db_path())
     }
 
     /// A fresh read connection from the pool (admin SQL uses its own read-only one).

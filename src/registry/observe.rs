@@ -193,6 +193,9 @@ impl Registry {
             });
         };
         let own = self.own_lease(lock_id, h);
+        if own.is_none() && self.dist().is_some() && !self.locker_is_me(h) {
+            return Ok(self.observe_remote(h, now));
+        }
         let holder_file = own.as_ref().map(|o| o.file).or(h.file_id);
         // Something unsafe put at the path of a recorded holder: the holder's file is no
         // longer there; the holder is judged as for any replaced file, and nothing at
@@ -232,6 +235,34 @@ impl Registry {
             conflict: file_replaced && path_held,
             unsafe_file,
         })
+    }
+
+    /// A holder granted by another service of a shared (PostgreSQL) registry: the row in
+    /// the shared database is the grant, its locker runs on its own host (not judged
+    /// here), and its lease ends by the database clock; this host's lock file says
+    /// nothing about it.
+    fn observe_remote(&self, h: &HolderRow, now: i64) -> Observed {
+        let mut facts = self.facts(h, None, now);
+        facts.locker = Liveness::Alive;
+        facts.client = None;
+        let obs = Observation {
+            flock_held: true,
+            record: Some(facts),
+        };
+        Observed {
+            flock_held: true,
+            verdict: stale::classify(&obs, now, &self.policy()),
+            holder: Some(HolderFacts {
+                kind: h.kind,
+                locker: Liveness::Alive,
+                locker_is_me: false,
+                handle_here: false,
+            }),
+            file_replaced: false,
+            path_file: None,
+            conflict: false,
+            unsafe_file: None,
+        }
     }
 
     /// The pid that holds the file `id`'s flock, from `/proc/locks`. The kernel prints

@@ -48,6 +48,7 @@ impl Registry {
         holder: &str,
         operation: &str,
     ) -> Result<Registration, RegistryError> {
+        self.local_only("registering a FileLock holder")?;
         check_label("holder", holder)?;
         check_label("operation", operation)?;
         let start = (pid > 0)

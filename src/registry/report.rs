@@ -186,7 +186,10 @@ impl Registry {
         let now = self.now_ms();
         let ns_name = ns.name.clone();
         let owner_s = owner.to_string();
-        let rows = self.read(|c| Ok(records::owner_locks(c, &ns_name, &owner_s)?))?;
+        let rows = match self.dist() {
+            Some(d) => self.dist_owner_rows(d, &ns_name, &owner_s)?,
+            None => self.read(|c| Ok(records::owner_locks(c, &ns_name, &owner_s)?))?,
+        };
         let view = KernelView::take();
         let mut locks = Vec::with_capacity(ns.fields.len());
         for field in &ns.fields {
@@ -198,7 +201,13 @@ impl Registry {
                 // A holder may have been between its flock and its commit while we
                 // looked; one more read (and a fresh look) settles it.
                 let key = LockKey::new(&ns, owner, field)?;
-                row = self.read(|c| Ok(records::find_lock(c, &key)?))?;
+                row = match self.dist() {
+                    Some(d) => self
+                        .dist_owner_rows(d, &ns_name, &owner_s)?
+                        .into_iter()
+                        .find(|r| &r.field == field),
+                    None => self.read(|c| Ok(records::find_lock(c, &key)?))?,
+                };
                 seen = self.observe(row.as_ref(), &file, now, &KernelView::take())?;
             }
             let subject = Subject {
@@ -241,6 +250,7 @@ impl Registry {
         cursor: i64,
         limit: usize,
     ) -> Result<(Vec<LockReport>, Option<i64>), RegistryError> {
+        self.local_only("the list of every lock")?;
         let now = self.now_ms();
         let limit = limit.clamp(1, 1000);
         // Held and stale locks have records (externally held ones show in owner status).

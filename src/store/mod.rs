@@ -42,6 +42,9 @@ pub enum StoreError {
     Lost(String),
     #[error("the registry is open read-only here; this needs write access to the storage")]
     ReadOnly,
+    /// The shared (PostgreSQL) registry database failed or could not be reached.
+    #[error("shared registry database: {0}")]
+    Shared(String),
     /// Only inside [`writer::no_wait`]: the write would have had to wait, so it was not
     /// made (nothing of it ran); the caller makes it again where waiting is allowed.
     #[error("the write would wait for the database; made again off the async thread")]

@@ -1,0 +1,331 @@
+//! The registry on PostgreSQL (`--database postgres://…`, DESIGN §9): the services of
+//! several hosts share one lock table, so a conversation's lock is held on one host at a
+//! time. Leases (grant, renewal, release, expiry), per-owner status and history go to the
+//! shared database; the store calls are in `store::pg`.
+//!
+//! Invariants:
+//! - The grant is the row: a lease exists once its holder row is committed in
+//!   PostgreSQL (see `store::pg::leases`); fencing tokens come from that row's lock, so
+//!   they increase across every service.
+//! - This host's lock file is flocked first, then the shared grant is asked for, never the
+//!   other way round: this host's plain `FileLock` users are excluded and seen, and two
+//!   services can never wait for each other in a cycle. The flock lives in the holdings
+//!   with the lease, as in SQLite mode, and goes only after the lease's end is committed.
+//! - Lease ends are judged by the database clock (`expire_due`, run by every service's
+//!   reaper); a service judges only the pids of its own clients on its own host; a lease
+//!   this service granted but the database ended (expired elsewhere) loses its flock here
+//!   at the next reap.
+//! - A PostgreSQL call is short (the store sets statement and lock timeouts) and runs on
+//!   the blocking pool. A waiting acquire waits there too, in the database's arrival
+//!   order across services; at most [`MAX_PG_WAITERS`] wait at once in one service (more:
+//!   `too_many_waiters`), so waiters never exhaust the pool.
+//! - What is not on PostgreSQL yet answers `unsupported` (HTTP 501) and changes nothing.
+
+use super::grant::GrantSpec;
+use super::holdings::LeaseSlot;
+use super::lease::LeaseGrant;
+use super::{Registry, RegistryError};
+use crate::clock;
+use crate::ids::LockKey;
+use crate::kernel::flock;
+use crate::policy::stale::{HolderKind, Liveness};
+use crate::store::history::{EventKind, EventRow, HistoryQuery};
+use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
+use crate::store::records::LockRow;
+use crate::store::StoreError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most acquirers of one service waiting on PostgreSQL at once (each waits on a thread
+/// of the blocking pool).
+pub const MAX_PG_WAITERS: usize = 64;
+
+/// Most expired leases one reap ends.
+const EXPIRE_BATCH: usize = 256;
+
+/// The shared database of this service.
+pub(super) struct Dist {
+    pub store: PgStore,
+    pub listener: FreeListener,
+    waiting: AtomicUsize,
+}
+
+impl std::fmt::Debug for Dist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dist")
+            .field("service", &self.store.service())
+            .finish()
+    }
+}
+
+impl Dist {
+    /// Connects (migrating the schema if needed) and starts listening for freed locks.
+    pub fn open(url: &str) -> Result<Dist, RegistryError> {
+        let store = PgStore::open(url, 16).map_err(pg_error)?;
+        let listener = FreeListener::start(store.session_config(), |_| {}).map_err(pg_error)?;
+        Ok(Dist {
+            store,
+            listener,
+            waiting: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A PostgreSQL error as a registry error: refusals stay refusals (busy, lease gone),
+/// trouble with the database is a store error (503).
+pub(super) fn pg_error(e: PgError) -> RegistryError {
+    match e {
+        PgError::Busy(_) | PgError::WaitTimeout { .. } => RegistryError::Busy {
+            message: e.to_string(),
+            holder: None,
+        },
+        PgError::LeaseGone { lease_id, why } => RegistryError::LeaseGone { lease_id, why },
+        PgError::BadRequest(why) => RegistryError::BadRequest(why),
+        PgError::NotHolding { lock_id, token } => RegistryError::NotHeld {
+            lock: format!("{lock_id} (token {token})"),
+        },
+        other => RegistryError::Store(StoreError::Shared(other.to_string())),
+    }
+}
+
+/// Runs a PostgreSQL call on the blocking pool.
+async fn off_thread<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, RegistryError> + Send + 'static,
+) -> Result<R, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| RegistryError::Store(StoreError::JobPanicked))?
+}
+
+/// Counts a waiter of this service while it lives.
+struct WaiterSlot(Arc<Dist>);
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Registry {
+    /// The shared database, when this registry runs on PostgreSQL.
+    pub(super) fn dist(&self) -> Option<&Arc<Dist>> {
+        self.inner.dist.as_ref()
+    }
+
+    /// Refuses what is not on PostgreSQL yet (HTTP 501), naming it.
+    pub(super) fn local_only(&self, what: &str) -> Result<(), RegistryError> {
+        match self.dist() {
+            Some(_) => Err(RegistryError::Unsupported(format!(
+                "{what} is not available with a PostgreSQL registry yet"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A lease on the shared database: this host's flock first (retried on a backoff of
+    /// 1 ms doubling to 50 ms while another process of this host holds it), then the
+    /// shared grant, waiting in the database's arrival order for what is left of `wait`.
+    pub(super) async fn dist_acquire_lease(
+        &self,
+        d: &Arc<Dist>,
+        key: &LockKey,
+        spec: &GrantSpec,
+        wait: Duration,
+    ) -> Result<LeaseGrant, RegistryError> {
+        let Some(terms) = spec.lease.clone() else {
+            return Err(RegistryError::BadRequest(
+                "a lease needs lease terms".into(),
+            ));
+        };
+        let file = self.file_of(key)?;
+        let path = self.path_of_file(&file);
+        let started = Instant::now();
+        let deadline = started + wait;
+        let mut pause = Duration::from_millis(1);
+        let held = loop {
+            if let Some(f) = flock::try_acquire(&path, self.file_mode())? {
+                break f;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RegistryError::Busy {
+                    message: format!(
+                        "lock {} is held by another process on this host ({})",
+                        key,
+                        crate::kernel::process::hostname()
+                    ),
+                    holder: None,
+                });
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        };
+        if d.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_PG_WAITERS {
+            d.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(RegistryError::TooManyWaiters {
+                lock: key.to_string(),
+                why: format!("{MAX_PG_WAITERS} acquirers already wait on PostgreSQL here"),
+            });
+        }
+        let slot = WaiterSlot(Arc::clone(d));
+        let req = GrantRequest {
+            namespace: key.namespace().to_string(),
+            owner: key.owner().to_string(),
+            field: key.field().to_string(),
+            file,
+            holder: spec.holder.clone(),
+            operation: spec.operation.clone(),
+            pid: spec.pid,
+            pid_start: spec.pid_start,
+            host: spec.host.clone(),
+            thread: spec.thread.clone(),
+            locker_pid: self.inner.me.0,
+            locker_start: self.inner.me.1,
+            ttl_ms: Some(terms.ttl.as_millis() as u64),
+            kind: HolderKind::Lease,
+            lease_id: Some(terms.lease_id.clone()),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let dd = Arc::clone(d);
+        let waited = off_thread(move || {
+            let _slot = slot;
+            dd.store
+                .acquire_waiting(&req, left, &dd.listener)
+                .map_err(pg_error)
+        })
+        .await?;
+        let g = waited.granted;
+        self.insert_lease_slot(key, g.lock_id, g.token, held, terms);
+        let expires_at_ms = g.expires_at.unwrap_or_else(|| self.now_ms());
+        Ok(LeaseGrant {
+            lease_id: g.lease_id.unwrap_or_default(),
+            token: g.token,
+            expires_at: clock::rfc3339(expires_at_ms),
+            expires_at_ms,
+        })
+    }
+
+    /// Renews a lease on the shared database, then moves its deadline here.
+    pub(super) fn dist_renew(
+        &self,
+        d: &Dist,
+        lease_id: &str,
+        ttl: Duration,
+    ) -> Result<LeaseGrant, RegistryError> {
+        let r = d
+            .store
+            .renew(lease_id, ttl.as_millis() as u64)
+            .map_err(pg_error)?;
+        let now = self.monotonic();
+        if let Some(slot) = self.holdings().lease_mut(lease_id) {
+            slot.deadline = now + ttl;
+            slot.renewed = now;
+        }
+        Ok(LeaseGrant {
+            lease_id: lease_id.to_string(),
+            token: r.token,
+            expires_at: clock::rfc3339(r.expires_at),
+            expires_at_ms: r.expires_at,
+        })
+    }
+
+    /// Releases a lease on the shared database; this host's flock goes after the commit.
+    pub(super) fn dist_release(
+        &self,
+        d: &Dist,
+        lease_id: &str,
+    ) -> Result<Option<i64>, RegistryError> {
+        let released = d.store.release(lease_id);
+        let slot = self.holdings().remove_lease(lease_id);
+        if let Some(slot) = slot {
+            self.drop_slot(slot);
+        }
+        Ok(Some(released.map_err(pg_error)?.held_ms))
+    }
+
+    fn drop_slot(&self, slot: LeaseSlot) {
+        let key = slot.key.clone();
+        drop(slot);
+        self.let_go(&key);
+    }
+
+    /// One reap on the shared database: ends the leases past their end by the database
+    /// clock (any service may), ends this service's leases whose client process died, and
+    /// lets go of the flocks of leases the database no longer has. Returns the locks ended
+    /// here.
+    pub(super) fn dist_reap(&self, d: &Dist) -> Result<Vec<String>, RegistryError> {
+        let mut ended = Vec::new();
+        for e in d.store.expire_due(EXPIRE_BATCH).map_err(pg_error)? {
+            ended.push(format!("{}/{}", e.owner, e.field));
+        }
+        let now = self.monotonic();
+        let mine: Vec<(String, i64, i64, bool, bool)> = self
+            .holdings()
+            .leases()
+            .map(|s| {
+                let client_dead = s
+                    .client_pid
+                    .is_some_and(|pid| self.liveness(pid, s.client_start) == Liveness::Dead);
+                (
+                    s.lease_id.clone(),
+                    s.lock_id,
+                    s.token,
+                    client_dead,
+                    now >= s.deadline,
+                )
+            })
+            .collect();
+        for (lease_id, lock_id, token, client_dead, past) in mine {
+            if client_dead {
+                let reason = "its client process died";
+                if d.store
+                    .clear(lock_id, token, "lockledger", reason, EventKind::Reconciled)
+                    .map_err(pg_error)?
+                    .is_some()
+                {
+                    ended.push(lease_id.clone());
+                }
+            } else if !past {
+                continue;
+            }
+            // Past its end here (or just ended): keep the flock only while the database
+            // still names this grant.
+            let still = d
+                .store
+                .lock(lock_id)
+                .map_err(pg_error)?
+                .and_then(|r| r.holder)
+                .is_some_and(|h| h.token == token && !client_dead);
+            if !still {
+                let slot = self.holdings().remove_lease(&lease_id);
+                if let Some(slot) = slot {
+                    self.drop_slot(slot);
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// The recorded locks of one owner in one namespace, from the shared database.
+    pub(super) fn dist_owner_rows(
+        &self,
+        d: &Dist,
+        namespace: &str,
+        owner: &str,
+    ) -> Result<Vec<LockRow>, RegistryError> {
+        let rows = d.store.current(Some(owner)).map_err(pg_error)?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.namespace == namespace)
+            .collect())
+    }
+
+    /// History from the shared database (every service's events).
+    pub(super) fn dist_history(
+        &self,
+        d: &Dist,
+        q: &HistoryQuery,
+    ) -> Result<Vec<EventRow>, RegistryError> {
+        d.store.history(q).map_err(pg_error)
+    }
+}

@@ -1,0 +1,259 @@
+//! Two `lockledger serve` processes on one PostgreSQL (`--database`), each with a storage
+//! directory of its own (as on two hosts): clients split across them never hold one lock
+//! at once, tokens increase across both, a SIGKILLed service's leases end by their ttl and
+//! the other service grants the lock, and history from both is in one place.
+//!
+//! A real throwaway PostgreSQL cluster (the harness's `PgCluster`, installed by
+//! `scripts/setup.sh --tests`); every wait has a deadline; servers are killed on drop.
+
+use lockledger_harness::{Client, PgCluster, Request, Server, ServerOpts, StderrTo};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
+
+fn database(name: &str) -> String {
+    let cluster = PgCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    cluster
+        .create_database(name)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A service on `url` with its own storage directory under `dir`.
+fn service(dir: &Path, name: &str, url: &str) -> Server {
+    let storage = dir.join(name);
+    std::fs::create_dir_all(&storage).unwrap();
+    let opts = ServerOpts::default()
+        .args(&["--database", url])
+        .stderr(StderrTo::File(storage.join("service.log")))
+        .start_timeout(Duration::from_secs(60));
+    Server::try_start(Path::new(BIN), &storage, &opts, None)
+        .unwrap_or_else(|e| panic!("service {name} did not start: {e}"))
+}
+
+fn send(c: &mut Client, req: Request) -> (u16, Value) {
+    let r = c
+        .send(&req)
+        .unwrap_or_else(|e| panic!("request failed: {e}"));
+    (r.status, r.json_or_null())
+}
+
+fn acquire(c: &mut Client, owner: &str, body: Value) -> (u16, Value) {
+    send(
+        c,
+        Request::post(&format!("/api/v1/locks/{owner}/messages/acquire")).json(&body),
+    )
+}
+
+fn release(c: &mut Client, lease_id: &str) -> u16 {
+    send(
+        c,
+        Request::delete(&format!("/api/v1/leases/{lease_id}")).json_text(""),
+    )
+    .0
+}
+
+fn history(c: &mut Client, owner: &str) -> Vec<Value> {
+    let (status, v) = send(
+        c,
+        Request::get(&format!("/api/v1/history?owner={owner}&limit=1000")),
+    );
+    assert_eq!(status, 200, "{v}");
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
+
+#[test]
+fn sixteen_clients_on_two_services_never_hold_one_lock_twice() {
+    let url = database("svc_race");
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path(), "host-a", &url);
+    let b = service(dir.path(), "host-b", &url);
+    let ports = [a.port, b.port];
+    let rounds = 12;
+    let counter = dir.path().join("counter");
+    std::fs::write(&counter, "0").unwrap();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most_inside = Arc::new(AtomicUsize::new(0));
+    let grants = Arc::new(Mutex::new(Vec::<(Instant, i64)>::new()));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            let (inside, most, grants, counter) = (&inside, &most_inside, &grants, &counter);
+            let port = ports[i % 2];
+            s.spawn(move || {
+                let mut c = Client::new(port);
+                for _ in 0..rounds {
+                    let lease = loop {
+                        assert!(Instant::now() < deadline, "client {i} never got the lock");
+                        let body = json!({"holder": format!("client-{i}"), "operation": "count",
+                                          "ttl_ms": 20000, "wait_ms": 5000});
+                        let (status, v) = acquire(&mut c, "race", body);
+                        match status {
+                            200 => break v,
+                            409 | 503 => continue,
+                            other => panic!("acquire: HTTP {other}: {v}"),
+                        }
+                    };
+                    let now_inside = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now_inside, Ordering::SeqCst);
+                    let token = lease["token"].as_i64().unwrap();
+                    grants.lock().unwrap().push((Instant::now(), token));
+                    // A read-modify-write that loses updates if two clients overlap.
+                    let n: u64 = std::fs::read_to_string(counter)
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                    std::fs::write(counter, (n + 1).to_string()).unwrap();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    let id = lease["lease_id"].as_str().unwrap();
+                    assert_eq!(release(&mut c, id), 200, "release of {id}");
+                }
+            });
+        }
+    });
+    let total: u64 = std::fs::read_to_string(&counter).unwrap().parse().unwrap();
+    assert_eq!(
+        total,
+        16 * rounds as u64,
+        "lost updates: two holders overlapped"
+    );
+    assert_eq!(
+        most_inside.load(Ordering::SeqCst),
+        1,
+        "two clients held the lock at once"
+    );
+    let mut g = grants.lock().unwrap().clone();
+    g.sort_by_key(|(at, _)| *at);
+    for w in g.windows(2) {
+        assert!(
+            w[0].1 < w[1].1,
+            "tokens must increase across both services in grant order: {} then {}",
+            w[0].1,
+            w[1].1
+        );
+    }
+    // History from both services, in one place, read through either.
+    for port in ports {
+        let ev = history(&mut Client::new(port), "race");
+        assert_eq!(
+            count(&ev, "acquired"),
+            16 * rounds,
+            "acquired events via {port}"
+        );
+        assert_eq!(
+            count(&ev, "released"),
+            16 * rounds,
+            "released events via {port}"
+        );
+    }
+}
+
+#[test]
+fn a_killed_services_lease_ends_by_ttl_and_the_other_service_grants() {
+    let url = database("svc_kill");
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = service(dir.path(), "host-a", &url);
+    let b = service(dir.path(), "host-b", &url);
+    let mut ca = Client::new(a.port);
+    let (status, held) = acquire(
+        &mut ca,
+        "kill",
+        json!({"holder": "doomed", "operation": "stream", "ttl_ms": 1500}),
+    );
+    assert_eq!(status, 200, "{held}");
+    let first_token = held["token"].as_i64().unwrap();
+    // B is refused while A's lease lives, and says who holds it.
+    let mut cb = Client::new(b.port);
+    let (status, busy) = acquire(
+        &mut cb,
+        "kill",
+        json!({"holder": "next", "operation": "stream", "ttl_ms": 5000}),
+    );
+    assert_eq!(status, 409, "{busy}");
+    assert!(
+        busy["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("doomed")
+            || busy.to_string().contains("doomed"),
+        "the refusal names the holder: {busy}"
+    );
+    a.kill9();
+    let started = Instant::now();
+    let (status, got) = acquire(
+        &mut cb,
+        "kill",
+        json!({"holder": "next", "operation": "stream", "ttl_ms": 5000, "wait_ms": 15000}),
+    );
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{got}");
+    assert!(got["token"].as_i64().unwrap() > first_token);
+    assert!(
+        waited < Duration::from_secs(10),
+        "granted only after {waited:?} (the dead lease's ttl was 1.5 s)"
+    );
+    let ev = history(&mut cb, "kill");
+    assert_eq!(count(&ev, "expired"), 1, "{ev:?}");
+    assert_eq!(count(&ev, "acquired"), 2, "{ev:?}");
+    // B's status shows its own lease held.
+    let (status, st) = send(&mut cb, Request::get("/api/v1/locks/kill"));
+    assert_eq!(status, 200, "{st}");
+    let messages = st["locks"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["field"] == "messages").cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(messages["state"], "held", "{st}");
+}
+
+#[test]
+fn what_is_not_on_postgresql_yet_answers_501_and_changes_nothing() {
+    let url = database("svc_unsupported");
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path(), "host-a", &url);
+    let admin = std::fs::read_to_string(dir.path().join("host-a").join("admin-token"))
+        .expect("the service wrote its admin token");
+    let mut c = Client::new(a.port);
+    let (status, held) = acquire(
+        &mut c,
+        "keep",
+        json!({"holder": "h", "operation": "op", "ttl_ms": 20000}),
+    );
+    assert_eq!(status, 200, "{held}");
+    for (req, what) in [
+        (
+            Request::post("/api/v1/locks/keep/clear").json(&json!({})),
+            "safe clear",
+        ),
+        (
+            Request::post("/api/v1/locks/keep/force-clear")
+                .json(&json!({"field": "messages", "token": 1, "reason": "test"})),
+            "force clear",
+        ),
+        (
+            Request::post("/api/v1/sql").json(&json!({"sql": "SELECT 1"})),
+            "admin SQL",
+        ),
+    ] {
+        let (status, v) = send(&mut c, req.bearer(admin.trim()));
+        assert_eq!(status, 501, "{what}: {v}");
+        assert_eq!(v["error"]["code"], "unsupported", "{what}: {v}");
+    }
+    // Nothing changed: the lease is still held, and still released normally.
+    let ev = history(&mut c, "keep");
+    assert_eq!(count(&ev, "acquired"), 1, "{ev:?}");
+    assert_eq!(
+        count(&ev, "cleared") + count(&ev, "force_cleared"),
+        0,
+        "{ev:?}"
+    );
+    assert_eq!(release(&mut c, held["lease_id"].as_str().unwrap()), 200);
+}
