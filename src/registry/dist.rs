@@ -24,6 +24,7 @@
 use super::grant::GrantSpec;
 use super::holdings::LeaseSlot;
 use super::lease::LeaseGrant;
+use super::register::Registration;
 use super::{Registry, RegistryError};
 use crate::clock;
 use crate::ids::LockKey;
@@ -33,8 +34,9 @@ use crate::store::history::{EventKind, EventRow, HistoryQuery};
 use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
 use crate::store::records::LockRow;
 use crate::store::StoreError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most acquirers of one service waiting on PostgreSQL at once (each waits on a thread
@@ -49,6 +51,16 @@ pub(super) struct Dist {
     pub store: PgStore,
     pub listener: FreeListener,
     waiting: AtomicUsize,
+    /// Registrations this service granted: id -> (lock id, token).
+    registrations: Mutex<HashMap<String, (i64, i64)>>,
+}
+
+/// A process that took a lock file's flock itself and registers (see `register`).
+pub(super) struct Registrant<'a> {
+    pub pid: i32,
+    pub start: u64,
+    pub holder: &'a str,
+    pub operation: &'a str,
 }
 
 impl std::fmt::Debug for Dist {
@@ -68,6 +80,7 @@ impl Dist {
             store,
             listener,
             waiting: AtomicUsize::new(0),
+            registrations: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -205,6 +218,75 @@ impl Registry {
         })
     }
 
+    /// A registration as the grant across hosts: the registrant holds this host's flock
+    /// (checked by `register`), and waits here, up to `wait`, for the shared grant of a
+    /// library holder whose locker is the registrant. Refused (busy) after that.
+    pub(super) fn dist_register(
+        &self,
+        d: &Arc<Dist>,
+        key: &LockKey,
+        file: String,
+        who: Registrant<'_>,
+        registration_id: String,
+        wait: Duration,
+    ) -> Result<Registration, RegistryError> {
+        if d.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_PG_WAITERS {
+            d.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(RegistryError::TooManyWaiters {
+                lock: key.to_string(),
+                why: format!("{MAX_PG_WAITERS} acquirers already wait on PostgreSQL here"),
+            });
+        }
+        let _slot = WaiterSlot(Arc::clone(d));
+        let req = GrantRequest {
+            namespace: key.namespace().to_string(),
+            owner: key.owner().to_string(),
+            field: key.field().to_string(),
+            file: file.clone(),
+            holder: who.holder.to_string(),
+            operation: who.operation.to_string(),
+            pid: Some(who.pid),
+            pid_start: Some(who.start),
+            host: crate::kernel::process::hostname().to_string(),
+            thread: None,
+            locker_pid: who.pid,
+            locker_start: Some(who.start),
+            ttl_ms: None,
+            kind: HolderKind::Library,
+            lease_id: None,
+        };
+        let g = d
+            .store
+            .acquire_waiting(&req, wait, &d.listener)
+            .map_err(pg_error)?
+            .granted;
+        lock(&d.registrations).insert(registration_id.clone(), (g.lock_id, g.token));
+        Ok(Registration {
+            registration_id,
+            token: g.token,
+            owner: key.owner().to_string(),
+            field: key.field().to_string(),
+            file,
+        })
+    }
+
+    /// Ends a registration this service granted.
+    pub(super) fn dist_unregister(
+        &self,
+        d: &Dist,
+        registration_id: &str,
+    ) -> Result<Option<i64>, RegistryError> {
+        let Some((lock_id, token)) = lock(&d.registrations).remove(registration_id) else {
+            return Err(RegistryError::LeaseGone {
+                lease_id: registration_id.to_string(),
+                why: "it was already unregistered or reconciled (or another service granted it)"
+                    .into(),
+            });
+        };
+        let released = d.store.release_by_token(lock_id, token).map_err(pg_error)?;
+        Ok(Some(released.held_ms))
+    }
+
     /// Renews a lease on the shared database, then moves its deadline here.
     pub(super) fn dist_renew(
         &self,
@@ -257,6 +339,30 @@ impl Registry {
         let mut ended = Vec::new();
         for e in d.store.expire_due(EXPIRE_BATCH).map_err(pg_error)? {
             ended.push(format!("{}/{}", e.owner, e.field));
+        }
+        // This host's holders whose locking process died (a registrant, or a previous
+        // incarnation of this service): only this host can tell, and it ends them.
+        let host = crate::kernel::process::hostname();
+        for row in d.store.holders_on_host(host).map_err(pg_error)? {
+            let Some(h) = &row.holder else { continue };
+            if self.liveness(h.locker_pid, h.locker_start) != Liveness::Dead {
+                continue;
+            }
+            let reason = "its locking process died on this host";
+            let cleared = d
+                .store
+                .clear(
+                    row.lock_id,
+                    h.token,
+                    "lockledger",
+                    reason,
+                    EventKind::Reconciled,
+                )
+                .map_err(pg_error)?;
+            if cleared.is_some() {
+                lock(&d.registrations).retain(|_, v| *v != (row.lock_id, h.token));
+                ended.push(format!("{}/{}", row.owner, row.field));
+            }
         }
         let now = self.monotonic();
         let mine: Vec<(String, i64, i64, bool, bool)> = self
@@ -328,4 +434,9 @@ impl Registry {
     ) -> Result<Vec<EventRow>, RegistryError> {
         d.store.history(q).map_err(pg_error)
     }
+}
+
+/// The registrations map stays consistent through a panic (single inserts and removes).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

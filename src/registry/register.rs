@@ -40,15 +40,18 @@ pub struct Registration {
 }
 
 impl Registry {
-    /// Records that process `pid` holds `key`'s lock file (it took the flock itself).
+    /// Records that process `pid` holds `key`'s lock file (it took the flock itself). On a
+    /// shared (PostgreSQL) registry the registration is also the grant across hosts: it
+    /// waits up to `wait` while another host holds the lock, and is refused (busy) after
+    /// that; the process must then let its flock go.
     pub fn register(
         &self,
         key: &LockKey,
         pid: i32,
         holder: &str,
         operation: &str,
+        wait: std::time::Duration,
     ) -> Result<Registration, RegistryError> {
-        self.local_only("registering a FileLock holder")?;
         check_label("holder", holder)?;
         check_label("operation", operation)?;
         let start = (pid > 0)
@@ -91,6 +94,15 @@ impl Registry {
         }
         let registration_id = crate::random::hex(16)
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        if let Some(d) = self.dist() {
+            let who = super::dist::Registrant {
+                pid,
+                start,
+                holder,
+                operation,
+            };
+            return self.dist_register(d, key, file, who, registration_id, wait);
+        }
         let spec = GrantSpec {
             kind: HolderKind::Library,
             holder: holder.to_string(),
@@ -131,6 +143,9 @@ impl Registry {
 
     /// Ends a registration: the process let go of its flock (or is about to).
     pub fn unregister(&self, registration_id: &str) -> Result<Option<i64>, RegistryError> {
+        if let Some(d) = self.dist() {
+            return self.dist_unregister(d, registration_id);
+        }
         let id = registration_id.to_string();
         self.write(move |reg, conn| {
             let Some(row) = records::find_by_lease_id(conn, &id)? else {

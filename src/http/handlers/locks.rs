@@ -336,13 +336,24 @@ pub struct RegisterBody {
     pub holder: String,
     /// What it is doing, e.g. `save_local`.
     pub operation: String,
+    /// With a shared (PostgreSQL) registry, how long to wait while another host holds
+    /// the lock (0..60000, default 0); refused with 409 `busy` after that, and the
+    /// process must let its flock go. Ignored with SQLite (the flock is the grant).
+    pub wait_ms: Option<u64>,
 }
 
 pub async fn register(cx: &Ctx<'_>) -> Result<Response, ApiError> {
     let b: RegisterBody = required_json(cx.req)?;
     let key = lock_key(cx, cx.arg(0), cx.arg(1))?;
     let reg = cx.app.registry.clone();
-    let done = blocking(move || reg.register(&key, b.pid, &b.holder, &b.operation)).await?;
+    let wait_ms = b.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let wait = Duration::from_millis(wait_ms);
+    let done = blocking(move || reg.register(&key, b.pid, &b.holder, &b.operation, wait)).await?;
     cx.app.metrics.count_grant(GrantKind::Registration);
     Ok(json_response(StatusCode::OK, &done))
 }
