@@ -226,15 +226,20 @@ class LockLedger:
 
     def register(self, owner: str, field: Optional[str], operation: str, *,
                  pid: Optional[int] = None, namespace: Optional[str] = None,
-                 timeout: Optional[float] = None) -> Json:
+                 wait_ms: int = 0, timeout: Optional[float] = None) -> Json:
         """Records that process ``pid`` (default: this one) holds ``(owner, field)``'s
         lock file's flock, which it took itself
         (``POST /api/v1/locks/{owner}/{field}/register``). The service checks
         ``/proc/locks`` first and answers 409 ``not_holding`` unless that pid holds
         that very file. Returns ``{registration_id, token, owner, field, file}``.
-        :class:`~lockledger_client.FileLock` does this for you."""
-        body = {"pid": os.getpid() if pid is None else int(pid), "holder": self.holder,
-                "operation": operation}
+        :class:`~lockledger_client.FileLock` does this for you. With a shared
+        (PostgreSQL) registry the registration is the grant across hosts: ``wait_ms``
+        is how long the service waits while another host holds the lock (409 ``busy``
+        after that)."""
+        body: Json = {"pid": os.getpid() if pid is None else int(pid), "holder": self.holder,
+                      "operation": operation}
+        if wait_ms:
+            body["wait_ms"] = int(wait_ms)
         return self._request(
             "POST", "/api/v1/locks/%s/%s/register" % (quote(owner), quote(path_field(
                 norm_field(field)))), body, timeout=timeout,

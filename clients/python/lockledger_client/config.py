@@ -41,6 +41,10 @@ class Settings:
         #: registrations are not tried again, so a down service costs nothing per lock.
         self.retry_after: float = 5.0
         self.enabled: bool = True
+        #: The service runs on a shared PostgreSQL registry (several hosts): a
+        #: registration is the grant across hosts, so a refusal or an unreachable
+        #: service gives the flock back and fails the acquire (fail closed).
+        self.distributed: bool = False
         self._from_env()
 
     def _from_env(self) -> None:
@@ -48,6 +52,8 @@ class Settings:
         self.locks_dir = os.path.realpath(locks_dir) if locks_dir else None
         self.enabled = os.environ.get("LOCKLEDGER_REGISTER", "1").strip().lower() not in (
             "0", "false", "no", "off")
+        self.distributed = os.environ.get("LOCKLEDGER_DISTRIBUTED", "0").strip().lower() in (
+            "1", "true", "yes", "on")
 
     @property
     def client(self) -> LockLedger:
@@ -76,7 +82,8 @@ def configure(url: Optional[str] = None, token: Optional[str] = None, *,
               locks_dir: Optional[PathLike] = None,
               namespaces: Optional[Sequence[Namespace]] = None,
               register_timeout: Optional[float] = None, retry_after: Optional[float] = None,
-              enabled: Optional[bool] = None) -> LockLedger:
+              enabled: Optional[bool] = None,
+              distributed: Optional[bool] = None) -> LockLedger:
     """Sets, once at start-up, what every :class:`~lockledger_client.FileLock` without a
     ``client=`` of its own uses, and returns that client::
 
@@ -96,6 +103,12 @@ def configure(url: Optional[str] = None, token: Optional[str] = None, *,
         register_timeout: seconds a registration may take (default 0.5).
         retry_after: seconds to leave a down service alone (default 5).
         enabled: False makes every FileLock a plain ``filelock.FileLock``.
+        distributed: True when the service runs with ``--database postgres://...``
+            (several hosts share the locks): each acquire then also waits for the grant
+            across hosts (within the acquire's timeout) and fails with
+            ``filelock.Timeout`` when it is refused, or with the service's error when
+            the service cannot be reached; the flock is given back either way. Default:
+            ``LOCKLEDGER_DISTRIBUTED``.
     """
     s = _settings
     if client is None and (url is not None or token is not None or holder is not None):
@@ -117,4 +130,6 @@ def configure(url: Optional[str] = None, token: Optional[str] = None, *,
         s.retry_after = float(retry_after)
     if enabled is not None:
         s.enabled = bool(enabled)
+    if distributed is not None:
+        s.distributed = bool(distributed)
     return s.client

@@ -404,9 +404,10 @@ class FileLock(contextlib.ContextDecorator):
             kw["poll_intervall"] = poll_intervall
         if blocking is not _UNSET:
             kw["blocking"] = blocking
+        started = time.monotonic()
         self._inner.acquire(timeout, **kw)
         try:
-            self._register(sys._getframe(1))
+            self._register(sys._getframe(1), self._deadline(timeout, kw, started))
         except BaseException:
             # Interrupted while registering (KeyboardInterrupt, ...): give the level back.
             self.release()
@@ -437,7 +438,36 @@ class FileLock(contextlib.ContextDecorator):
 
     # -- registration ------------------------------------------------------------------------
 
-    def _register(self, frame: Optional[types.FrameType]) -> None:
+    def _deadline(self, timeout: Optional[float], kw: Dict[str, Any],
+                  started: float) -> Optional[float]:
+        """When this acquire's wait ends (monotonic; None: never), as filelock read it."""
+        blocking = kw.get("blocking", getattr(self._inner, "blocking", True))
+        if not blocking:
+            return started
+        t = self._inner.timeout if timeout is None else timeout
+        return None if t < 0 else started + t
+
+    def _register_distributed(self, client: LockLedger, name: LockName, operation: str,
+                              deadline: Optional[float]) -> Json:
+        """Registers as the grant across hosts, waiting in the service (at most 60 s per
+        call) until ``deadline``; a refusal at the deadline is ``filelock.Timeout``."""
+        s = settings()
+        while True:
+            left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+            try:
+                return client.register(name.owner, name.field, operation,
+                                       namespace=name.namespace, wait_ms=int(left * 1000),
+                                       timeout=s.register_timeout + left)
+            except LockLedgerError as e:
+                if e.code in ("busy", "too_many_waiters") and (
+                        deadline is None or time.monotonic() < deadline):
+                    continue
+                if e.code == "busy":
+                    raise _import_filelock().Timeout(self.lock_file) from e
+                raise
+
+    def _register(self, frame: Optional[types.FrameType],
+                  deadline: Optional[float] = None) -> None:
         shared = self._shared
         with shared.mu:
             hold = shared.hold()
@@ -455,6 +485,13 @@ class FileLock(contextlib.ContextDecorator):
                     or (not self._explicit and not _in_locks_dir(self._path, s.locks_dir))):
                 return
             client = self._client or s.client
+            if s.distributed:
+                # Fail closed: without the grant across hosts the flock is given back
+                # (by acquire) and the error raised.
+                hold.registration = self._register_distributed(client, name, hold.operation,
+                                                               deadline)
+                hold.client = client
+                return
             health = _health_of(client)
             if health.down_until > time.monotonic():
                 return
