@@ -220,46 +220,126 @@ fn a_killed_services_lease_ends_by_ttl_and_the_other_service_grants() {
     assert_eq!(messages["state"], "held", "{st}");
 }
 
+fn admin_token(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name).join("admin-token"))
+        .expect("the service wrote its admin token")
+        .trim()
+        .to_string()
+}
+
 #[test]
-fn what_is_not_on_postgresql_yet_answers_501_and_changes_nothing() {
-    let url = database("svc_unsupported");
+fn clears_fencing_and_admin_sql_work_across_services() {
+    let url = database("svc_clear");
     let dir = tempfile::tempdir().unwrap();
     let a = service(dir.path(), "host-a", &url);
-    let admin = std::fs::read_to_string(dir.path().join("host-a").join("admin-token"))
-        .expect("the service wrote its admin token");
-    let mut c = Client::new(a.port);
+    let b = service(dir.path(), "host-b", &url);
+    let admin_b = admin_token(dir.path(), "host-b");
+    let (mut ca, mut cb) = (Client::new(a.port), Client::new(b.port));
     let (status, held) = acquire(
-        &mut c,
+        &mut ca,
         "keep",
-        json!({"holder": "h", "operation": "op", "ttl_ms": 20000}),
+        json!({"holder": "streamer", "operation": "stream", "ttl_ms": 30000}),
     );
     assert_eq!(status, 200, "{held}");
-    for (req, what) in [
-        (
-            Request::post("/api/v1/locks/keep/clear").json(&json!({})),
-            "safe clear",
-        ),
-        (
-            Request::post("/api/v1/locks/keep/force-clear")
-                .json(&json!({"field": "messages", "token": 1, "reason": "test"})),
-            "force clear",
-        ),
-        (
-            Request::post("/api/v1/sql").json(&json!({"sql": "SELECT 1"})),
-            "admin SQL",
-        ),
-    ] {
-        let (status, v) = send(&mut c, req.bearer(admin.trim()));
-        assert_eq!(status, 501, "{what}: {v}");
-        assert_eq!(v["error"]["code"], "unsupported", "{what}: {v}");
-    }
-    // Nothing changed: the lease is still held, and still released normally.
-    let ev = history(&mut c, "keep");
-    assert_eq!(count(&ev, "acquired"), 1, "{ev:?}");
-    assert_eq!(
-        count(&ev, "cleared") + count(&ev, "force_cleared"),
-        0,
-        "{ev:?}"
+    let token = held["token"].as_i64().unwrap();
+    let lease = held["lease_id"].as_str().unwrap().to_string();
+
+    // A safe clear through B leaves A's live lease alone and says why.
+    let (status, v) = send(
+        &mut cb,
+        Request::post("/api/v1/locks/keep/clear")
+            .json(&json!({}))
+            .bearer(&admin_b),
     );
-    assert_eq!(release(&mut c, held["lease_id"].as_str().unwrap()), 200);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["cleared"].as_array().map(Vec::len), Some(0), "{v}");
+    assert!(
+        v.to_string().contains("streamer"),
+        "the skip names the holder: {v}"
+    );
+
+    // A renewal through A (on its async path the PostgreSQL call must go off-thread).
+    let (status, v) = send(
+        &mut ca,
+        Request::post(&format!("/api/v1/leases/{lease}/renew")).json_text(""),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["token"].as_i64(), Some(token), "{v}");
+
+    // The fence check through B agrees the token is current.
+    let fence = |c: &mut Client, t: i64| {
+        let (status, v) = send(
+            c,
+            Request::post("/api/v1/fence/check")
+                .json(&json!({"owner": "keep", "field": "messages", "token": t})),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["current"].as_bool().unwrap()
+    };
+    assert!(fence(&mut cb, token));
+
+    // Admin SQL through B sees A's holder in the same view as on SQLite; writes are
+    // refused; a long query is stopped.
+    let sql = |c: &mut Client, q: &str| {
+        send(
+            c,
+            Request::post("/api/v1/sql")
+                .json(&json!({"sql": q}))
+                .bearer(&admin_b),
+        )
+    };
+    let (status, v) = sql(
+        &mut cb,
+        "SELECT owner, field, token, holder, held_ms >= 0 AS ok FROM current_locks",
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["columns"],
+        json!(["owner", "field", "token", "holder", "ok"])
+    );
+    assert_eq!(
+        v["rows"],
+        json!([["keep", "messages", token, "streamer", true]])
+    );
+    let (status, v) = sql(&mut cb, "DELETE FROM event_log");
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "read_only", "{v}");
+    let (status, v) = sql(&mut cb, "SELECT pg_sleep(10)");
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = sql(&mut cb, "SELECT 1; SELECT 2");
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = sql(
+        &mut cb,
+        "SELECT avg(last_token) AS a, now() AS t FROM locks",
+    );
+    assert_eq!(status, 200, "types read through JSON: {v}");
+
+    // A force clear through B revokes A's lease: the token rises, the old one is fenced,
+    // A's client learns its lease is gone, and the lock is granted again.
+    let (status, v) = send(
+        &mut cb,
+        Request::post("/api/v1/locks/keep/force-clear")
+            .json(&json!({"field": "messages", "token": token, "reason": "stuck stream"}))
+            .bearer(&admin_b),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["force_cleared"]["new_token"].as_i64().unwrap() > token,
+        "{v}"
+    );
+    assert!(!fence(&mut ca, token), "the revoked token is fenced");
+    let (status, v) = send(
+        &mut ca,
+        Request::post(&format!("/api/v1/leases/{lease}/renew")).json_text(""),
+    );
+    assert_eq!(status, 410, "{v}");
+    let (status, again) = acquire(
+        &mut cb,
+        "keep",
+        json!({"holder": "next", "operation": "send", "ttl_ms": 5000, "wait_ms": 10000}),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert!(again["token"].as_i64().unwrap() > token);
+    let ev = history(&mut ca, "keep");
+    assert_eq!(count(&ev, "force_cleared"), 1, "{ev:?}");
 }

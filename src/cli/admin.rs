@@ -28,7 +28,8 @@ pub fn sql(g: &GlobalOpts, a: SqlArgs) -> Result<i32, RegistryError> {
         max_rows: a.max_rows.clamp(1, 100_000),
         ..console::Limits::default()
     };
-    let result = console::run(&reg.db_path(), &a.sql, limits)
+    let result = reg
+        .admin_sql(&a.sql, limits)
         .map_err(|e| RegistryError::BadRequest(e.to_string()))?;
     if a.json {
         print_json(&result)?;

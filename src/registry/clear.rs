@@ -5,6 +5,7 @@
 //! may be cleared is decided by `policy::stale::plan`, never here. Nothing here deletes a
 //! lock file.
 
+use super::observe::Observed;
 use super::report::LockReport;
 use super::words::{display_field, remaining_note, skip_reason, unsafe_file_words, without_paths};
 use super::{close_record, LockRef, Registry, RegistryError, MAX_LABEL_LEN};
@@ -15,6 +16,7 @@ use crate::policy::clear::{ForcePlan, Plan, Skip};
 use crate::policy::stale::{LockState, StaleReason};
 use crate::store::history::{self, EventKind, NewEvent};
 use crate::store::records;
+use crate::store::records::HolderRow;
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -89,13 +91,15 @@ impl Registry {
         tokens: Option<BTreeMap<String, i64>>,
         actor: &str,
     ) -> Result<ClearOutcome, RegistryError> {
-        self.local_only("a safe clear")?;
         let ns = ids::namespace_of(&self.inner.config, namespace)?.clone();
         ids::check_owner(owner)?;
         let mut expected: BTreeMap<String, i64> = BTreeMap::new();
         for (field, token) in tokens.unwrap_or_default() {
             let key = LockKey::new(&ns, owner, &field)?;
             expected.insert(key.field().to_string(), token);
+        }
+        if let Some(d) = self.dist() {
+            return self.dist_clear(d, &ns, owner, &expected, actor);
         }
         let keys: Vec<LockKey> = ns
             .fields
@@ -119,6 +123,51 @@ impl Registry {
             Ok(out)
         })?;
         Ok(outcome)
+    }
+
+    /// Why a safe clear left `key` alone, in the words every surface shows; an external
+    /// holder is named by its pid from `/proc/locks` when it can be.
+    pub(super) fn skipped_lock(
+        &self,
+        key: &LockKey,
+        file: &str,
+        skip: Skip,
+        seen: &Observed,
+        holder: Option<&HolderRow>,
+        view: &KernelView,
+    ) -> SkippedLock {
+        let reason = match (skip, seen.unsafe_file) {
+            (Skip::UnsafeLockFile, Some(what)) => unsafe_file_words(file, what),
+            _ => skip_reason(skip, holder),
+        };
+        let mut skipped = SkippedLock {
+            field: key.field().to_string(),
+            file: file.to_string(),
+            outcome: match skip {
+                Skip::Live => SkipKind::Live,
+                Skip::HeldTooLong => SkipKind::HeldTooLong,
+                Skip::External => SkipKind::External,
+                Skip::LeasedElsewhere => SkipKind::LeasedElsewhere,
+                Skip::UnsafeLockFile => SkipKind::UnsafeLockFile,
+            },
+            reason,
+            holder: holder.map(|h| h.holder.clone()),
+            pid: holder.and_then(|h| h.pid),
+            operation: holder.map(|h| h.operation.clone()),
+        };
+        if skip == Skip::External && holder.is_none() {
+            let pid = seen
+                .path_file
+                .and_then(|id| self.flock_holder_pid(view, id));
+            skipped.pid = pid;
+            if let Some(pid) = pid {
+                let cmd = process::cmdline(pid)
+                    .map(|c| without_paths(&c))
+                    .unwrap_or_default();
+                skipped.reason = format!("held by pid {pid} ({cmd}), a process lockledger does not manage; it cannot be cleared here — stop that process");
+            }
+        }
+        skipped
     }
 
     fn clear_one(
@@ -155,37 +204,9 @@ impl Registry {
         match seen.plan() {
             Plan::Nothing => {}
             Plan::Skip(skip) => {
-                let reason = match (skip, seen.unsafe_file) {
-                    (Skip::UnsafeLockFile, Some(what)) => unsafe_file_words(file, what),
-                    _ => skip_reason(skip, holder),
-                };
-                let external = skip == Skip::External && holder.is_none();
-                let mut skipped = SkippedLock {
-                    field: key.field().to_string(),
-                    file: file.to_string(),
-                    outcome: match skip {
-                        Skip::Live => SkipKind::Live,
-                        Skip::HeldTooLong => SkipKind::HeldTooLong,
-                        Skip::External => SkipKind::External,
-                        Skip::LeasedElsewhere => SkipKind::LeasedElsewhere,
-                        Skip::UnsafeLockFile => SkipKind::UnsafeLockFile,
-                    },
-                    reason,
-                    holder: holder.map(|h| h.holder.clone()),
-                    pid: holder.and_then(|h| h.pid),
-                    operation: holder.map(|h| h.operation.clone()),
-                };
-                if external {
-                    let pid = seen
-                        .path_file
-                        .and_then(|id| self.flock_holder_pid(&view, id));
-                    skipped.pid = pid;
-                    if let Some(pid) = pid {
-                        let cmd = process::cmdline(pid)
-                            .map(|c| without_paths(&c))
-                            .unwrap_or_default();
-                        skipped.reason = format!("held by pid {pid} ({cmd}), a process lockledger does not manage; it cannot be cleared here — stop that process");
-                    }
+                let skipped = self.skipped_lock(key, file, skip, &seen, holder, &view);
+                if skip == Skip::External && holder.is_none() {
+                    let pid = skipped.pid;
                     let lock_id = records::ensure_lock(conn, key, file, now)?;
                     history::insert_event(
                         conn,
@@ -247,7 +268,9 @@ impl Registry {
         reason: &str,
         actor: &str,
     ) -> Result<ForceCleared, RegistryError> {
-        self.local_only("a force clear")?;
+        if let Some(d) = self.dist() {
+            return self.dist_force_clear(d, key, token, reason, actor);
+        }
         if reason.trim().is_empty() {
             return Err(RegistryError::BadRequest(format!(
                 "lock {key}: a force clear needs a reason"

@@ -102,6 +102,15 @@ pub(super) fn pg_error(e: PgError) -> RegistryError {
     }
 }
 
+/// A PostgreSQL call blocks its thread: inside the store's no-wait mode (an async
+/// thread) it is not made, and the caller makes it again on the blocking pool.
+pub(super) fn may_block() -> Result<(), RegistryError> {
+    if crate::store::writer::in_no_wait() {
+        return Err(RegistryError::Store(StoreError::WouldWait));
+    }
+    Ok(())
+}
+
 /// Runs a PostgreSQL call on the blocking pool.
 async fn off_thread<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, RegistryError> + Send + 'static,
@@ -230,6 +239,7 @@ impl Registry {
         registration_id: String,
         wait: Duration,
     ) -> Result<Registration, RegistryError> {
+        may_block()?;
         if d.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_PG_WAITERS {
             d.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(RegistryError::TooManyWaiters {
@@ -276,6 +286,7 @@ impl Registry {
         d: &Dist,
         registration_id: &str,
     ) -> Result<Option<i64>, RegistryError> {
+        may_block()?;
         let Some((lock_id, token)) = lock(&d.registrations).remove(registration_id) else {
             return Err(RegistryError::LeaseGone {
                 lease_id: registration_id.to_string(),
@@ -294,6 +305,7 @@ impl Registry {
         lease_id: &str,
         ttl: Duration,
     ) -> Result<LeaseGrant, RegistryError> {
+        may_block()?;
         let r = d
             .store
             .renew(lease_id, ttl.as_millis() as u64)
@@ -317,6 +329,7 @@ impl Registry {
         d: &Dist,
         lease_id: &str,
     ) -> Result<Option<i64>, RegistryError> {
+        may_block()?;
         let released = d.store.release(lease_id);
         let slot = self.holdings().remove_lease(lease_id);
         if let Some(slot) = slot {
@@ -336,6 +349,7 @@ impl Registry {
     /// lets go of the flocks of leases the database no longer has. Returns the locks ended
     /// here.
     pub(super) fn dist_reap(&self, d: &Dist) -> Result<Vec<String>, RegistryError> {
+        may_block()?;
         let mut ended = Vec::new();
         for e in d.store.expire_due(EXPIRE_BATCH).map_err(pg_error)? {
             ended.push(format!("{}/{}", e.owner, e.field));
@@ -419,6 +433,7 @@ impl Registry {
         namespace: &str,
         owner: &str,
     ) -> Result<Vec<LockRow>, RegistryError> {
+        may_block()?;
         let rows = d.store.current(Some(owner)).map_err(pg_error)?;
         Ok(rows
             .into_iter()
@@ -432,6 +447,7 @@ impl Registry {
         d: &Dist,
         q: &HistoryQuery,
     ) -> Result<Vec<EventRow>, RegistryError> {
+        may_block()?;
         d.store.history(q).map_err(pg_error)
     }
 }

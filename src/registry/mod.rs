@@ -27,6 +27,7 @@
 mod busy;
 pub mod clear;
 mod dist;
+mod dist_clear;
 pub mod error;
 pub mod grant;
 pub mod guard;
@@ -345,8 +346,13 @@ impl Registry {
     }
 
     pub fn fence_check(&self, key: &LockKey, token: i64) -> Result<FenceCheck, RegistryError> {
-        self.local_only("the fencing check")?;
-        let row = self.read(|c| Ok(records::find_lock(c, key)?))?;
+        let row = match self.dist() {
+            Some(d) => d
+                .store
+                .lock_by_key(key.namespace(), key.owner(), key.field())
+                .map_err(dist::pg_error)?,
+            None => self.read(|c| Ok(records::find_lock(c, key)?))?,
+        };
         let Some(row) = row else {
             return Ok(FenceCheck {
                 current: false,
@@ -364,10 +370,17 @@ impl Registry {
         })
     }
 
-    /// The database the admin SQL console reads (the SQLite one; not yet on PostgreSQL).
-    pub fn console_db(&self) -> Result<PathBuf, RegistryError> {
-        self.local_only("the admin SQL console")?;
-        Ok(self.db_path())
+    /// Admin SQL: one read-only statement on the registry's database (SQLite's
+    /// `store::console`, or PostgreSQL's `store::pg::console`), capped by `limits`.
+    pub fn admin_sql(
+        &self,
+        sql: &str,
+        limits: crate::store::console::Limits,
+    ) -> Result<crate::store::console::SqlResult, crate::store::console::SqlError> {
+        match self.dist() {
+            Some(d) => d.store.console(sql, limits),
+            None => crate::store::console::run(&self.db_path(), sql, limits),
+        }
     }
 
     /// A fresh read connection from the pool (admin SQL uses its own read-only one).

@@ -21,6 +21,15 @@ impl Registry {
     /// Removes every record whose holder is gone (dead process, or flock no longer
     /// taken), with one `reconciled` event each. Idempotent; safe at any time.
     pub fn reconcile(&self, actor: &str) -> Result<ReconcileReport, RegistryError> {
+        if let Some(d) = self.dist() {
+            // On the shared database this host's dead holders are ended by the reap
+            // (only this host can judge their pids); the rest end by the database clock.
+            let ended = self.dist_reap(d)?;
+            return Ok(ReconcileReport {
+                checked: ended.len(),
+                reconciled: ended,
+            });
+        }
         let actor = actor.to_string();
         self.write(move |reg, conn| {
             let now = reg.now_ms();
@@ -92,8 +101,15 @@ impl Registry {
         }
         let mut total = 0;
         loop {
-            let n =
-                self.write(move |_, conn| Ok(history::prune_events(conn, cutoff, max, 5000)?))?;
+            let n = match self.dist() {
+                Some(d) => d
+                    .store
+                    .prune_events(cutoff, max, 5000)
+                    .map_err(super::dist::pg_error)?,
+                None => {
+                    self.write(move |_, conn| Ok(history::prune_events(conn, cutoff, max, 5000)?))?
+                }
+            };
             total += n;
             if n < 5000 {
                 return Ok(total);

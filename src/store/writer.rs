@@ -61,6 +61,11 @@ pub fn no_wait<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Is this thread inside [`no_wait`] (an async thread, where nothing may block)?
+pub fn in_no_wait() -> bool {
+    NO_WAIT.get()
+}
+
 /// Most jobs committed in one transaction; bounds the time a batch holds the write lock.
 pub const MAX_BATCH: usize = 256;
 

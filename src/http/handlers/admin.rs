@@ -2,7 +2,7 @@
 
 use super::Ctx;
 use crate::http::decode::{query, required_json, NoQuery};
-use crate::http::error::{json_response, registry_error, ApiError, Response};
+use crate::http::error::{json_response, ApiError, Response};
 use crate::http::offload::{blocking, off_thread};
 use crate::registry::waitq::WaiterInfo;
 use crate::store::console::{self, SqlError};
@@ -30,12 +30,12 @@ pub async fn sql(cx: &Ctx<'_>) -> Result<Response, ApiError> {
         )
         .retry_after(1));
     };
-    let path = cx.app.registry.console_db().map_err(registry_error)?;
+    let reg = cx.app.registry.clone();
     let limits = console::Limits {
         max_rows: b.max_rows.unwrap_or(1000).clamp(1, 10_000),
         ..console::Limits::default()
     };
-    let result = off_thread(move || console::run(&path, &b.sql, limits)).await?;
+    let result = off_thread(move || reg.admin_sql(&b.sql, limits)).await?;
     match result {
         Ok(r) => Ok(json_response(StatusCode::OK, &r)),
         Err(e @ SqlError::NotReadOnly(_)) => Err(ApiError::new(

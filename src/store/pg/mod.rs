@@ -18,6 +18,7 @@
 //! with times as integer milliseconds, so admins' SQL and rows are the same on both;
 //! every time that judges a lease is the database's clock.
 
+pub mod console;
 pub mod ends;
 pub mod error;
 pub mod leases;
@@ -25,6 +26,7 @@ pub mod listen;
 pub mod migrate;
 pub mod reads;
 pub mod request;
+pub mod retention;
 pub mod store;
 pub mod waiters;
 

@@ -118,6 +118,27 @@ impl PgStore {
         row.as_ref().map(lock_row).transpose()
     }
 
+    /// The lock `namespace`/`owner`/`field` with its holder, if the lock exists.
+    pub fn lock_by_key(
+        &self,
+        namespace: &str,
+        owner: &str,
+        field: &str,
+    ) -> Result<Option<LockRow>, PgError> {
+        let row = self.conn()?.query_typed_opt(
+            &format!(
+                "SELECT {LOCK_COLUMNS} FROM locks l LEFT JOIN holders h USING (lock_id)
+                 WHERE l.namespace = $1 AND l.owner = $2 AND l.field = $3"
+            ),
+            &[
+                (&namespace, Type::TEXT),
+                (&owner, Type::TEXT),
+                (&field, Type::TEXT),
+            ],
+        )?;
+        row.as_ref().map(lock_row).transpose()
+    }
+
     /// History rows matching `q`, newest first (see the module's invariants).
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<EventRow>, PgError> {
         let mut filters = String::new();
