@@ -55,6 +55,35 @@ fn lockledger(storage: &Path, args: &[&str]) -> Command {
     lockledger_harness::lockledger(Path::new(BIN), storage, args)
 }
 
+/// With `LOCKLEDGER_TEST_POSTGRES=1` (the test script's second run of this suite), each
+/// server gets a fresh database of the harness's throwaway PostgreSQL cluster: the same
+/// API tests then run against the PostgreSQL backend.
+fn postgres_mode() -> bool {
+    std::env::var("LOCKLEDGER_TEST_POSTGRES").ok().as_deref() == Some("1")
+}
+
+fn postgres_database(storage: &Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    if !postgres_mode() {
+        return None;
+    }
+    let mut dbs = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+    let dbs = dbs.get_or_insert_with(HashMap::new);
+    // A restart on the same storage finds the same database, as a host would.
+    if let Some(url) = dbs.get(storage) {
+        return Some(url.clone());
+    }
+    let cluster = lockledger_harness::PgCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let name = format!("api_{}_{}", std::process::id(), dbs.len());
+    let url = cluster
+        .create_database(&name)
+        .unwrap_or_else(|e| panic!("{e}"));
+    dbs.insert(storage.to_path_buf(), url.clone());
+    Some(url)
+}
+
 /// A running `lockledger serve` (the harness's, killed on drop) and the tokens to speak
 /// to it with.
 struct Server {
@@ -78,6 +107,11 @@ impl Server {
         }
         for (k, v) in &opts.env {
             so = so.env(k, v);
+        }
+        let url;
+        if let Some(db) = postgres_database(storage) {
+            url = db;
+            so = so.args(&["--database", &url]);
         }
         let inner = lockledger_harness::Server::start(Path::new(BIN), storage, &so);
         let admin = match &opts.admin_token {
@@ -2315,14 +2349,26 @@ fn admin_sql_is_capped_and_reveals_no_paths() {
     let srv = Server::start(&storage, &Opts::default());
     let lease = srv.lease("q1", "messages", "sql", 30_000);
     let storage_s = storage.to_str().unwrap();
+    // The catalogue queries are each database's own; the views and tables are shared.
+    let catalogue: [&str; 2] = if postgres_mode() {
+        [
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'locks'",
+        ]
+    } else {
+        [
+            "SELECT name, sql FROM sqlite_master",
+            "PRAGMA table_info(locks)",
+        ]
+    };
     for sql in [
         "SELECT * FROM current_locks",
         "SELECT * FROM stale_locks",
         "SELECT * FROM lock_history",
         "SELECT * FROM locks",
         "SELECT * FROM holders",
-        "SELECT name, sql FROM sqlite_master",
-        "PRAGMA table_info(locks)",
+        catalogue[0],
+        catalogue[1],
     ] {
         let r = srv.post_admin("/api/v1/sql", &json!({ "sql": sql }));
         assert_eq!(r.status, 200, "{sql}: {}", r.text());
@@ -2340,20 +2386,25 @@ fn admin_sql_is_capped_and_reveals_no_paths() {
     assert_eq!(v["columns"], json!(["owner", "token"]), "{v}");
     assert_eq!(v["rows"], json!([["q1", lease.token]]), "{v}");
 
-    let r = srv.post_admin(
-        "/api/v1/sql",
-        &json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000) SELECT x FROM c"}),
-    );
+    let (many, endless) = if postgres_mode() {
+        (
+            "SELECT x FROM generate_series(1, 5000) AS x",
+            "SELECT count(*) FROM generate_series(1, 10000000000) AS x",
+        )
+    } else {
+        (
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000) SELECT x FROM c",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        )
+    };
+    let r = srv.post_admin("/api/v1/sql", &json!({ "sql": many }));
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(1000), "row cap");
     assert_eq!(v["truncated"], true);
 
     let t = Instant::now();
-    let r = srv.post_admin(
-        "/api/v1/sql",
-        &json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"}),
-    );
+    let r = srv.post_admin("/api/v1/sql", &json!({ "sql": endless }));
     assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
     assert!(
         t.elapsed() < Duration::from_secs(10),

@@ -13,8 +13,8 @@ use super::grant::GrantSpec;
 use super::{Registry, RegistryError};
 use crate::ids::LockKey;
 use crate::kernel::process;
-use crate::store::history::{self, EventKind, NewEvent};
-use crate::store::records;
+use crate::store::history::{EventKind, NewEvent};
+use crate::store::sink::EventSink;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -114,6 +114,20 @@ impl Registry {
         if total == 0 {
             return Ok(0);
         }
+        if let Some(d) = self.dist() {
+            // The shared database: written here (not through the local writer).
+            super::dist::may_block()?;
+            if let Some(busy) = self.take_busy() {
+                match self.write_busy(&*d.store, &busy) {
+                    Ok(rows) => self.busy_written(rows),
+                    Err(e) => {
+                        self.restore_busy(busy);
+                        return Err(e);
+                    }
+                }
+            }
+            return Ok(total);
+        }
         self.write(|_, _| Ok(()))?;
         Ok(total)
     }
@@ -160,21 +174,21 @@ impl Registry {
     /// Writes `busy` in the open transaction; returns the rows it wrote.
     pub(super) fn write_busy(
         &self,
-        conn: &rusqlite::Connection,
+        sink: &dyn EventSink,
         busy: &PendingBusy,
     ) -> Result<Vec<(Asker, Written)>, RegistryError> {
         let mut now_written = Vec::new();
         for (asker, p) in &busy.answers {
             let minute = p.at / 60_000;
             if let Some(w) = busy.written.get(asker).filter(|w| w.minute == minute) {
-                if let Some(before) = history::folded_count(conn, w.event_id)? {
+                if let Some(before) = sink.folded_count(w.event_id)? {
                     let grown = Written {
                         longest_wait: w.longest_wait.max(p.longest_wait),
                         gave_up: w.gave_up || p.gave_up,
                         ..*w
                     };
                     let reason = busy_reason(before + p.count, grown.longest_wait, grown.gave_up);
-                    if history::add_to_count(conn, w.event_id, p.count, p.at, &reason)? {
+                    if sink.add_to_count(w.event_id, p.count, p.at, &reason)? {
                         now_written.push((asker.clone(), grown));
                         continue;
                     }
@@ -182,12 +196,11 @@ impl Registry {
             }
             let reason = busy_reason(p.count, p.longest_wait, p.gave_up);
             let file = self.file_of(&asker.key)?;
-            let lock_id = records::ensure_lock(conn, &asker.key, &file, p.at)?;
-            let event_id = history::insert_event(
-                conn,
+            let event_id = sink.record(
+                &asker.key,
+                &file,
                 &NewEvent {
                     at: p.at,
-                    lock_id,
                     namespace: asker.key.namespace(),
                     owner: asker.key.owner(),
                     field: asker.key.field(),

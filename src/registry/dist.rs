@@ -35,9 +35,10 @@ use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
 use crate::store::records::LockRow;
 use crate::store::StoreError;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Most acquirers of one service waiting on PostgreSQL at once (each waits on a thread
 /// of the blocking pool).
@@ -48,7 +49,8 @@ const EXPIRE_BATCH: usize = 256;
 
 /// The shared database of this service.
 pub(super) struct Dist {
-    pub store: PgStore,
+    /// Dropped by `Drop for Dist`, on a plain thread.
+    pub store: ManuallyDrop<PgStore>,
     pub listener: FreeListener,
     waiting: AtomicUsize,
     /// Registrations this service granted: id -> (lock id, token).
@@ -71,13 +73,33 @@ impl std::fmt::Debug for Dist {
     }
 }
 
+impl Drop for Dist {
+    fn drop(&mut self) {
+        // SAFETY: `store` is taken exactly once, here, and never used again (the struct
+        // is being dropped).
+        let store = unsafe { ManuallyDrop::take(&mut self.store) };
+        // The postgres client blocks on a runtime of its own when its connections close,
+        // which panics on a thread that drives async tasks (the service drops its
+        // registry on one): the pool closes on a plain thread.
+        match std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(store))
+        {
+            Ok(t) => {
+                let _ = t.join();
+            }
+            Err(e) => log::warn!("cannot close the postgresql pool on a thread of its own: {e}"),
+        }
+    }
+}
+
 impl Dist {
     /// Connects (migrating the schema if needed) and starts listening for freed locks.
     pub fn open(url: &str) -> Result<Dist, RegistryError> {
         let store = PgStore::open(url, 16).map_err(pg_error)?;
         let listener = FreeListener::start(store.session_config(), |_| {}).map_err(pg_error)?;
         Ok(Dist {
-            store,
+            store: ManuallyDrop::new(store),
             listener,
             waiting: AtomicUsize::new(0),
             registrations: Mutex::new(HashMap::new()),
@@ -120,6 +142,14 @@ async fn off_thread<R: Send + 'static>(
         .map_err(|_| RegistryError::Store(StoreError::JobPanicked))?
 }
 
+/// Tells a blocking wait that its caller went away (set when the future is dropped).
+struct SetOnDrop(Arc<AtomicBool>);
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Counts a waiter of this service while it lives.
 struct WaiterSlot(Arc<Dist>);
 impl Drop for WaiterSlot {
@@ -144,9 +174,12 @@ impl Registry {
         }
     }
 
-    /// A lease on the shared database: this host's flock first (retried on a backoff of
-    /// 1 ms doubling to 50 ms while another process of this host holds it), then the
-    /// shared grant, waiting in the database's arrival order for what is left of `wait`.
+    /// A lease on the shared database: this service's queue for the lock first (arrival
+    /// order here, visible in `/api/v1/waiters`), then this host's flock (retried when
+    /// the lock is let go here, and on a backoff of 1 ms doubling to 50 ms for other
+    /// processes of this host), then the shared grant, waiting in the database's arrival
+    /// order for what is left of `wait`. If this future is dropped, the wait stops within
+    /// one backoff tick and a grant that lands meanwhile is given back.
     pub(super) async fn dist_acquire_lease(
         &self,
         d: &Arc<Dist>,
@@ -161,25 +194,25 @@ impl Registry {
         };
         let file = self.file_of(key)?;
         let path = self.path_of_file(&file);
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let deadline = started + wait;
+        let ticket = self.join_queue(key, spec)?;
         let mut pause = Duration::from_millis(1);
         let held = loop {
+            if tokio::time::timeout_at(deadline, ticket.turn())
+                .await
+                .is_err()
+            {
+                return Err(self.dist_busy(key, spec, started.elapsed()).await);
+            }
             if let Some(f) = flock::try_acquire(&path, self.file_mode())? {
                 break f;
             }
-            let now = Instant::now();
+            let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(RegistryError::Busy {
-                    message: format!(
-                        "lock {} is held by another process on this host ({})",
-                        key,
-                        crate::kernel::process::hostname()
-                    ),
-                    holder: None,
-                });
+                return Err(self.dist_busy(key, spec, started.elapsed()).await);
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
+            let _ = tokio::time::timeout_at((now + pause).min(deadline), ticket.woken()).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         };
         if d.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_PG_WAITERS {
@@ -207,17 +240,42 @@ impl Registry {
             kind: HolderKind::Lease,
             lease_id: Some(terms.lease_id.clone()),
         };
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let gone = Arc::new(AtomicBool::new(false));
+        let _dropped = SetOnDrop(Arc::clone(&gone));
         let dd = Arc::clone(d);
         let waited = off_thread(move || {
             let _slot = slot;
-            dd.store
-                .acquire_waiting(&req, left, &dd.listener)
-                .map_err(pg_error)
+            let is_gone = || gone.load(Ordering::Relaxed);
+            let got = dd
+                .store
+                .acquire_waiting_unless(&req, left, &dd.listener, &is_gone);
+            if let (Ok(w), true) = (&got, is_gone()) {
+                // Granted as its caller went away: give it back at once.
+                if let Some(id) = &w.granted.lease_id {
+                    let _ = dd.store.release(id);
+                }
+            }
+            Ok(got)
         })
         .await?;
-        let g = waited.granted;
+        let g = match waited {
+            Ok(w) => w.granted,
+            Err(e @ (PgError::Busy(_) | PgError::WaitTimeout { .. })) => {
+                drop(held);
+                let busy = self.dist_busy(key, spec, started.elapsed()).await;
+                return Err(match busy {
+                    RegistryError::Busy { holder, .. } => RegistryError::Busy {
+                        message: e.to_string(),
+                        holder,
+                    },
+                    other => other,
+                });
+            }
+            Err(e) => return Err(pg_error(e)),
+        };
         self.insert_lease_slot(key, g.lock_id, g.token, held, terms);
+        drop(ticket);
         let expires_at_ms = g.expires_at.unwrap_or_else(|| self.now_ms());
         Ok(LeaseGrant {
             lease_id: g.lease_id.unwrap_or_default(),
@@ -225,6 +283,23 @@ impl Registry {
             expires_at: clock::rfc3339(expires_at_ms),
             expires_at_ms,
         })
+    }
+
+    /// The busy answer for `key` with its holder's report, made on the blocking pool; the
+    /// answer is counted in the shared history (folded `wait_timeout` rows).
+    async fn dist_busy(&self, key: &LockKey, spec: &GrantSpec, waited: Duration) -> RegistryError {
+        self.note_busy(key, spec, waited, false);
+        let (me, k) = (self.clone(), key.clone());
+        let answer = move || {
+            if let Err(e) = me.flush_busy() {
+                log::warn!("cannot write busy answers to the shared database: {e}");
+            }
+            me.busy_error(&k, waited)
+        };
+        match tokio::task::spawn_blocking(answer).await {
+            Ok(e) => e,
+            Err(_) => RegistryError::Store(StoreError::JobPanicked),
+        }
     }
 
     /// A registration as the grant across hosts: the registrant holds this host's flock
@@ -338,6 +413,33 @@ impl Registry {
         Ok(Some(released.map_err(pg_error)?.held_ms))
     }
 
+    /// Ends every lease of this service (shutdown): each `released` event, with `why`,
+    /// is committed before its flock goes.
+    pub(super) fn dist_release_all(&self, d: &Dist, why: &str) -> Result<usize, RegistryError> {
+        may_block()?;
+        let mut n = 0;
+        // (The holdings lock must not live across the loop: a temporary in the `for`
+        // expression would, and each removal below takes it.)
+        let ids = self.holdings().lease_ids();
+        for id in ids {
+            let Some(slot) = self.holdings().remove_lease(&id) else {
+                continue;
+            };
+            let ended = d.store.clear(
+                slot.lock_id,
+                slot.token,
+                "lockledger",
+                why,
+                EventKind::Released,
+            );
+            self.drop_slot(slot);
+            if ended.map_err(pg_error)?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn drop_slot(&self, slot: LeaseSlot) {
         let key = slot.key.clone();
         drop(slot);
@@ -351,8 +453,11 @@ impl Registry {
     pub(super) fn dist_reap(&self, d: &Dist) -> Result<Vec<String>, RegistryError> {
         may_block()?;
         let mut ended = Vec::new();
-        for e in d.store.expire_due(EXPIRE_BATCH).map_err(pg_error)? {
-            ended.push(format!("{}/{}", e.owner, e.field));
+        // Without auto_expire, expired leases stay (stale) until someone clears them.
+        if self.inner.config.auto_expire {
+            for e in d.store.expire_due(EXPIRE_BATCH).map_err(pg_error)? {
+                ended.push(format!("{}/{}", e.owner, e.field));
+            }
         }
         // This host's holders whose locking process died (a registrant, or a previous
         // incarnation of this service): only this host can tell, and it ends them.
@@ -362,7 +467,7 @@ impl Registry {
             if self.liveness(h.locker_pid, h.locker_start) != Liveness::Dead {
                 continue;
             }
-            let reason = "its locking process died on this host";
+            let reason = "holder_dead: its locking process died on this host";
             let cleared = d
                 .store
                 .clear(
@@ -397,9 +502,9 @@ impl Registry {
             .collect();
         for (lease_id, lock_id, token, client_dead, past) in mine {
             if client_dead {
-                let reason = "its client process died";
+                let reason = "holder_dead: the client process exited";
                 if d.store
-                    .clear(lock_id, token, "lockledger", reason, EventKind::Reconciled)
+                    .clear(lock_id, token, "reaper", reason, EventKind::Expired)
                     .map_err(pg_error)?
                     .is_some()
                 {
@@ -439,6 +544,21 @@ impl Registry {
             .into_iter()
             .filter(|r| r.namespace == namespace)
             .collect())
+    }
+
+    /// A page of locks from the shared database, for the list of every lock.
+    pub(super) fn dist_list_page(
+        &self,
+        d: &Dist,
+        owner_prefix: Option<&str>,
+        after: i64,
+        only_recorded: bool,
+        limit: usize,
+    ) -> Result<Vec<LockRow>, RegistryError> {
+        may_block()?;
+        d.store
+            .list_locks(owner_prefix, after, only_recorded, limit)
+            .map_err(pg_error)
     }
 
     /// History from the shared database (every service's events).

@@ -18,9 +18,10 @@ use super::{Registry, RegistryError, MAX_LABEL_LEN};
 use crate::config::Namespace;
 use crate::ids::LockKey;
 use crate::kernel::view::KernelView;
-use crate::policy::clear::Plan;
+use crate::policy::clear::{ForcePlan, Plan, Skip};
 use crate::policy::stale::{HolderKind, Liveness};
-use crate::store::history::EventKind;
+use crate::store::history::{EventKind, NewEvent};
+use crate::store::sink::EventSink;
 use std::collections::BTreeMap;
 
 impl Registry {
@@ -65,8 +66,23 @@ impl Registry {
             match seen.plan() {
                 Plan::Nothing => {}
                 Plan::Skip(skip) => {
-                    out.skipped
-                        .push(self.skipped_lock(&key, &file, skip, &seen, holder, &view));
+                    let skipped = self.skipped_lock(&key, &file, skip, &seen, holder, &view);
+                    if skip == Skip::External && holder.is_none() {
+                        let event = NewEvent {
+                            at: now,
+                            namespace: key.namespace(),
+                            owner: key.owner(),
+                            field: key.field(),
+                            event: Some(EventKind::ObservedExternal),
+                            pid: skipped.pid,
+                            host: Some(crate::kernel::process::hostname()),
+                            actor: Some(actor),
+                            reason: Some("a clear found it held without a record"),
+                            ..NewEvent::default()
+                        };
+                        d.store.record(&key, &file, &event)?;
+                    }
+                    out.skipped.push(skipped);
                 }
                 Plan::Clear {
                     reason,
@@ -121,12 +137,26 @@ impl Registry {
             )));
         }
         let rows = self.dist_owner_rows(d, key.namespace(), key.owner())?;
-        let row = rows
+        let Some(row) = rows
             .iter()
             .find(|r| r.field == key.field() && r.holder.is_some())
-            .ok_or_else(|| RegistryError::NotHeld {
-                lock: key.to_string(),
-            })?;
+        else {
+            // No holder recorded anywhere: perhaps a process of this host that lockledger
+            // does not manage.
+            let file = self.file_of(key)?;
+            let seen = self.observe(None, &file, self.now_ms(), &KernelView::take())?;
+            return Err(match seen.force_plan() {
+                ForcePlan::NotHeld { external: true } => RegistryError::NotClearable {
+                    lock: key.to_string(),
+                    reason: "it is held by a process lockledger does not manage (external); \
+                             stop that process"
+                        .into(),
+                },
+                _ => RegistryError::NotHeld {
+                    lock: key.to_string(),
+                },
+            });
+        };
         let Some(h) = &row.holder else {
             return Err(RegistryError::NotHeld {
                 lock: key.to_string(),

@@ -348,6 +348,9 @@ impl Registry {
 
     /// Releases every lease this process holds (graceful shutdown), recording why.
     pub fn release_all_leases(&self, why: &str) -> Result<usize, RegistryError> {
+        if let Some(d) = self.dist() {
+            return self.dist_release_all(d, why);
+        }
         let why = why.to_string();
         self.write(move |reg, conn| {
             let now = reg.now_ms();

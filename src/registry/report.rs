@@ -250,7 +250,6 @@ impl Registry {
         cursor: i64,
         limit: usize,
     ) -> Result<(Vec<LockReport>, Option<i64>), RegistryError> {
-        self.local_only("the list of every lock")?;
         let now = self.now_ms();
         let limit = limit.clamp(1, 1000);
         // Held and stale locks have records (externally held ones show in owner status).
@@ -260,15 +259,18 @@ impl Registry {
         let mut after = cursor;
         loop {
             let prefix = owner_prefix.map(str::to_string);
-            let page = self.read(|c| {
-                Ok(records::list_locks(
-                    c,
-                    prefix.as_deref(),
-                    after,
-                    only_recorded,
-                    256,
-                )?)
-            })?;
+            let page = match self.dist() {
+                Some(d) => self.dist_list_page(d, prefix.as_deref(), after, only_recorded, 256)?,
+                None => self.read(|c| {
+                    Ok(records::list_locks(
+                        c,
+                        prefix.as_deref(),
+                        after,
+                        only_recorded,
+                        256,
+                    )?)
+                })?,
+            };
             let exhausted = page.len() < 256;
             for row in &page {
                 after = row.lock_id;
@@ -298,7 +300,10 @@ impl Registry {
     /// The locks with a holder record, by what they are now.
     pub fn recorded_counts(&self) -> Result<RecordedCounts, RegistryError> {
         let now = self.now_ms();
-        let rows = self.read(|c| Ok(records::all_held(c)?))?;
+        let rows = match self.dist() {
+            Some(d) => self.dist_list_page(d, None, 0, true, 100_000)?,
+            None => self.read(|c| Ok(records::all_held(c)?))?,
+        };
         let view = KernelView::take();
         let mut counts = RecordedCounts::default();
         for row in &rows {

@@ -16,6 +16,7 @@ pub mod db;
 pub mod history;
 pub mod pg;
 pub mod records;
+pub mod sink;
 pub mod writer;
 
 pub use db::ReadPool;

@@ -319,10 +319,14 @@ impl PgStore {
     ) -> Result<Option<Cleared>, PgError> {
         if !matches!(
             kind,
-            EventKind::Cleared | EventKind::ForceCleared | EventKind::Reconciled
+            EventKind::Cleared
+                | EventKind::ForceCleared
+                | EventKind::Reconciled
+                | EventKind::Expired
+                | EventKind::Released
         ) {
             return Err(PgError::BadRequest(format!(
-                "a clear writes cleared, force_cleared or reconciled, not {}",
+                "a clear writes cleared, force_cleared, reconciled, expired or released, not {}",
                 kind.as_str()
             )));
         }

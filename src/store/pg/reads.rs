@@ -118,6 +118,31 @@ impl PgStore {
         row.as_ref().map(lock_row).transpose()
     }
 
+    /// A page of locks by lock id after `after_lock_id` (only those with a holder when
+    /// `only_recorded`), of owners starting with `owner_prefix` when given.
+    pub fn list_locks(
+        &self,
+        owner_prefix: Option<&str>,
+        after_lock_id: i64,
+        only_recorded: bool,
+        limit: usize,
+    ) -> Result<Vec<LockRow>, PgError> {
+        let join = if only_recorded { "JOIN" } else { "LEFT JOIN" };
+        let rows = self.conn()?.query_typed(
+            &format!(
+                "SELECT {LOCK_COLUMNS} FROM locks l {join} holders h USING (lock_id)
+                 WHERE l.lock_id > $1 AND ($2::text IS NULL OR starts_with(l.owner, $2))
+                 ORDER BY l.lock_id LIMIT $3"
+            ),
+            &[
+                (&after_lock_id, Type::INT8),
+                (&owner_prefix, Type::TEXT),
+                (&(limit as i64), Type::INT8),
+            ],
+        )?;
+        rows.iter().map(lock_row).collect()
+    }
+
     /// The lock `namespace`/`owner`/`field` with its holder, if the lock exists.
     pub fn lock_by_key(
         &self,
