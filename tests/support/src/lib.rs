@@ -24,7 +24,7 @@ pub mod wait;
 
 pub use group::ProcessGroup;
 pub use http::{Client, Conn, Request, Response};
-pub use pg::PgCluster;
+pub use pg::{PgCluster, PgDurability};
 pub use process::{exit_code, lockledger, run, send_signal, ChildGuard, Output, Proc, StderrTo};
 pub use server::{Server, ServerOpts, StartError};
 pub use wait::{poll_until, wait_exit, wait_for, wait_until, POLL};

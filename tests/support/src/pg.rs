@@ -6,7 +6,9 @@
 //! sockets in that directory and trust authentication, tuned for tests (no fsync). Each
 //! test makes its own database with [`PgCluster::create_database`], so tests run in
 //! parallel against one cluster; [`PgCluster::shared`] is that one cluster of a test
-//! process.
+//! process. [`PgCluster::start_durable`] starts one with PostgreSQL's durable defaults
+//! instead (fsync, synchronous_commit and full_page_writes on), for measurements that
+//! must not be flattered by the test tuning.
 //!
 //! Invariants:
 //! - every wait ends at a deadline: initdb, pg_ctl (its own `-t` and our kill-on-timeout),
@@ -51,12 +53,24 @@ const MARKER: &str = ".lockledger-pg";
 pub const INSTALL_HINT: &str = "run scripts/setup.sh --tests (it installs Debian's postgresql; \
      scripts/test.sh runs it), or set LOCKLEDGER_PG_BIN to the directory holding initdb";
 
+/// How a cluster trades durability for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgDurability {
+    /// Tuned for tests: `fsync=off`, `synchronous_commit=off`, `full_page_writes=off`
+    /// (what [`PgCluster::start`] and [`PgCluster::shared`] use).
+    Tests,
+    /// PostgreSQL's durable defaults: none of the settings above is overridden, so each
+    /// commit waits for its WAL to be flushed to disk (for benchmarks).
+    Durable,
+}
+
 /// A running throwaway PostgreSQL cluster; stopped and deleted on drop.
 #[derive(Debug)]
 pub struct PgCluster {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
+    durability: PgDurability,
     /// initdb and pg_ctl run as `postgres` through runuser (we are root).
     as_postgres: bool,
     stopped: AtomicBool,
@@ -71,9 +85,20 @@ extern "C" fn stop_shared_at_exit() {
 }
 
 impl PgCluster {
-    /// Starts a new cluster in a fresh temp directory and waits (bounded) until it
-    /// accepts connections.
+    /// Starts a new cluster tuned for tests (no fsync, see [`PgDurability::Tests`]) in a
+    /// fresh temp directory and waits (bounded) until it accepts connections.
     pub fn start() -> Result<PgCluster, String> {
+        PgCluster::start_with(PgDurability::Tests)
+    }
+
+    /// As [`PgCluster::start`], with PostgreSQL's durable defaults (fsync,
+    /// synchronous_commit and full_page_writes on; see [`PgDurability::Durable`]).
+    pub fn start_durable() -> Result<PgCluster, String> {
+        PgCluster::start_with(PgDurability::Durable)
+    }
+
+    /// As [`PgCluster::start`], with the durability asked for.
+    pub fn start_with(durability: PgDurability) -> Result<PgCluster, String> {
         let bin = find_bin()?;
         let as_postgres = is_root();
         reap_abandoned(&bin, as_postgres);
@@ -83,6 +108,7 @@ impl PgCluster {
             dir,
             bin,
             port: 0,
+            durability,
             as_postgres,
             stopped: AtomicBool::new(false),
         };
@@ -119,6 +145,16 @@ impl PgCluster {
     /// The cluster's directory (data in `data/`, log in `server.log`, unix sockets).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How the cluster was started (tuned for tests, or durable).
+    pub fn durability(&self) -> PgDurability {
+        self.durability
+    }
+
+    /// The pid of the cluster's postmaster (from `data/postmaster.pid`), while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        postmaster_pid(&self.dir.join("data").join("postmaster.pid")).map(|p| p as u32)
     }
 
     /// URL of the cluster's `postgres` database (for administration: tests make their
@@ -172,7 +208,9 @@ impl PgCluster {
         stop_dir(&self.bin, &self.dir, self.as_postgres);
     }
 
-    /// `initdb` of `data/`: superuser `postgres`, trust authentication, UTF8.
+    /// `initdb` of `data/`: superuser `postgres`, trust authentication, UTF8 (initdb's
+    /// own final sync is skipped in either durability: it concerns only the files initdb
+    /// writes, not the server's commits).
     fn initdb(&self) -> Result<(), String> {
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
@@ -204,11 +242,13 @@ impl PgCluster {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off",
+            let mut options = format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {}",
                 self.dir.display()
             );
+            if self.durability == PgDurability::Tests {
+                options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            }
             let mut cmd = self.command("pg_ctl");
             cmd.arg("-D")
                 .arg(self.dir.join("data"))

@@ -15,7 +15,7 @@ use crate::R;
 use std::time::{Duration, Instant};
 
 /// redis-py Lock pairs: argv = port, seconds, warm-up iterations.
-const REDIS_PY: &str = r#"
+pub(crate) const REDIS_PY: &str = r#"
 import json, sys, time
 import redis
 port, dur, warm = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])

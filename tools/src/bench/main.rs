@@ -3,7 +3,8 @@
 //!
 //! For each target it prints the measured numbers next to their comparison (Python
 //! `filelock`, redis-py's `Lock` against a local `redis-server`, one HTTP client against
-//! sixteen, or a fixed limit), the ratio or limit, and PASS / FAIL / SKIP; a summary closes
+//! sixteen, or a fixed limit), the ratio or limit, and PASS / FAIL / SKIP; rows without a
+//! target (the PostgreSQL backend's) say INFO and never fail the run; a summary closes
 //! the run. Comparisons are interleaved round by round (A B, B A, A B, ...) and each side's
 //! median over the rounds is compared, because the machine is small and shared.
 //!
@@ -13,7 +14,7 @@
 //! target failed, 2 when a measurement could not be taken (harness error).
 //!
 //! This file owns the command line, the choice of groups, the run's header and summary
-//! and `--json`; each group is a module (`inproc`, `http`, `concurrent`, `bigdb`,
+//! and `--json`; each group is a module (`inproc`, `http`, `concurrent`, `pg`, `bigdb`,
 //! `status10k`, `release`, `limits`, `rss`), the run's state is `ctx`, services and
 //! scratch space are `services`, the floors each path is compared with are `floor`.
 //!
@@ -31,6 +32,7 @@ mod inproc;
 mod limits;
 mod load;
 mod machine;
+mod pg;
 mod release;
 mod report;
 mod rss;
@@ -54,13 +56,14 @@ struct Args {
     /// Short run: one round per comparison, 10,000 owners and 200,000 events
     #[arg(long)]
     quick: bool,
-    /// Run only these (comma-separated or repeated): inproc, http, concurrent, bigdb,
+    /// Run only these (comma-separated or repeated): inproc, http, concurrent, pg, bigdb,
     /// status10k, release, limits, rss, or a result name such as in_process_pairs
     /// (`limits` is not part of a --quick run unless named here)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write every result as JSON to this file: {run, results: [{name, value, unit,
-    /// comparison, ratio, target, pass, verdict, floor, more, line}]}
+    /// comparison, ratio, target, pass, verdict, floor, more, line}]}; run.counts has
+    /// the number of results of each verdict (INFO rows have no target)
     #[arg(long)]
     json: Option<PathBuf>,
     /// (internal) hold N flocks on lock files in DIR until stdin closes
@@ -101,10 +104,14 @@ struct Args {
 }
 
 /// Groups of targets and the names `--only` accepts for each, in the order they run.
-const GROUPS: [(&str, &[&str]); 8] = [
+const GROUPS: [(&str, &[&str]); 9] = [
     ("inproc", &["in_process_pairs", "in_process"]),
     ("http", &["http_single_client", "redis"]),
     ("concurrent", &["http_16_clients", "concurrency"]),
+    (
+        "pg",
+        &["pg_http_single_client", "pg_http_16_clients", "postgres"],
+    ),
     (
         "bigdb",
         &["owner_status_p99", "owner_history_p99", "status", "history"],
@@ -290,12 +297,13 @@ fn summary(ctx: &Ctx, started: Instant) -> i32 {
         .map(|o| o.name.as_str())
         .collect();
     println!(
-        "summary: {} PASS, {} FAIL, {} SKIP, {} ERROR of {} targets in {:.0} s (load average now {}; {}){}",
+        "summary: {} PASS, {} FAIL, {} SKIP, {} ERROR of {} targets, {} INFO (no target) in {:.0} s (load average now {}; {}){}",
         count(Verdict::Pass),
         count(Verdict::Fail),
         count(Verdict::Skip),
         count(Verdict::Error),
-        ctx.results.len(),
+        ctx.results.len() - count(Verdict::Info),
+        count(Verdict::Info),
         started.elapsed().as_secs_f64(),
         loadavg(),
         other_work(&[]),
@@ -321,6 +329,7 @@ fn fail(e: String) -> ! {
 
 /// Writes the run's results as JSON (see `--json`).
 fn write_json(path: &std::path::Path, ctx: &Ctx, started: Instant, code: i32) -> R<()> {
+    let count = |v: Verdict| ctx.results.iter().filter(|o| o.verdict == v).count();
     let doc = serde_json::json!({
         "run": {
             "tool": "lockledger-bench",
@@ -331,6 +340,13 @@ fn write_json(path: &std::path::Path, ctx: &Ctx, started: Instant, code: i32) ->
             "exit_code": code,
             "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "load_average": loadavg(),
+            "counts": {
+                "pass": count(Verdict::Pass),
+                "fail": count(Verdict::Fail),
+                "skip": count(Verdict::Skip),
+                "error": count(Verdict::Error),
+                "info": count(Verdict::Info),
+            },
         },
         "results": ctx.results.iter().map(|o| o.json()).collect::<Vec<_>>(),
     });
@@ -387,6 +403,7 @@ fn main() {
             "inproc" => inproc::bench_inproc(&mut ctx),
             "http" => http::bench_http(&mut ctx),
             "concurrent" => concurrent::bench_concurrent(&mut ctx),
+            "pg" => pg::bench_pg(&mut ctx),
             "bigdb" => bigdb::bench_bigdb(&mut ctx),
             "status10k" => status10k::bench_status10k(&mut ctx),
             "limits" => limits::bench_limits(&mut ctx),

@@ -13,6 +13,9 @@ pub enum Verdict {
     Fail,
     Skip,
     Error,
+    /// A measurement without a target (informational): never fails the run, counted
+    /// apart from the targets.
+    Info,
 }
 
 impl Verdict {
@@ -22,6 +25,7 @@ impl Verdict {
             Verdict::Fail => "FAIL",
             Verdict::Skip => "SKIP",
             Verdict::Error => "ERROR",
+            Verdict::Info => "INFO",
         }
     }
     pub fn of(ok: bool) -> Verdict {
@@ -139,7 +143,7 @@ fn num(v: f64) -> serde_json::Value {
 
 impl Outcome {
     /// `{name, value, unit, comparison, ratio, target, pass, verdict, floor, more, line}`;
-    /// `pass` is null for a SKIP or an ERROR.
+    /// `pass` is null for a SKIP, an ERROR or an INFO (no target).
     pub fn json(&self) -> serde_json::Value {
         use serde_json::{json, Value};
         let d = &self.data;
@@ -156,7 +160,7 @@ impl Outcome {
             "pass": match self.verdict {
                 Verdict::Pass => Value::Bool(true),
                 Verdict::Fail => Value::Bool(false),
-                Verdict::Skip | Verdict::Error => Value::Null,
+                Verdict::Skip | Verdict::Error | Verdict::Info => Value::Null,
             },
             "verdict": self.verdict.word(),
             "floor": d.floor.as_ref().map_or(Value::Null, |f| json!({
@@ -316,6 +320,14 @@ mod tests {
         };
         let j = o.json();
         assert!(j["value"].is_null() && j["pass"].is_null(), "{j}");
+        let info = Outcome {
+            name: "i".into(),
+            line: "i: x  INFO".into(),
+            verdict: Verdict::Info,
+            data: Data::new(5.0, "pairs/s"),
+        };
+        let ji = info.json();
+        assert!(ji["pass"].is_null() && ji["verdict"] == "INFO", "{ji}");
         assert_eq!(j["floor"]["ratio"], 2.5);
         assert!(body.contains("never (timed out)"), "{body}");
         assert!(body.contains("1 never freed"), "{body}");
