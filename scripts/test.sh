@@ -9,6 +9,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
+# The HTTP API suite once more against the PostgreSQL backend (a throwaway cluster, a
+# database per service storage); the PostgreSQL store, two-service and schema tests ran
+# in the workspace run above.
+LOCKLEDGER_TEST_POSTGRES=1 cargo test --locked --test http_service
 # The web UI in real Chromium, against the real binary.
 cargo build --locked
 (cd tests/browser && LOCKLEDGER_BIN="$PWD/../../target/debug/lockledger" node run.mjs)
