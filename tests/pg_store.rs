@@ -336,7 +336,7 @@ fn clear_ends_only_the_token_shown_and_force_clear_raises_the_token() {
         4
     );
     assert!(matches!(
-        s.clear(g2.lock_id, 4, "root", "x", EventKind::Released),
+        s.clear(g2.lock_id, 4, "root", "x", EventKind::Acquired),
         Err(PgError::BadRequest(_))
     ));
     let rows = events(&s, "conv5");

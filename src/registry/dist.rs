@@ -24,7 +24,6 @@
 use super::grant::GrantSpec;
 use super::holdings::LeaseSlot;
 use super::lease::LeaseGrant;
-use super::register::Registration;
 use super::{Registry, RegistryError};
 use crate::clock;
 use crate::ids::LockKey;
@@ -52,17 +51,9 @@ pub(super) struct Dist {
     /// Dropped by `Drop for Dist`, on a plain thread.
     pub store: ManuallyDrop<PgStore>,
     pub listener: FreeListener,
-    waiting: AtomicUsize,
+    pub(super) waiting: AtomicUsize,
     /// Registrations this service granted: id -> (lock id, token).
-    registrations: Mutex<HashMap<String, (i64, i64)>>,
-}
-
-/// A process that took a lock file's flock itself and registers (see `register`).
-pub(super) struct Registrant<'a> {
-    pub pid: i32,
-    pub start: u64,
-    pub holder: &'a str,
-    pub operation: &'a str,
+    pub(super) registrations: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl std::fmt::Debug for Dist {
@@ -151,7 +142,7 @@ impl Drop for SetOnDrop {
 }
 
 /// Counts a waiter of this service while it lives.
-struct WaiterSlot(Arc<Dist>);
+pub(super) struct WaiterSlot(pub(super) Arc<Dist>);
 impl Drop for WaiterSlot {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -300,77 +291,6 @@ impl Registry {
             Ok(e) => e,
             Err(_) => RegistryError::Store(StoreError::JobPanicked),
         }
-    }
-
-    /// A registration as the grant across hosts: the registrant holds this host's flock
-    /// (checked by `register`), and waits here, up to `wait`, for the shared grant of a
-    /// library holder whose locker is the registrant. Refused (busy) after that.
-    pub(super) fn dist_register(
-        &self,
-        d: &Arc<Dist>,
-        key: &LockKey,
-        file: String,
-        who: Registrant<'_>,
-        registration_id: String,
-        wait: Duration,
-    ) -> Result<Registration, RegistryError> {
-        may_block()?;
-        if d.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_PG_WAITERS {
-            d.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(RegistryError::TooManyWaiters {
-                lock: key.to_string(),
-                why: format!("{MAX_PG_WAITERS} acquirers already wait on PostgreSQL here"),
-            });
-        }
-        let _slot = WaiterSlot(Arc::clone(d));
-        let req = GrantRequest {
-            namespace: key.namespace().to_string(),
-            owner: key.owner().to_string(),
-            field: key.field().to_string(),
-            file: file.clone(),
-            holder: who.holder.to_string(),
-            operation: who.operation.to_string(),
-            pid: Some(who.pid),
-            pid_start: Some(who.start),
-            host: crate::kernel::process::hostname().to_string(),
-            thread: None,
-            locker_pid: who.pid,
-            locker_start: Some(who.start),
-            ttl_ms: None,
-            kind: HolderKind::Library,
-            lease_id: None,
-        };
-        let g = d
-            .store
-            .acquire_waiting(&req, wait, &d.listener)
-            .map_err(pg_error)?
-            .granted;
-        lock(&d.registrations).insert(registration_id.clone(), (g.lock_id, g.token));
-        Ok(Registration {
-            registration_id,
-            token: g.token,
-            owner: key.owner().to_string(),
-            field: key.field().to_string(),
-            file,
-        })
-    }
-
-    /// Ends a registration this service granted.
-    pub(super) fn dist_unregister(
-        &self,
-        d: &Dist,
-        registration_id: &str,
-    ) -> Result<Option<i64>, RegistryError> {
-        may_block()?;
-        let Some((lock_id, token)) = lock(&d.registrations).remove(registration_id) else {
-            return Err(RegistryError::LeaseGone {
-                lease_id: registration_id.to_string(),
-                why: "it was already unregistered or reconciled (or another service granted it)"
-                    .into(),
-            });
-        };
-        let released = d.store.release_by_token(lock_id, token).map_err(pg_error)?;
-        Ok(Some(released.held_ms))
     }
 
     /// Renews a lease on the shared database, then moves its deadline here.
@@ -573,6 +493,6 @@ impl Registry {
 }
 
 /// The registrations map stays consistent through a panic (single inserts and removes).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -28,6 +28,7 @@ mod busy;
 pub mod clear;
 mod dist;
 mod dist_clear;
+mod dist_register;
 pub mod error;
 pub mod grant;
 pub mod guard;

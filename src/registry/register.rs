@@ -95,7 +95,7 @@ impl Registry {
         let registration_id = crate::random::hex(16)
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         if let Some(d) = self.dist() {
-            let who = super::dist::Registrant {
+            let who = super::dist_register::Registrant {
                 pid,
                 start,
                 holder,
