@@ -24,3 +24,4 @@ LOCKLEDGER_BIN="$PWD/target/debug/lockledger" .venv/bin/python -m pytest tests/p
 # workspace member lockledger-tools (tools/); they run the service binary built beside them.
 cargo build --locked --release -p lockledger -p lockledger-tools
 ./target/release/lockledger-chaos --quick
+./target/release/lockledger-chaos --quick --postgres

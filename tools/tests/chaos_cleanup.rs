@@ -1,7 +1,8 @@
 //! The chaos orchestrator survives its own failures: on SIGTERM, SIGINT, a panic, an
 //! error return, and a service that does not come back after a restart, every process of
 //! its group is gone afterwards — stopped workers included — and a failed restart is
-//! reported with the service's stderr.
+//! reported with the service's stderr. In the PostgreSQL mode, SIGTERM also ends the
+//! throwaway cluster (which is not in the group) and removes its directory.
 //!
 //! Each test runs the real `lockledger-chaos` on a scratch directory (its hidden
 //! `--selftest` flag triggers the failure paths), finds the run's process group from the
@@ -220,4 +221,58 @@ fn a_service_that_does_not_come_back_is_reported_and_every_child_ends() {
         "the report lacks the service's stderr: {err}"
     );
     assert_group_gone(pgid, &run);
+}
+
+#[test]
+fn sigterm_in_the_postgresql_mode_ends_every_child_and_the_cluster() {
+    let mut run = start(&["--postgres"]);
+    // Two services, three holders each.
+    let pgid = group_of(&mut run, 6);
+    let needle = run.path.to_string_lossy().into_owned();
+    let service = processes()
+        .into_iter()
+        .find(|p| p.1 == pgid && p.3.contains(&needle) && p.3.contains(" serve "))
+        .map(|p| p.3)
+        .expect("a service of the run");
+    // --database postgres://postgres@127.0.0.1:PORT/DB
+    let port: u16 = service
+        .split_whitespace()
+        .skip_while(|a| *a != "--database")
+        .nth(1)
+        .and_then(|url| url.rsplit_once(':')?.1.split('/').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no database port in {service:?}"));
+    let prefix = format!("lockledger-pg-{}-", run.chaos.pid());
+    let cluster_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    assert!(!cluster_dirs().is_empty(), "the run's cluster directory");
+    stop_a_worker(pgid);
+    run.chaos.signal(libc::SIGTERM);
+    let code = run
+        .chaos
+        .try_wait_exit(END)
+        .map(lockledger_harness::exit_code);
+    assert_eq!(
+        code,
+        Some(128 + libc::SIGTERM),
+        "stderr: {}",
+        run.chaos.stderr_text()
+    );
+    assert_group_gone(pgid, &run);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stopped = wait_until(Instant::now() + Duration::from_secs(45), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+            && cluster_dirs().is_empty()
+    });
+    assert!(
+        stopped,
+        "the cluster on port {port} is still there: {:?}",
+        cluster_dirs()
+    );
 }

@@ -23,9 +23,14 @@
 //! and a detail line; a late or missing answer, a grant of a planted path, a changed
 //! symlink target or a file at a dangling target fails the run.
 //!
+//! PostgreSQL mode (`--postgres`; see `pg`): two services on one throwaway PostgreSQL
+//! database, HTTP lease holders split across them, services and holders SIGKILLed and
+//! SIGSTOPped; the same invariant line, prefixed `chaos[postgres]:`, with `pg_checks`
+//! adding the history, lease and database checks of that mode.
+//!
 //! This file owns the command line and the run from start to verdict; `workers` the
 //! holders, `faults` the service, the workers' processes and the fault schedule,
-//! `invariants` the final checks.
+//! `invariants` the final checks; `pg` and `pg_checks` the PostgreSQL mode.
 //!
 //! Invariant: the run's children all live in one process group owned by the
 //! orchestrator; on every exit path — normal end, error return, panic, SIGINT, SIGTERM,
@@ -35,6 +40,8 @@
 mod faults;
 mod hostile;
 mod invariants;
+mod pg;
+mod pg_checks;
 mod workers;
 
 use clap::Parser;
@@ -74,8 +81,16 @@ struct Args {
     /// faketime`; without it they are skipped, and the run says so)
     #[arg(long)]
     no_clock_steps: bool,
+    /// Two services on one throwaway PostgreSQL database (`serve --database`), as on two
+    /// hosts: lease holders split across them; holders and services SIGKILLed and
+    /// SIGSTOPped; prints `chaos[postgres]: ...` lines (default 30 s quick, 600 s long)
+    #[arg(long)]
+    postgres: bool,
     #[arg(long, hide = true)]
     worker: Option<String>,
+    /// The service a `--worker pg` holder is bound to (`a` or `b`).
+    #[arg(long, hide = true)]
+    service: Option<String>,
     #[arg(long, hide = true)]
     port: Option<u16>,
     /// Exercises a failure path of the orchestrator itself (tools/tests): `panic` or
@@ -309,7 +324,15 @@ fn main() {
         Some("http") => {
             workers::worker_http(dir(), args.port.unwrap_or(8787), args.seed).map(|_| true)
         }
+        Some("pg") => workers::worker_pg(
+            dir(),
+            args.port.unwrap_or(8787),
+            args.service.as_deref().unwrap_or("a"),
+            args.seed,
+        )
+        .map(|_| true),
         Some(other) => Err(format!("unknown worker kind {other:?}")),
+        None if args.postgres => pg::orchestrate(&args),
         None => orchestrate(&args),
     };
     match result {
