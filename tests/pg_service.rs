@@ -343,3 +343,52 @@ fn clears_fencing_and_admin_sql_work_across_services() {
     let ev = history(&mut ca, "keep");
     assert_eq!(count(&ev, "force_cleared"), 1, "{ev:?}");
 }
+
+#[test]
+fn a_lease_renewed_or_released_through_the_other_service_keeps_its_terms() {
+    let url = database("svc_cross");
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path(), "host-a", &url);
+    let b = service(dir.path(), "host-b", &url);
+    let (mut ca, mut cb) = (Client::new(a.port), Client::new(b.port));
+    let (status, held) = acquire(
+        &mut ca,
+        "cross",
+        json!({"holder": "h", "operation": "stream", "ttl_ms": 2000}),
+    );
+    assert_eq!(status, 200, "{held}");
+    let lease = held["lease_id"].as_str().unwrap().to_string();
+    // Renewed through B, which does not know the ttl the client asked A for: its own.
+    let (status, v) = send(
+        &mut cb,
+        Request::post(&format!("/api/v1/leases/{lease}/renew")).json_text(""),
+    );
+    assert_eq!(status, 200, "{v}");
+    let left = v["expires_at"]
+        .as_str()
+        .and_then(lockledger::clock::parse_time)
+        .unwrap()
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+    assert!(
+        (1000..=2500).contains(&left),
+        "renewed through B for {left} ms, not the lease's own 2 s"
+    );
+    // Released through B: A lets go of its flock soon after (the free is announced), so
+    // A grants the lock again well before the old lease's end.
+    assert_eq!(release(&mut cb, &lease), 200);
+    let started = Instant::now();
+    let (status, again) = acquire(
+        &mut ca,
+        "cross",
+        json!({"holder": "next", "operation": "send", "ttl_ms": 5000, "wait_ms": 5000}),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "A kept the released lease's flock for {:?}",
+        started.elapsed()
+    );
+}

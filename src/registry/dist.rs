@@ -54,6 +54,9 @@ pub(super) struct Dist {
     pub(super) waiting: AtomicUsize,
     /// Registrations this service granted: id -> (lock id, token).
     pub(super) registrations: Mutex<HashMap<String, (i64, i64)>>,
+    /// Locks announced free since the last reap: a lease of this service on one of them
+    /// may have been released or cleared through another service.
+    freed: Arc<Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl std::fmt::Debug for Dist {
@@ -88,8 +91,14 @@ impl Dist {
     /// Connects (migrating the schema if needed) and starts listening for freed locks.
     pub fn open(url: &str) -> Result<Dist, RegistryError> {
         let store = PgStore::open(url, 16).map_err(pg_error)?;
-        let listener = FreeListener::start(store.session_config(), |_| {}).map_err(pg_error)?;
+        let freed = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let noted = Arc::clone(&freed);
+        let listener = FreeListener::start(store.session_config(), move |lock_id| {
+            lock(&noted).insert(lock_id);
+        })
+        .map_err(pg_error)?;
         Ok(Dist {
+            freed,
             store: ManuallyDrop::new(store),
             listener,
             waiting: AtomicUsize::new(0),
@@ -298,15 +307,16 @@ impl Registry {
         &self,
         d: &Dist,
         lease_id: &str,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<LeaseGrant, RegistryError> {
         may_block()?;
-        let r = d
-            .store
-            .renew(lease_id, ttl.as_millis() as u64)
-            .map_err(pg_error)?;
+        let r = match ttl {
+            Some(ttl) => d.store.renew(lease_id, ttl.as_millis() as u64),
+            None => d.store.renew_own_ttl(lease_id),
+        }
+        .map_err(pg_error)?;
         let now = self.monotonic();
-        if let Some(slot) = self.holdings().lease_mut(lease_id) {
+        if let (Some(slot), Some(ttl)) = (self.holdings().lease_mut(lease_id), ttl) {
             slot.deadline = now + ttl;
             slot.renewed = now;
         }
@@ -403,6 +413,7 @@ impl Registry {
                 ended.push(format!("{}/{}", row.owner, row.field));
             }
         }
+        let freed: std::collections::HashSet<i64> = std::mem::take(&mut *lock(&d.freed));
         let now = self.monotonic();
         let mine: Vec<(String, i64, i64, bool, bool)> = self
             .holdings()
@@ -416,7 +427,9 @@ impl Registry {
                     s.lock_id,
                     s.token,
                     client_dead,
-                    now >= s.deadline,
+                    // Past its end here, or its lock was announced free (released or
+                    // cleared through another service): ask the database.
+                    now >= s.deadline || freed.contains(&s.lock_id),
                 )
             })
             .collect();

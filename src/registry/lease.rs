@@ -173,8 +173,9 @@ impl Registry {
             why: why.to_string(),
         };
         if let Some(d) = self.dist() {
+            // A lease of another service (or of this one before a restart) keeps its own
+            // ttl: None asks the database to reuse it.
             let ttl = self.holdings().lease(lease_id).map(|s| s.ttl);
-            let ttl = ttl.unwrap_or(self.inner.config.default_lease_ttl);
             return self.dist_renew(d, lease_id, ttl);
         }
         let (key, lock_id, token, ttl) = {

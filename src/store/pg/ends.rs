@@ -164,7 +164,17 @@ impl PgStore {
                 "ttl_ms must be 1..={MAX_TTL_MS}, not {ttl_ms}"
             )));
         }
-        let ttl = ttl_ms as i64;
+        self.renew_by(lease_id, ttl_ms as i64)
+    }
+
+    /// Renews a lease by its own ttl (its last `expires_at - renewed_at`): for a service
+    /// that did not grant it and so does not know the ttl the client asked for.
+    pub fn renew_own_ttl(&self, lease_id: &str) -> Result<Renewed, PgError> {
+        self.renew_by(lease_id, 0)
+    }
+
+    /// `ttl` > 0: that many ms from now; 0: the lease's own ttl.
+    fn renew_by(&self, lease_id: &str, ttl: i64) -> Result<Renewed, PgError> {
         let mut conn = self.conn()?;
         // One statement: the UPDATE locks the holder row and re-checks the expiry against
         // its newest version; `o` is the row as it was, for the sampling rule.
@@ -172,7 +182,9 @@ impl PgStore {
             &format!(
                 "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
                  u AS (
-                     UPDATE holders h SET renewed_at = n.now_ms, expires_at = n.now_ms + $2
+                     UPDATE holders h SET renewed_at = n.now_ms,
+                         expires_at = n.now_ms + CASE WHEN $2 > 0 THEN $2
+                                                      ELSE o.expires_at - o.renewed_at END
                      FROM n, holders o
                      WHERE h.lease_id = $1 AND o.lock_id = h.lock_id
                        AND h.expires_at > n.now_ms AND h.revoked_at IS NULL
