@@ -392,3 +392,83 @@ fn a_lease_renewed_or_released_through_the_other_service_keeps_its_terms() {
         started.elapsed()
     );
 }
+
+#[test]
+fn hundreds_of_waiters_on_postgresql_hold_no_thread() {
+    let url = database("svc_waiters");
+    let dir = tempfile::tempdir().unwrap();
+    let a = service(dir.path(), "host-a", &url);
+    let b = service(dir.path(), "host-b", &url);
+    let n = 300;
+    // A holds n locks; B gets one waiting acquire for each (each waits in the database's
+    // line as a future, not on a thread).
+    let mut ca = Client::new(a.port);
+    let leases: Vec<String> = (0..n)
+        .map(|i| {
+            let (status, v) = acquire(
+                &mut ca,
+                &format!("w{i}"),
+                json!({"holder": "a", "operation": "hold", "ttl_ms": 60000}),
+            );
+            assert_eq!(status, 200, "{v}");
+            v["lease_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let port = b.port;
+    let granted = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let granted = &granted;
+            s.spawn(move || {
+                let mut c = Client::new(port);
+                let (status, v) = acquire(
+                    &mut c,
+                    &format!("w{i}"),
+                    json!({"holder": "b", "operation": "wait", "ttl_ms": 5000, "wait_ms": 30000}),
+                );
+                assert_eq!(status, 200, "waiter {i}: {v}");
+                granted.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // While they all wait, B answers at once: health, status, a renewal of its own.
+        let mut cb = Client::new(port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, w) = send(&mut cb, Request::get("/api/v1/waiters"));
+            if w["waiters"].as_array().map_or(0, Vec::len) >= n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not all {n} waiters queued: {w}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let t = Instant::now();
+        let (status, _) = send(&mut cb, Request::get("/healthz"));
+        assert_eq!(status, 200);
+        let (status, own) = acquire(
+            &mut cb,
+            "free-one",
+            json!({"holder": "b", "operation": "o", "ttl_ms": 5000}),
+        );
+        assert_eq!(status, 200, "{own}");
+        let (status, v) = send(
+            &mut cb,
+            Request::post(&format!(
+                "/api/v1/leases/{}/renew",
+                own["lease_id"].as_str().unwrap()
+            ))
+            .json_text(""),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "with {n} waiters B took {:?} to answer",
+            t.elapsed()
+        );
+        assert_eq!(granted.load(Ordering::SeqCst), 0);
+        // A lets go of every lock: each waiter on B is granted.
+        for id in &leases {
+            assert_eq!(release(&mut ca, id), 200);
+        }
+    });
+    assert_eq!(granted.load(Ordering::SeqCst), n);
+}

@@ -16,9 +16,11 @@
 //!   this service granted but the database ended (expired elsewhere) loses its flock here
 //!   at the next reap.
 //! - A PostgreSQL call is short (the store sets statement and lock timeouts) and runs on
-//!   the blocking pool. A waiting acquire waits there too, in the database's arrival
-//!   order across services; at most [`MAX_PG_WAITERS`] wait at once in one service (more:
-//!   `too_many_waiters`), so waiters never exhaust the pool.
+//!   the blocking pool. A waiting lease acquire holds no thread: it is a future in this
+//!   service's queue, then in the database's line (`store::pg::line`), woken by the
+//!   lock's free notification or a backoff tick; only its tries use the pool. A waiting
+//!   FileLock registration (a blocking call) waits on the pool, at most
+//!   [`MAX_PG_WAITERS`] at once (more: `too_many_waiters`), so it never exhausts it.
 //! - What is not on PostgreSQL yet answers `unsupported` (HTTP 501) and changes nothing.
 
 use super::grant::GrantSpec;
@@ -30,7 +32,8 @@ use crate::ids::LockKey;
 use crate::kernel::flock;
 use crate::policy::stale::{HolderKind, Liveness};
 use crate::store::history::{EventKind, EventRow, HistoryQuery};
-use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
+use crate::store::pg::line::{FirstTry, Line};
+use crate::store::pg::{FreeListener, GrantRequest, Granted, PgError, PgStore};
 use crate::store::records::LockRow;
 use crate::store::StoreError;
 use std::collections::HashMap;
@@ -39,8 +42,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Most acquirers of one service waiting on PostgreSQL at once (each waits on a thread
-/// of the blocking pool).
+/// Most FileLock registrations of one service waiting on PostgreSQL at once (each waits
+/// on a thread of the blocking pool; lease acquires wait as futures, capped by the
+/// service's waiter limits).
 pub const MAX_PG_WAITERS: usize = 64;
 
 /// Most expired leases one reap ends.
@@ -57,6 +61,9 @@ pub(super) struct Dist {
     /// Locks announced free since the last reap: a lease of this service on one of them
     /// may have been released or cleared through another service.
     freed: Arc<Mutex<std::collections::HashSet<i64>>>,
+    /// The async waiter of each lock in this service (at most one: the head of the
+    /// lock's local queue), woken when the lock is announced free.
+    wakes: Arc<Mutex<HashMap<i64, Arc<tokio::sync::Notify>>>>,
 }
 
 impl std::fmt::Debug for Dist {
@@ -88,17 +95,32 @@ impl Drop for Dist {
 }
 
 impl Dist {
+    /// The wake-up of this service's async waiter of `lock_id`.
+    fn wake_for(&self, lock_id: i64) -> Arc<tokio::sync::Notify> {
+        Arc::clone(lock(&self.wakes).entry(lock_id).or_default())
+    }
+
+    fn forget_wake(&self, lock_id: i64) {
+        lock(&self.wakes).remove(&lock_id);
+    }
+
     /// Connects (migrating the schema if needed) and starts listening for freed locks.
     pub fn open(url: &str) -> Result<Dist, RegistryError> {
         let store = PgStore::open(url, 16).map_err(pg_error)?;
         let freed = Arc::new(Mutex::new(std::collections::HashSet::new()));
-        let noted = Arc::clone(&freed);
+        let wakes: Arc<Mutex<HashMap<i64, Arc<tokio::sync::Notify>>>> = Arc::default();
+        let (noted, woken) = (Arc::clone(&freed), Arc::clone(&wakes));
         let listener = FreeListener::start(store.session_config(), move |lock_id| {
             lock(&noted).insert(lock_id);
+            if let Some(w) = lock(&woken).get(&lock_id) {
+                // A permit is kept if the waiter is between two tries.
+                w.notify_one();
+            }
         })
         .map_err(pg_error)?;
         Ok(Dist {
             freed,
+            wakes,
             store: ManuallyDrop::new(store),
             listener,
             waiting: AtomicUsize::new(0),
@@ -140,6 +162,36 @@ async fn off_thread<R: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| RegistryError::Store(StoreError::JobPanicked))?
+}
+
+/// A place in a lock's line held by an async waiter: left when dropped (on the blocking
+/// pool; the row lapses by itself if even that cannot run).
+struct InLine {
+    d: Arc<Dist>,
+    lock_id: i64,
+    line: Option<Line>,
+}
+
+impl InLine {
+    async fn leave(&mut self) {
+        if let Some(mut line) = self.line.take() {
+            let d = Arc::clone(&self.d);
+            let _ = tokio::task::spawn_blocking(move || d.store.leave_line(&mut line)).await;
+        }
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.d.forget_wake(self.lock_id);
+        let Some(mut line) = self.line.take() else {
+            return;
+        };
+        let d = Arc::clone(&self.d);
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            drop(h.spawn_blocking(move || d.store.leave_line(&mut line)));
+        }
+    }
 }
 
 /// Tells a blocking wait that its caller went away (set when the future is dropped).
@@ -215,14 +267,6 @@ impl Registry {
             let _ = tokio::time::timeout_at((now + pause).min(deadline), ticket.woken()).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         };
-        if d.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_PG_WAITERS {
-            d.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(RegistryError::TooManyWaiters {
-                lock: key.to_string(),
-                why: format!("{MAX_PG_WAITERS} acquirers already wait on PostgreSQL here"),
-            });
-        }
-        let slot = WaiterSlot(Arc::clone(d));
         let req = GrantRequest {
             namespace: key.namespace().to_string(),
             owner: key.owner().to_string(),
@@ -240,27 +284,9 @@ impl Registry {
             kind: HolderKind::Lease,
             lease_id: Some(terms.lease_id.clone()),
         };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let gone = Arc::new(AtomicBool::new(false));
-        let _dropped = SetOnDrop(Arc::clone(&gone));
-        let dd = Arc::clone(d);
-        let waited = off_thread(move || {
-            let _slot = slot;
-            let is_gone = || gone.load(Ordering::Relaxed);
-            let got = dd
-                .store
-                .acquire_waiting_unless(&req, left, &dd.listener, &is_gone);
-            if let (Ok(w), true) = (&got, is_gone()) {
-                // Granted as its caller went away: give it back at once.
-                if let Some(id) = &w.granted.lease_id {
-                    let _ = dd.store.release(id);
-                }
-            }
-            Ok(got)
-        })
-        .await?;
+        let waited = self.dist_wait_in_line(d, req, deadline).await?;
         let g = match waited {
-            Ok(w) => w.granted,
+            Ok(g) => g,
             Err(e @ (PgError::Busy(_) | PgError::WaitTimeout { .. })) => {
                 drop(held);
                 let busy = self.dist_busy(key, spec, started.elapsed()).await;
@@ -283,6 +309,79 @@ impl Registry {
             expires_at: clock::rfc3339(expires_at_ms),
             expires_at_ms,
         })
+    }
+
+    /// The shared grant of `req`, waiting in the database's line until `deadline`
+    /// without holding a thread: each try is a short call on the blocking pool, and
+    /// between tries this future sleeps until the lock is announced free here or a backoff
+    /// tick (1 ms doubling to 50 ms) passes. If this future is dropped, its place is left
+    /// (or lapses), and a grant that lands during its last try is given back.
+    async fn dist_wait_in_line(
+        &self,
+        d: &Arc<Dist>,
+        req: GrantRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Granted, PgError>, RegistryError> {
+        let gone = Arc::new(AtomicBool::new(false));
+        let _dropped = SetOnDrop(Arc::clone(&gone));
+        let waits = deadline > tokio::time::Instant::now();
+        let dd = Arc::clone(d);
+        let first = off_thread(move || Ok(dd.store.first_try(&req, waits))).await?;
+        let line = match first {
+            Ok(FirstTry::Granted(g)) => return Ok(Ok(g)),
+            Ok(FirstTry::Refused(line)) => line,
+            Err(e) => return Ok(Err(e)),
+        };
+        let wake = d.wake_for(line.lock_id());
+        let mut place = InLine {
+            d: Arc::clone(d),
+            lock_id: line.lock_id(),
+            line: Some(line),
+        };
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                let refusal = place.line.as_ref().map(Line::give_up);
+                place.leave().await;
+                return Ok(Err(refusal.unwrap_or_else(|| {
+                    PgError::Postgres("the wait ended without a refusal".into())
+                })));
+            }
+            tokio::select! {
+                _ = wake.notified() => pause = Duration::from_millis(1),
+                _ = tokio::time::sleep_until((now + pause).min(deadline)) => {
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+            let Some(mut line) = place.line.take() else {
+                return Ok(Err(PgError::Postgres("a wait lost its line".into())));
+            };
+            let (dd, gone) = (Arc::clone(d), Arc::clone(&gone));
+            let (line, got) = off_thread(move || {
+                let got = dd.store.try_in_line(&mut line);
+                if let (Ok(Some(g)), true) = (&got, gone.load(Ordering::Relaxed)) {
+                    // Granted as its caller went away: give it back at once.
+                    if let Some(id) = &g.lease_id {
+                        let _ = dd.store.release(id);
+                    }
+                }
+                Ok((line, got))
+            })
+            .await?;
+            place.line = Some(line);
+            match got {
+                Ok(Some(g)) => {
+                    place.line = None;
+                    return Ok(Ok(g));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    place.leave().await;
+                    return Ok(Err(e));
+                }
+            }
+        }
     }
 
     /// The busy answer for `key` with its holder's report, made on the blocking pool; the

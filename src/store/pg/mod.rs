@@ -22,6 +22,7 @@ pub mod console;
 pub mod ends;
 pub mod error;
 pub mod leases;
+pub mod line;
 pub mod listen;
 pub mod migrate;
 pub mod reads;

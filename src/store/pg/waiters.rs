@@ -66,10 +66,10 @@ pub struct Waited {
 }
 
 /// The caller's row in `lock_waiters`.
-struct Place {
-    lock_id: i64,
-    seq: i64,
-    next_heartbeat: Instant,
+pub(super) struct Place {
+    pub(super) lock_id: i64,
+    pub(super) seq: i64,
+    pub(super) next_heartbeat: Instant,
 }
 
 impl PgStore {
@@ -189,7 +189,7 @@ impl PgStore {
     }
 
     /// Queues a waiter row for `lock_id` at the back of the line.
-    fn enqueue(&self, lock_id: i64, req: &GrantRequest) -> Result<Place, PgError> {
+    pub(super) fn enqueue(&self, lock_id: i64, req: &GrantRequest) -> Result<Place, PgError> {
         let row = self.conn()?.query_typed_one(
             &format!(
                 "INSERT INTO lock_waiters (lock_id, service, host, pid, holder, operation,
@@ -217,7 +217,7 @@ impl PgStore {
 
     /// Moves the row's lapse time forward; false if it has lapsed already (it is never
     /// revived: others may have been granted past it).
-    fn heartbeat(&self, seq: i64) -> Result<bool, PgError> {
+    pub(super) fn heartbeat(&self, seq: i64) -> Result<bool, PgError> {
         let n = self.conn()?.execute_typed(
             &format!(
                 "UPDATE lock_waiters SET expires_at = {NOW_MS} + $2
@@ -229,7 +229,7 @@ impl PgStore {
     }
 
     /// Leaves the line and notifies the lock, so the next waiter looks at once.
-    fn leave(&self, lock_id: i64, seq: i64) -> Result<(), PgError> {
+    pub(super) fn leave(&self, lock_id: i64, seq: i64) -> Result<(), PgError> {
         self.conn()?.query_typed(
             &format!(
                 "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
@@ -243,7 +243,7 @@ impl PgStore {
     }
 }
 
-fn timeout(busy: Busy, start: Instant) -> PgError {
+pub(super) fn timeout(busy: Busy, start: Instant) -> PgError {
     PgError::WaitTimeout {
         busy: Box::new(busy),
         waited_ms: start.elapsed().as_millis() as u64,
