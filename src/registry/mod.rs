@@ -29,6 +29,7 @@ pub mod clear;
 mod dist;
 mod dist_clear;
 mod dist_register;
+mod dist_wait;
 pub mod error;
 pub mod grant;
 pub mod guard;
