@@ -29,9 +29,7 @@ fn a_registrant_is_checked_recorded_reconciled_and_revocable() {
 
     // Not the holder: refused, nothing recorded.
     let me = std::process::id() as i32;
-    let err = reg
-        .register(&key, me, "chat-app", "save", Duration::ZERO)
-        .unwrap_err();
+    let err = reg.register(&key, me, "chat-app", "save").unwrap_err();
     assert!(
         matches!(err, RegistryError::NotHolding { pid, .. } if pid == me),
         "{err:?}"
@@ -47,9 +45,7 @@ fn a_registrant_is_checked_recorded_reconciled_and_revocable() {
     let r = r.iter().find(|l| l.field == "messages").unwrap();
     assert_eq!(r.kind, Some(HolderKind::External));
 
-    let registration = reg
-        .register(&key, pid, "chat-app", "send_message", Duration::ZERO)
-        .unwrap();
+    let registration = reg.register(&key, pid, "chat-app", "send_message").unwrap();
     let report = || {
         reg.status(None, "conv7")
             .unwrap()
@@ -104,16 +100,12 @@ fn unregistering_closes_exactly_that_grant() {
     let reg = Registry::open(Config::defaults(dir.path())).unwrap();
     let key = reg.key(None, "conv8", "all").unwrap();
     let mut holder = external_holder(dir.path(), "conv8", "all");
-    let first = reg
-        .register(&key, holder.pid(), "app", "save", Duration::ZERO)
-        .unwrap();
+    let first = reg.register(&key, holder.pid(), "app", "save").unwrap();
     let held_ms = reg.unregister(&first.registration_id).unwrap();
     assert!(held_ms.is_some());
     holder.kill();
     let mut again = external_holder(dir.path(), "conv8", "all");
-    let second = reg
-        .register(&key, again.pid(), "app", "save", Duration::ZERO)
-        .unwrap();
+    let second = reg.register(&key, again.pid(), "app", "save").unwrap();
     assert!(second.token > first.token);
     assert!(reg.unregister(&first.registration_id).is_err());
     let r = reg.status(None, "conv8").unwrap();
@@ -133,7 +125,7 @@ fn a_registrant_on_a_replaced_file_is_refused_and_the_replacement_is_recorded() 
     std::fs::remove_file(dir.path().join("locks/conv9_messages.lock")).unwrap();
     let mut intruder = external_holder(dir.path(), "conv9", "messages");
     let err = reg
-        .register(&key, intruder.pid(), "app", "save", Duration::ZERO)
+        .register(&key, intruder.pid(), "app", "save")
         .unwrap_err();
     assert!(
         matches!(err, RegistryError::Busy { .. }) && err.to_string().contains("two processes"),

@@ -19,8 +19,7 @@
 //!   the blocking pool. A waiting lease acquire holds no thread: it is a future in this
 //!   service's queue, then in the database's line (`store::pg::line`), woken by the
 //!   lock's free notification or a backoff tick; only its tries use the pool. A waiting
-//!   FileLock registration (a blocking call) waits on the pool, at most
-//!   [`MAX_PG_WAITERS`] at once (more: `too_many_waiters`), so it never exhausts it.
+//!   FileLock registration waits the same way.
 //! - What is not on PostgreSQL yet answers `unsupported` (HTTP 501) and changes nothing.
 
 use super::grant::GrantSpec;
@@ -37,14 +36,8 @@ use crate::store::records::LockRow;
 use crate::store::StoreError;
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Most FileLock registrations of one service waiting on PostgreSQL at once (each waits
-/// on a thread of the blocking pool; lease acquires wait as futures, capped by the
-/// service's waiter limits).
-pub const MAX_PG_WAITERS: usize = 64;
 
 /// Most expired leases one reap ends.
 const EXPIRE_BATCH: usize = 256;
@@ -53,8 +46,8 @@ const EXPIRE_BATCH: usize = 256;
 pub(super) struct Dist {
     /// Dropped by `Drop for Dist`, on a plain thread.
     pub store: ManuallyDrop<PgStore>,
-    pub listener: FreeListener,
-    pub(super) waiting: AtomicUsize,
+    /// Kept alive for its thread, which wakes this service's waiters (see `wakes`).
+    _listener: FreeListener,
     /// Registrations this service granted: id -> (lock id, token).
     pub(super) registrations: Mutex<HashMap<String, (i64, i64)>>,
     /// Locks announced free since the last reap: a lease of this service on one of them
@@ -121,8 +114,7 @@ impl Dist {
             freed,
             wakes,
             store: ManuallyDrop::new(store),
-            listener,
-            waiting: AtomicUsize::new(0),
+            _listener: listener,
             registrations: Mutex::new(HashMap::new()),
         })
     }
@@ -161,14 +153,6 @@ pub(super) async fn off_thread<R: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| RegistryError::Store(StoreError::JobPanicked))?
-}
-
-/// Counts a waiter of this service while it lives.
-pub(super) struct WaiterSlot(pub(super) Arc<Dist>);
-impl Drop for WaiterSlot {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Registry {

@@ -26,6 +26,16 @@ use crate::store::records;
 use crate::store::StoreError;
 use serde::Serialize;
 
+/// A process checked to hold a lock file's flock, about to be registered.
+#[derive(Debug)]
+pub(super) struct Registrant {
+    pub pid: i32,
+    pub start: u64,
+    pub file: String,
+    pub file_id: crate::kernel::flock::FileId,
+    pub registration_id: String,
+}
+
 /// What a registration answers.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Registration {
@@ -41,10 +51,25 @@ pub struct Registration {
 
 impl Registry {
     /// Records that process `pid` holds `key`'s lock file (it took the flock itself). On a
-    /// shared (PostgreSQL) registry the registration is also the grant across hosts: it
-    /// waits up to `wait` while another host holds the lock, and is refused (busy) after
-    /// that; the process must then let its flock go.
+    /// shared (PostgreSQL) registry the registration is also the grant across hosts, made
+    /// by [`Registry::register_async`] (this blocking form answers `unsupported` there).
     pub fn register(
+        &self,
+        key: &LockKey,
+        pid: i32,
+        holder: &str,
+        operation: &str,
+    ) -> Result<Registration, RegistryError> {
+        self.local_only("a blocking FileLock registration")?;
+        let checked = self.registrant(key, pid, holder, operation)?;
+        self.register_checked(key, checked, holder, operation)
+    }
+
+    /// [`Registry::register`] for the service: on a shared (PostgreSQL) registry it waits
+    /// up to `wait`, as a future, while another host holds the lock, and is refused (busy)
+    /// after that; the process must then let its flock go. `wait` means nothing with
+    /// SQLite, where the registrant's own flock is the grant.
+    pub async fn register_async(
         &self,
         key: &LockKey,
         pid: i32,
@@ -52,6 +77,44 @@ impl Registry {
         operation: &str,
         wait: std::time::Duration,
     ) -> Result<Registration, RegistryError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let (me, k, h, o) = (
+            self.clone(),
+            key.clone(),
+            holder.to_string(),
+            operation.to_string(),
+        );
+        let blocking = move || -> Result<_, RegistryError> {
+            let checked = me.registrant(&k, pid, &h, &o)?;
+            if me.dist().is_some() {
+                return Ok(Err(checked));
+            }
+            me.register_checked(&k, checked, &h, &o).map(Ok)
+        };
+        let done = tokio::task::spawn_blocking(blocking)
+            .await
+            .map_err(|_| RegistryError::Store(StoreError::JobPanicked))??;
+        match (done, self.dist()) {
+            (Ok(registration), _) => Ok(registration),
+            (Err(checked), Some(d)) => {
+                self.dist_register(d, key, checked, holder, operation, deadline)
+                    .await
+            }
+            (Err(_), None) => Err(RegistryError::BadRequest(
+                "the registry's database changed while registering".into(),
+            )),
+        }
+    }
+
+    /// Checks that process `pid` holds `key`'s lock file now (`/proc/locks`, the very
+    /// file at the lock path) and names its registration.
+    fn registrant(
+        &self,
+        key: &LockKey,
+        pid: i32,
+        holder: &str,
+        operation: &str,
+    ) -> Result<Registrant, RegistryError> {
         check_label("holder", holder)?;
         check_label("operation", operation)?;
         let start = (pid > 0)
@@ -94,15 +157,30 @@ impl Registry {
         }
         let registration_id = crate::random::hex(16)
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        if let Some(d) = self.dist() {
-            let who = super::dist_register::Registrant {
-                pid,
-                start,
-                holder,
-                operation,
-            };
-            return self.dist_register(d, key, file, who, registration_id, wait);
-        }
+        Ok(Registrant {
+            pid,
+            start,
+            file,
+            file_id: id,
+            registration_id,
+        })
+    }
+
+    /// Records a checked registrant's grant (SQLite: its flock is the grant).
+    fn register_checked(
+        &self,
+        key: &LockKey,
+        checked: Registrant,
+        holder: &str,
+        operation: &str,
+    ) -> Result<Registration, RegistryError> {
+        let Registrant {
+            pid,
+            start,
+            file,
+            file_id: id,
+            registration_id,
+        } = checked;
         let spec = GrantSpec {
             kind: HolderKind::Library,
             holder: holder.to_string(),

@@ -353,7 +353,10 @@ pub async fn register(cx: &Ctx<'_>) -> Result<Response, ApiError> {
         )));
     }
     let wait = Duration::from_millis(wait_ms);
-    let done = blocking(move || reg.register(&key, b.pid, &b.holder, &b.operation, wait)).await?;
+    let done = reg
+        .register_async(&key, b.pid, &b.holder, &b.operation, wait)
+        .await
+        .map_err(registry_error)?;
     cx.app.metrics.count_grant(GrantKind::Registration);
     Ok(json_response(StatusCode::OK, &done))
 }
