@@ -137,9 +137,18 @@ impl Registry {
                 "it does not hold the lock: its lock file {file} does not exist; take the lock first, then register"
             ))
         })?;
-        let holders = Snapshot::read()
-            .map_err(|e| StoreError::Io(std::io::Error::other(format!("/proc/locks: {e}"))))?
-            .holders(id);
+        // The kernel prints /proc/locks a page per read, and entries added or removed
+        // between reads (other processes' locks churning) can shift this one out of view:
+        // a refusal is only made after a few fresh reads agree.
+        let mut holders = Vec::new();
+        for _ in 0..4 {
+            holders = Snapshot::read()
+                .map_err(|e| StoreError::Io(std::io::Error::other(format!("/proc/locks: {e}"))))?
+                .holders(id);
+            if holders.contains(&pid) {
+                break;
+            }
+        }
         if !holders.contains(&pid) {
             let held_by = match holders.as_slice() {
                 [] => "nobody holds it".to_string(),
