@@ -178,7 +178,7 @@ impl PgStore {
         let mut conn = self.conn()?;
         // One statement: the UPDATE locks the holder row and re-checks the expiry against
         // its newest version; `o` is the row as it was, for the sampling rule.
-        let row = conn.query_typed_opt(
+        let row = conn.cached().query_typed_opt(
             &format!(
                 "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
                  u AS (
@@ -287,7 +287,7 @@ impl PgStore {
                   THEN 'lease_expired: released after its end' END",
             true,
         );
-        let rows = self.conn()?.query_typed(&sql, params)?;
+        let rows = self.conn()?.cached().query_typed(&sql, params)?;
         rows.first().map(ended_row).transpose()
     }
 

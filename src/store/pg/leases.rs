@@ -26,7 +26,7 @@
 use super::ends::{ended_row, ending_sql, Ended};
 use super::error::{lock_name, Busy, BusyHolder, PgError};
 use super::request::{pid32, pid64, GrantRequest, Granted, Param};
-use super::store::{PgStore, NOW_MS};
+use super::store::{Cached, PgStore, NOW_MS};
 use crate::policy::stale::HolderKind;
 use postgres::types::Type;
 use postgres::{GenericClient, Row, Transaction};
@@ -121,7 +121,7 @@ impl PgStore {
     /// a plain try. `req` is checked and has its lease id.
     pub(super) fn attempt(&self, req: &GrantRequest, seq: Option<i64>) -> Result<Attempt, PgError> {
         let mut conn = self.conn()?;
-        if let Some((lock_id, state)) = peek(&mut *conn, req, seq)? {
+        if let Some((lock_id, state)) = peek(&mut conn.cached(), req, seq)? {
             if !state.in_line {
                 return Ok(Attempt::LostPlace);
             }
@@ -129,9 +129,9 @@ impl PgStore {
                 return Ok(Attempt::Refused(state.refusal(lock_id, req)));
             }
         }
-        let mut tx = conn.transaction()?;
-        let lock_id = lock_row(&mut tx, req)?;
-        let mut state = read_state(&mut tx, lock_id, seq)?;
+        let (mut tx, cache) = conn.cached_transaction()?;
+        let lock_id = lock_row(&mut Cached { c: &mut tx, cache }, req)?;
+        let mut state = read_state(&mut Cached { c: &mut tx, cache }, lock_id, seq)?;
         if !state.in_line {
             tx.rollback()?;
             return Ok(Attempt::LostPlace);
@@ -143,12 +143,12 @@ impl PgStore {
             if !state.holder_expired() {
                 break;
             }
-            match self.end_expired(&mut tx, lock_id, &state)? {
+            match self.end_expired(&mut Cached { c: &mut tx, cache }, lock_id, &state)? {
                 Some(ended) => {
                     took_over = Some(ended);
                     state.holder = None;
                 }
-                None => state = read_state(&mut tx, lock_id, seq)?,
+                None => state = read_state(&mut Cached { c: &mut tx, cache }, lock_id, seq)?,
             }
         }
         if state.holder.is_some() || state.ahead > 0 {
@@ -161,7 +161,14 @@ impl PgStore {
             }
             return Ok(Attempt::Refused(state.refusal(lock_id, req)));
         }
-        let granted = grant(&mut tx, lock_id, req, seq, state.now, took_over)?;
+        let granted = grant(
+            &mut Cached { c: &mut tx, cache },
+            lock_id,
+            req,
+            seq,
+            state.now,
+            took_over,
+        )?;
         tx.commit()?;
         Ok(Attempt::Granted(granted))
     }
@@ -170,7 +177,7 @@ impl PgStore {
     /// event names this service.
     fn end_expired(
         &self,
-        tx: &mut Transaction<'_>,
+        tx: &mut Cached<'_, Transaction<'_>>,
         lock_id: i64,
         state: &LockState,
     ) -> Result<Option<Ended>, PgError> {
@@ -202,7 +209,7 @@ impl PgStore {
 /// Raises the token and writes the holder row and its `acquired` event (one statement),
 /// deleting the caller's waiter row; the lock's row is locked and free.
 fn grant(
-    tx: &mut Transaction<'_>,
+    tx: &mut Cached<'_, Transaction<'_>>,
     lock_id: i64,
     req: &GrantRequest,
     seq: Option<i64>,
@@ -268,8 +275,8 @@ fn grant(
 
 /// The lock's state without locking anything (one statement, autocommit); None when the
 /// lock has no row yet.
-fn peek(
-    conn: &mut impl GenericClient,
+fn peek<C: GenericClient>(
+    conn: &mut Cached<'_, C>,
     req: &GrantRequest,
     seq: Option<i64>,
 ) -> Result<Option<(i64, LockState)>, PgError> {
@@ -296,7 +303,7 @@ fn peek(
 }
 
 /// Locks the lock's row (making it first if it is new) and returns its id.
-fn lock_row(tx: &mut Transaction<'_>, req: &GrantRequest) -> Result<i64, PgError> {
+fn lock_row(tx: &mut Cached<'_, Transaction<'_>>, req: &GrantRequest) -> Result<i64, PgError> {
     let key: [Param<'_>; 3] = [
         (&req.namespace, Type::TEXT),
         (&req.owner, Type::TEXT),
@@ -334,7 +341,7 @@ fn lock_row(tx: &mut Transaction<'_>, req: &GrantRequest) -> Result<i64, PgError
 /// The state of a lock whose row the transaction has locked (a statement of its own, so
 /// its snapshot follows the lock). Waiter rows that lapsed are deleted on the way.
 fn read_state(
-    tx: &mut Transaction<'_>,
+    tx: &mut Cached<'_, Transaction<'_>>,
     lock_id: i64,
     seq: Option<i64>,
 ) -> Result<LockState, PgError> {

@@ -190,7 +190,7 @@ impl PgStore {
 
     /// Queues a waiter row for `lock_id` at the back of the line.
     pub(super) fn enqueue(&self, lock_id: i64, req: &GrantRequest) -> Result<Place, PgError> {
-        let row = self.conn()?.query_typed_one(
+        let row = self.conn()?.cached().query_typed_one(
             &format!(
                 "INSERT INTO lock_waiters (lock_id, service, host, pid, holder, operation,
                                            enqueued_at, expires_at)
@@ -218,7 +218,7 @@ impl PgStore {
     /// Moves the row's lapse time forward; false if it has lapsed already (it is never
     /// revived: others may have been granted past it).
     pub(super) fn heartbeat(&self, seq: i64) -> Result<bool, PgError> {
-        let n = self.conn()?.execute_typed(
+        let n = self.conn()?.cached().execute_typed(
             &format!(
                 "UPDATE lock_waiters SET expires_at = {NOW_MS} + $2
                  WHERE seq = $1 AND expires_at > {NOW_MS}"
@@ -230,7 +230,7 @@ impl PgStore {
 
     /// Leaves the line and notifies the lock, so the next waiter looks at once.
     pub(super) fn leave(&self, lock_id: i64, seq: i64) -> Result<(), PgError> {
-        self.conn()?.query_typed(
+        self.conn()?.cached().query_typed(
             &format!(
                 "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
                  d AS (DELETE FROM lock_waiters WHERE seq = $1)
