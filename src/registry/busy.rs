@@ -118,13 +118,8 @@ impl Registry {
             // The shared database: written here (not through the local writer).
             super::dist::may_block()?;
             if let Some(busy) = self.take_busy() {
-                match self.write_busy(&*d.store, &busy) {
-                    Ok(rows) => self.busy_written(rows),
-                    Err(e) => {
-                        self.restore_busy(busy);
-                        return Err(e);
-                    }
-                }
+                let rows = self.write_busy(&*d.store, &busy);
+                self.settle_busy(Some(busy), rows.map(|rows| ((), Some(rows))))?;
             }
             return Ok(total);
         }
@@ -142,6 +137,28 @@ impl Registry {
             answers: pending.drain().collect(),
             written: lock(&self.inner.busy.written).clone(),
         })
+    }
+
+    /// After the write that carried `busy` (taken by [`Registry::take_busy`]): its rows
+    /// are remembered when it committed, the answers put back when it did not.
+    pub(super) fn settle_busy<R>(
+        &self,
+        busy: Option<PendingBusy>,
+        outcome: Result<(R, Option<BusyRows>), RegistryError>,
+    ) -> Result<R, RegistryError> {
+        match (outcome, busy) {
+            (Ok((out, rows)), _) => {
+                if let Some(rows) = rows {
+                    self.busy_written(rows);
+                }
+                Ok(out)
+            }
+            (Err(e), Some(busy)) => {
+                self.restore_busy(busy);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// Puts back busy answers whose transaction did not commit.
@@ -162,7 +179,7 @@ impl Registry {
 
     /// Remembers the rows a committed transaction wrote, so more answers in the same
     /// minute add to them.
-    pub(super) fn busy_written(&self, rows: Vec<(Asker, Written)>) {
+    pub(super) fn busy_written(&self, rows: BusyRows) {
         let mut written = lock(&self.inner.busy.written);
         // Rows of past minutes are of no use: keep the map small.
         if written.len() > 10_000 {
@@ -176,7 +193,7 @@ impl Registry {
         &self,
         sink: &dyn EventSink,
         busy: &PendingBusy,
-    ) -> Result<Vec<(Asker, Written)>, RegistryError> {
+    ) -> Result<BusyRows, RegistryError> {
         let mut now_written = Vec::new();
         for (asker, p) in &busy.answers {
             let minute = p.at / 60_000;
@@ -227,6 +244,9 @@ impl Registry {
         Ok(now_written)
     }
 }
+
+/// The busy rows a write transaction wrote, by asker.
+pub(super) type BusyRows = Vec<(Asker, Written)>;
 
 /// Busy answers taken for one transaction.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@
 //! same write for the service's async threads (it never blocks them, see
 //! `store::writer::drain`), and a busy row carried into a write that fails is put back.
 
+use super::busy::{BusyRows, PendingBusy};
 use super::{Registry, RegistryError};
 use crate::store::StoreError;
 use rusqlite::Connection;
@@ -30,26 +31,9 @@ impl Registry {
         let Some(writer) = &self.inner.writer else {
             return Err(StoreError::ReadOnly.into());
         };
-        // Busy answers noted since the last write go first, in the same transaction.
-        let Some(busy) = self.take_busy() else {
-            let me = self.clone();
-            return writer.write(move |conn| f(&me, conn));
-        };
-        let (me, carried) = (self.clone(), busy.clone());
-        let outcome = writer.write(move |conn| {
-            let rows = me.write_busy(conn, &carried)?;
-            Ok((f(&me, conn)?, rows))
-        });
-        match outcome {
-            Ok((out, rows)) => {
-                self.busy_written(rows);
-                Ok(out)
-            }
-            Err(e) => {
-                self.restore_busy(busy);
-                Err(e)
-            }
-        }
+        let busy = self.take_busy();
+        let outcome = writer.write(self.carrying(busy.clone(), f));
+        self.settle_busy(busy, outcome)
     }
 
     /// [`Registry::write`] for async callers: the future answers once committed, and no
@@ -62,33 +46,32 @@ impl Registry {
         let Some(writer) = &self.inner.writer else {
             return Err(StoreError::ReadOnly.into());
         };
-        let out = match self.take_busy() {
-            None => {
-                let me = self.clone();
-                writer.write_async(move |conn| f(&me, conn)).await
-            }
-            Some(busy) => {
-                let (me, carried) = (self.clone(), busy.clone());
-                let outcome = writer
-                    .write_async(move |conn| {
-                        let rows = me.write_busy(conn, &carried)?;
-                        Ok((f(&me, conn)?, rows))
-                    })
-                    .await;
-                match outcome {
-                    Ok((out, rows)) => {
-                        self.busy_written(rows);
-                        Ok(out)
-                    }
-                    Err(e) => {
-                        self.restore_busy(busy);
-                        Err(e)
-                    }
-                }
-            }
-        };
+        let busy = self.take_busy();
+        let outcome = writer.write_async(self.carrying(busy.clone(), f)).await;
+        let out = self.settle_busy(busy, outcome);
         self.note_write_trouble(&out);
         out
+    }
+
+    /// The writer job of `f`, with the busy answers noted since the last write (if any)
+    /// written first, in the same transaction.
+    fn carrying<R, F>(
+        &self,
+        busy: Option<PendingBusy>,
+        f: F,
+    ) -> impl FnOnce(&Connection) -> Result<(R, Option<BusyRows>), RegistryError> + Send + 'static
+    where
+        F: FnOnce(&Registry, &Connection) -> Result<R, RegistryError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let me = self.clone();
+        move |conn| {
+            let rows = match &busy {
+                Some(b) => Some(me.write_busy(conn, b)?),
+                None => None,
+            };
+            Ok((f(&me, conn)?, rows))
+        }
     }
 
     /// Remembers a write refused because the database is busy (for `write_trouble`).

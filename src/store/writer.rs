@@ -226,27 +226,8 @@ impl Writer {
         E: From<StoreError> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel::<Result<R, E>>(1);
-        let job: Job = Box::new(move |conn| match conn {
-            None => (
-                false,
-                Box::new(move |res: Result<(), StoreError>| {
-                    let err = res.err().unwrap_or(StoreError::Busy);
-                    let _ = tx.send(Err(E::from(err)));
-                }),
-            ),
-            Some(conn) => {
-                let out = f(conn);
-                (
-                    out.is_ok(),
-                    Box::new(move |commit: Result<(), StoreError>| {
-                        let answer = match commit {
-                            Ok(()) => out,
-                            Err(e) => Err(E::from(e)),
-                        };
-                        let _ = tx.send(answer);
-                    }),
-                )
-            }
+        let job = job(f, move |answer| {
+            let _ = tx.send(answer);
         });
         let ticket = Ticket::new();
         if NO_WAIT.get() {
@@ -334,6 +315,37 @@ impl Writer {
         drop(committer);
         self.hand_on();
     }
+}
+
+/// The job of `f`: it runs in the open transaction (or is told the batch could not start),
+/// and `answer` gets its result once the commit (or its failure) is known: `f`'s own error
+/// as is, a commit's or a start's failure as `E`.
+fn job<R, E, F>(f: F, answer: impl FnOnce(Result<R, E>) + Send + 'static) -> Job
+where
+    F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    Box::new(move |conn| match conn {
+        None => (
+            false,
+            Box::new(move |res: Result<(), StoreError>| {
+                answer(Err(E::from(res.err().unwrap_or(StoreError::Busy))));
+            }),
+        ),
+        Some(conn) => {
+            let out = f(conn);
+            (
+                out.is_ok(),
+                Box::new(move |commit: Result<(), StoreError>| {
+                    answer(match commit {
+                        Ok(()) => out,
+                        Err(e) => Err(E::from(e)),
+                    });
+                }),
+            )
+        }
+    })
 }
 
 /// Runs one of the writer's transaction statements from the connection's statement cache

@@ -22,7 +22,7 @@
 //! - The drain thread holds the writer only while it has work or waits (a `Weak`
 //!   otherwise, re-checked every second), so the writer's last handle can go.
 
-use super::{lock, Entry, Job, StoreError, Ticket, Writer, WriterInner};
+use super::{job, lock, Entry, StoreError, Ticket, Writer, WriterInner};
 use rusqlite::Connection;
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -48,28 +48,8 @@ impl Writer {
                 }
             }
         };
-        let job: Job = Box::new(move |conn| match conn {
-            None => (
-                false,
-                Box::new(move |res: Result<(), StoreError>| {
-                    answer(Err(E::from(res.err().unwrap_or(StoreError::Busy))));
-                }),
-            ),
-            Some(conn) => {
-                let out = f(conn);
-                (
-                    out.is_ok(),
-                    Box::new(move |commit: Result<(), StoreError>| {
-                        answer(match commit {
-                            Ok(()) => out,
-                            Err(e) => Err(E::from(e)),
-                        });
-                    }),
-                )
-            }
-        });
         self.submit_async(Entry {
-            job,
+            job: job(f, answer),
             ticket: Ticket::new(),
             waits: false,
         });
