@@ -116,7 +116,6 @@ impl Registry {
         }
         if let Some(d) = self.dist() {
             // The shared database: written here (not through the local writer).
-            super::dist::may_block()?;
             if let Some(busy) = self.take_busy() {
                 let rows = self.write_busy(&*d.store, &busy);
                 self.settle_busy(Some(busy), rows.map(|rows| ((), Some(rows))))?;

@@ -23,7 +23,6 @@
 //! - What is not on PostgreSQL yet answers `unsupported` (HTTP 501) and changes nothing.
 
 use super::grant::GrantSpec;
-use super::holdings::LeaseSlot;
 use super::lease::LeaseGrant;
 use super::{Registry, RegistryError};
 use crate::clock;
@@ -133,17 +132,9 @@ pub(super) fn pg_error(e: PgError) -> RegistryError {
         PgError::NotHolding { lock_id, token } => RegistryError::NotHeld {
             lock: format!("{lock_id} (token {token})"),
         },
+        PgError::WouldWait => RegistryError::Store(StoreError::WouldWait),
         other => RegistryError::Store(StoreError::Shared(other.to_string())),
     }
-}
-
-/// A PostgreSQL call blocks its thread: inside the store's no-wait mode (an async
-/// thread) it is not made, and the caller makes it again on the blocking pool.
-pub(super) fn may_block() -> Result<(), RegistryError> {
-    if crate::store::writer::in_no_wait() {
-        return Err(RegistryError::Store(StoreError::WouldWait));
-    }
-    Ok(())
 }
 
 /// Runs a PostgreSQL call on the blocking pool.
@@ -263,7 +254,6 @@ impl Registry {
         lease_id: &str,
         ttl: Option<Duration>,
     ) -> Result<LeaseGrant, RegistryError> {
-        may_block()?;
         let r = match ttl {
             Some(ttl) => d.store.renew(lease_id, ttl.as_millis() as u64),
             None => d.store.renew_own_ttl(lease_id),
@@ -288,11 +278,10 @@ impl Registry {
         d: &Dist,
         lease_id: &str,
     ) -> Result<Option<i64>, RegistryError> {
-        may_block()?;
         let released = d.store.release(lease_id);
         let slot = self.holdings().remove_lease(lease_id);
         if let Some(slot) = slot {
-            self.drop_slot(slot);
+            self.close_slot(slot);
         }
         Ok(Some(released.map_err(pg_error)?.held_ms))
     }
@@ -300,7 +289,6 @@ impl Registry {
     /// Ends every lease of this service (shutdown): each `released` event, with `why`,
     /// is committed before its flock goes.
     pub(super) fn dist_release_all(&self, d: &Dist, why: &str) -> Result<usize, RegistryError> {
-        may_block()?;
         let mut n = 0;
         // (The holdings lock must not live across the loop: a temporary in the `for`
         // expression would, and each removal below takes it.)
@@ -316,7 +304,7 @@ impl Registry {
                 why,
                 EventKind::Released,
             );
-            self.drop_slot(slot);
+            self.close_slot(slot);
             if ended.map_err(pg_error)?.is_some() {
                 n += 1;
             }
@@ -324,18 +312,11 @@ impl Registry {
         Ok(n)
     }
 
-    fn drop_slot(&self, slot: LeaseSlot) {
-        let key = slot.key.clone();
-        drop(slot);
-        self.let_go(&key);
-    }
-
     /// One reap on the shared database: ends the leases past their end by the database
     /// clock (any service may), ends this service's leases whose client process died, and
     /// lets go of the flocks of leases the database no longer has. Returns the locks ended
     /// here.
     pub(super) fn dist_reap(&self, d: &Dist) -> Result<Vec<String>, RegistryError> {
-        may_block()?;
         let mut ended = Vec::new();
         // Without auto_expire, expired leases stay (stale) until someone clears them.
         if self.inner.config.auto_expire {
@@ -411,7 +392,7 @@ impl Registry {
             if !still {
                 let slot = self.holdings().remove_lease(&lease_id);
                 if let Some(slot) = slot {
-                    self.drop_slot(slot);
+                    self.close_slot(slot);
                 }
             }
         }
@@ -425,7 +406,6 @@ impl Registry {
         namespace: &str,
         owner: &str,
     ) -> Result<Vec<LockRow>, RegistryError> {
-        may_block()?;
         let rows = d.store.current(Some(owner)).map_err(pg_error)?;
         Ok(rows
             .into_iter()
@@ -442,7 +422,6 @@ impl Registry {
         only_recorded: bool,
         limit: usize,
     ) -> Result<Vec<LockRow>, RegistryError> {
-        may_block()?;
         d.store
             .list_locks(owner_prefix, after, only_recorded, limit)
             .map_err(pg_error)
@@ -454,7 +433,6 @@ impl Registry {
         d: &Dist,
         q: &HistoryQuery,
     ) -> Result<Vec<EventRow>, RegistryError> {
-        may_block()?;
         d.store.history(q).map_err(pg_error)
     }
 }

@@ -34,7 +34,6 @@ impl Registry {
         expected: &BTreeMap<String, i64>,
         actor: &str,
     ) -> Result<ClearOutcome, RegistryError> {
-        super::dist::may_block()?;
         let rows = self.dist_owner_rows(d, &ns.name, owner)?;
         let view = KernelView::take();
         let now = self.now_ms();
@@ -130,7 +129,6 @@ impl Registry {
         reason: &str,
         actor: &str,
     ) -> Result<ForceCleared, RegistryError> {
-        super::dist::may_block()?;
         if reason.trim().is_empty() || reason.len() > MAX_LABEL_LEN {
             return Err(RegistryError::BadRequest(format!(
                 "lock {key}: a force clear needs a reason of at most {MAX_LABEL_LEN} bytes"

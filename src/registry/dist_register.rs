@@ -7,7 +7,7 @@
 //! order until the caller's deadline, and is refused (busy) after it; a registration id names one grant and is known only to the
 //! service that granted it; a registrant that dies is ended by this host's reap.
 
-use super::dist::{lock, may_block, pg_error, Dist};
+use super::dist::{lock, pg_error, Dist};
 use super::register::{Registrant, Registration};
 use super::{Registry, RegistryError};
 use crate::ids::LockKey;
@@ -65,7 +65,6 @@ impl Registry {
         d: &Dist,
         registration_id: &str,
     ) -> Result<Option<i64>, RegistryError> {
-        may_block()?;
         let Some((lock_id, token)) = lock(&d.registrations).remove(registration_id) else {
             return Err(RegistryError::LeaseGone {
                 lease_id: registration_id.to_string(),

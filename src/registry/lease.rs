@@ -253,10 +253,16 @@ impl Registry {
     /// After the `released` event is committed: the flock goes (with the slot), then this
     /// process's waiters are told.
     fn after_release(&self, (slot, held_ms): (LeaseSlot, Option<i64>)) -> Option<i64> {
+        self.close_slot(slot);
+        held_ms
+    }
+
+    /// Closes a lease's handle taken out of the holdings (its flock goes), then tells
+    /// this process's waiters for the lock.
+    pub(super) fn close_slot(&self, slot: LeaseSlot) {
         let key = slot.key.clone();
         drop(slot);
         self.let_go(&key);
-        held_ms
     }
 
     /// The leases this process holds.
@@ -383,9 +389,8 @@ impl Registry {
     /// grant with `token`; a newer grant of the same lock is left alone).
     pub(super) fn release_handle(&self, key: &LockKey, token: i64) {
         let slot = self.holdings().remove_grant(key, token);
-        if slot.is_some() {
-            drop(slot);
-            self.let_go(key);
+        if let Some(slot) = slot {
+            self.close_slot(slot);
         }
     }
 }

@@ -232,13 +232,7 @@ mod tests {
 
     #[test]
     fn every_migration_file_is_listed_in_order() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        on_disk.sort();
+        let on_disk = crate::store::migration_files("");
         let listed: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(on_disk, listed);
         for (i, name) in listed.iter().enumerate() {

@@ -22,6 +22,22 @@ pub mod writer;
 pub use db::ReadPool;
 pub use writer::Writer;
 
+/// The `.sql` files of `migrations/{sub}` (the crate's), sorted: what the migration
+/// lists must name, in order.
+#[cfg(test)]
+pub(crate) fn migration_files(sub: &str) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(sub);
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    on_disk.sort();
+    on_disk
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database is busy; try again")]

@@ -56,13 +56,21 @@ fn shared(e: impl std::fmt::Display) -> StoreError {
     StoreError::Shared(e.to_string())
 }
 
+/// No connection: refused on an async thread (made again off it), or the database's.
+fn conn_error(e: super::pg::PgError) -> StoreError {
+    match e {
+        super::pg::PgError::WouldWait => StoreError::WouldWait,
+        other => shared(other),
+    }
+}
+
 impl EventSink for PgStore {
     fn record(&self, key: &LockKey, file: &str, e: &NewEvent<'_>) -> Result<i64, StoreError> {
         let kind = e.event.map(|k| k.as_str());
         let pid = e.pid.map(i64::from);
         let row = self
             .conn()
-            .map_err(shared)?
+            .map_err(conn_error)?
             .query_typed_one(
                 "WITH l AS (
                      INSERT INTO locks (namespace, owner, field, file, created_at)
@@ -98,7 +106,7 @@ impl EventSink for PgStore {
     fn folded_count(&self, event_id: i64) -> Result<Option<i64>, StoreError> {
         let row = self
             .conn()
-            .map_err(shared)?
+            .map_err(conn_error)?
             .query_typed_opt(
                 "SELECT count FROM event_log WHERE event_id = $1 AND event = 'wait_timeout'",
                 &[(&event_id, Type::INT8)],
@@ -115,7 +123,7 @@ impl EventSink for PgStore {
     ) -> Result<bool, StoreError> {
         let n = self
             .conn()
-            .map_err(shared)?
+            .map_err(conn_error)?
             .execute_typed(
                 "UPDATE event_log SET count = count + $2, at = greatest(at, $3), reason = $4
                  WHERE event_id = $1",

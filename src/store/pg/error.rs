@@ -104,6 +104,11 @@ pub enum PgError {
     /// No pooled connection became free in time (or none could be made).
     #[error("no postgresql connection within {wait_ms} ms: {why}")]
     Pool { wait_ms: u64, why: String },
+    /// Asked for a connection inside the store's no-wait mode (an async thread): the
+    /// blocking client would stall or panic there, so nothing was run; the caller makes
+    /// the call again on the blocking pool.
+    #[error("a postgresql call would block an async thread; made again off it")]
+    WouldWait,
     /// A row this needed stayed locked by another transaction past `lock_timeout`.
     #[error("the registry database is busy: a row stayed locked past lock_timeout ({0})")]
     LockTimeout(String),

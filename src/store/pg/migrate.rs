@@ -111,17 +111,10 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn every_file_is_listed_in_order() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        on_disk.sort();
+        let on_disk = crate::store::migration_files("postgres");
         let listed: Vec<String> = MIGRATIONS.iter().map(|m| m.1.to_string()).collect();
         assert_eq!(on_disk, listed);
         for (i, (version, name, _)) in MIGRATIONS.iter().enumerate() {

@@ -262,8 +262,13 @@ impl PgStore {
         Ok(row.try_get(0)?)
     }
 
-    /// A pooled connection, waiting at most [`POOL_WAIT`].
+    /// A pooled connection, waiting at most [`POOL_WAIT`]. Every call of this store goes
+    /// through here, so none blocks an async thread: inside the writer's no-wait mode this
+    /// answers [`PgError::WouldWait`] and nothing runs.
     pub(crate) fn conn(&self) -> Result<Conn, PgError> {
+        if crate::store::writer::in_no_wait() {
+            return Err(PgError::WouldWait);
+        }
         self.pool.get().map_err(pool_error)
     }
 }

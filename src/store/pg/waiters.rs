@@ -83,19 +83,6 @@ impl PgStore {
         wait: Duration,
         listener: &FreeListener,
     ) -> Result<Waited, PgError> {
-        self.acquire_waiting_unless(req, wait, listener, &|| false)
-    }
-
-    /// [`PgStore::acquire_waiting`] that gives up (as at its deadline) once `cancelled`
-    /// says so: it is asked before every try, so a waiter whose caller went away stops
-    /// within one backoff tick and is never granted afterwards.
-    pub fn acquire_waiting_unless(
-        &self,
-        req: &GrantRequest,
-        wait: Duration,
-        listener: &FreeListener,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Waited, PgError> {
         let start = Instant::now();
         let deadline = start + wait;
         // Checked once: a lease keeps one id over all tries.
@@ -134,9 +121,6 @@ impl PgStore {
         let mut last = busy;
         let mut backoff = MIN_BACKOFF;
         let result = loop {
-            if cancelled() {
-                break Err(timeout(last.clone(), start));
-            }
             let mark = watch.mark();
             stats.attempts += 1;
             match self.attempt(&req, Some(place.seq)) {
