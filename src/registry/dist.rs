@@ -321,6 +321,15 @@ impl Registry {
         // Without auto_expire, expired leases stay (stale) until someone clears them.
         if self.inner.config.auto_expire {
             for e in d.store.expire_due(EXPIRE_BATCH).map_err(pg_error)? {
+                // Its end is committed: a lease of this service lets go of its flock at
+                // once, before the other queries of this reap.
+                let slot = e
+                    .lease_id
+                    .as_deref()
+                    .and_then(|id| self.holdings().remove_lease(id));
+                if let Some(slot) = slot {
+                    self.close_slot(slot);
+                }
                 ended.push(format!("{}/{}", e.owner, e.field));
             }
         }
