@@ -1893,6 +1893,12 @@ fn metrics_health_and_openapi() {
     let r = srv.get("/healthz");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "ok", "{}", r.text());
+    let database = if postgres_mode() {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(r.json()["database"], database, "{}", r.text());
 
     let r = srv.get("/metrics");
     assert_eq!(r.status, 200, "{}", r.text());

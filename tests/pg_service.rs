@@ -155,6 +155,18 @@ fn sixteen_clients_on_two_services_never_hold_one_lock_twice() {
             "released events via {port}"
         );
     }
+    // The records live in PostgreSQL only: no SQLite database was opened beside the
+    // lock files, and each service says which database it runs on.
+    for (name, port) in [("host-a", a.port), ("host-b", b.port)] {
+        let storage = dir.path().join(name);
+        assert!(storage.join("locks").is_dir(), "{name} has its lock files");
+        for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+            assert!(!storage.join(f).exists(), "{name} opened {f} on PostgreSQL");
+        }
+        let (status, health) = send(&mut Client::new(port), Request::get("/healthz"));
+        assert_eq!(status, 200, "{health}");
+        assert_eq!(health["database"], "postgresql", "{health}");
+    }
 }
 
 #[test]

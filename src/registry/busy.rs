@@ -114,15 +114,7 @@ impl Registry {
         if total == 0 {
             return Ok(0);
         }
-        if let Some(d) = self.dist() {
-            // The shared database: written here (not through the local writer).
-            if let Some(busy) = self.take_busy() {
-                let rows = self.write_busy(&*d.store, &busy);
-                self.settle_busy(Some(busy), rows.map(|rows| ((), Some(rows))))?;
-            }
-            return Ok(total);
-        }
-        self.write(|_, _| Ok(()))?;
+        self.backend().flush_busy(self)?;
         Ok(total)
     }
 

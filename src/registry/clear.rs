@@ -9,6 +9,7 @@ use super::observe::Observed;
 use super::report::LockReport;
 use super::words::{display_field, remaining_note, skip_reason, unsafe_file_words, without_paths};
 use super::{close_record, LockRef, Registry, RegistryError, MAX_LABEL_LEN};
+use crate::config::Namespace;
 use crate::ids::{self, LockKey};
 use crate::kernel::process;
 use crate::kernel::view::KernelView;
@@ -98,13 +99,22 @@ impl Registry {
             let key = LockKey::new(&ns, owner, &field)?;
             expected.insert(key.field().to_string(), token);
         }
-        if let Some(d) = self.dist() {
-            return self.dist_clear(d, &ns, owner, &expected, actor);
-        }
+        self.backend().clear(self, &ns, owner, expected, actor)
+    }
+
+    /// [`Registry::clear`] on SQLite: every lock of the owner re-checked and cleared in
+    /// one transaction.
+    pub(super) fn sqlite_clear(
+        &self,
+        ns: &Namespace,
+        owner: &str,
+        expected: BTreeMap<String, i64>,
+        actor: &str,
+    ) -> Result<ClearOutcome, RegistryError> {
         let keys: Vec<LockKey> = ns
             .fields
             .iter()
-            .map(|f| LockKey::new(&ns, owner, f))
+            .map(|f| LockKey::new(ns, owner, f))
             .collect::<Result<_, _>>()?;
         let actor = actor.to_string();
         let outcome = self.write(move |reg, conn| {
@@ -268,9 +278,6 @@ impl Registry {
         reason: &str,
         actor: &str,
     ) -> Result<ForceCleared, RegistryError> {
-        if let Some(d) = self.dist() {
-            return self.dist_force_clear(d, key, token, reason, actor);
-        }
         if reason.trim().is_empty() {
             return Err(RegistryError::BadRequest(format!(
                 "lock {key}: a force clear needs a reason"
@@ -283,6 +290,17 @@ impl Registry {
                 reason.len()
             )));
         }
+        self.backend().force_clear(self, key, token, reason, actor)
+    }
+
+    /// [`Registry::force_clear`] on SQLite: one transaction.
+    pub(super) fn sqlite_force_clear(
+        &self,
+        key: &LockKey,
+        token: i64,
+        reason: &str,
+        actor: &str,
+    ) -> Result<ForceCleared, RegistryError> {
         let file = self.file_of(key)?;
         let (key, reason, actor) = (key.clone(), reason.to_string(), actor.to_string());
         self.write(move |reg, conn| {

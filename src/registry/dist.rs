@@ -29,7 +29,7 @@ use crate::clock;
 use crate::ids::LockKey;
 use crate::kernel::flock;
 use crate::policy::stale::{HolderKind, Liveness};
-use crate::store::history::{EventKind, EventRow, HistoryQuery};
+use crate::store::history::EventKind;
 use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
 use crate::store::records::LockRow;
 use crate::store::StoreError;
@@ -147,21 +147,6 @@ pub(super) async fn off_thread<R: Send + 'static>(
 }
 
 impl Registry {
-    /// The shared database, when this registry runs on PostgreSQL.
-    pub(super) fn dist(&self) -> Option<&Arc<Dist>> {
-        self.inner.dist.as_ref()
-    }
-
-    /// Refuses what is not on PostgreSQL yet (HTTP 501), naming it.
-    pub(super) fn local_only(&self, what: &str) -> Result<(), RegistryError> {
-        match self.dist() {
-            Some(_) => Err(RegistryError::Unsupported(format!(
-                "{what} is not available with a PostgreSQL registry yet"
-            ))),
-            None => Ok(()),
-        }
-    }
-
     /// A lease on the shared database: this service's queue for the lock first (arrival
     /// order here, visible in `/api/v1/waiters`), then this host's flock (retried when
     /// the lock is let go here, and on a backoff of 1 ms doubling to 50 ms for other
@@ -420,29 +405,6 @@ impl Registry {
             .into_iter()
             .filter(|r| r.namespace == namespace)
             .collect())
-    }
-
-    /// A page of locks from the shared database, for the list of every lock.
-    pub(super) fn dist_list_page(
-        &self,
-        d: &Dist,
-        owner_prefix: Option<&str>,
-        after: i64,
-        only_recorded: bool,
-        limit: usize,
-    ) -> Result<Vec<LockRow>, RegistryError> {
-        d.store
-            .list_locks(owner_prefix, after, only_recorded, limit)
-            .map_err(pg_error)
-    }
-
-    /// History from the shared database (every service's events).
-    pub(super) fn dist_history(
-        &self,
-        d: &Dist,
-        q: &HistoryQuery,
-    ) -> Result<Vec<EventRow>, RegistryError> {
-        d.store.history(q).map_err(pg_error)
     }
 }
 

@@ -14,7 +14,7 @@
 
 use super::clear::{ClearOutcome, ClearedLock, ForceCleared, SkipKind, SkippedLock};
 use super::dist::{pg_error, Dist};
-use super::{Registry, RegistryError, MAX_LABEL_LEN};
+use super::{Registry, RegistryError};
 use crate::config::Namespace;
 use crate::ids::LockKey;
 use crate::kernel::view::KernelView;
@@ -129,11 +129,6 @@ impl Registry {
         reason: &str,
         actor: &str,
     ) -> Result<ForceCleared, RegistryError> {
-        if reason.trim().is_empty() || reason.len() > MAX_LABEL_LEN {
-            return Err(RegistryError::BadRequest(format!(
-                "lock {key}: a force clear needs a reason of at most {MAX_LABEL_LEN} bytes"
-            )));
-        }
         let rows = self.dist_owner_rows(d, key.namespace(), key.owner())?;
         let Some(row) = rows
             .iter()

@@ -22,7 +22,6 @@ impl Registry {
         key: &LockKey,
         opts: &AcquireOptions,
     ) -> Result<LockGuard, RegistryError> {
-        self.local_only("an in-process lock guard")?;
         check_label("holder", &opts.holder)?;
         check_label("operation", &opts.operation)?;
         let spec = GrantSpec {
@@ -37,7 +36,7 @@ impl Registry {
             locker: None,
             registration_id: None,
         };
-        let granted = self.grant_waiting(key, &spec, opts.wait, &|| false)?;
+        let granted = self.backend().acquire_guard(self, key, &spec, opts.wait)?;
         Ok(LockGuard {
             registry: self.clone(),
             key: key.clone(),

@@ -13,7 +13,7 @@
 //!   record (a database stalled by another process must not keep an expired lease's
 //!   lock held).
 
-use super::grant::{GrantSpec, LeaseTerms};
+use super::grant::{GrantSpec, Granted, LeaseTerms};
 use super::holdings::{LeaseInfo, LeaseSlot};
 use super::{check_label, close_record, renewal_is_sampled, LockRef, Registry, RegistryError};
 use crate::clock;
@@ -133,16 +133,20 @@ impl Registry {
         req: &LeaseRequest,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<LeaseGrant, RegistryError> {
-        self.local_only("a lease from the library or the CLI")?;
         let spec = self.lease_spec(req)?;
-        let granted = self.grant_waiting(key, &spec, req.wait, cancelled)?;
+        self.backend()
+            .acquire_lease(self, key, &spec, req.wait, cancelled)
+    }
+
+    /// The answer to a lease just granted.
+    pub(super) fn lease_grant(&self, granted: &Granted) -> LeaseGrant {
         let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
-        Ok(LeaseGrant {
-            lease_id: granted.lease_id.unwrap_or_default(),
+        LeaseGrant {
+            lease_id: granted.lease_id.clone().unwrap_or_default(),
             token: granted.token,
             expires_at: clock::rfc3339(expires_at_ms),
             expires_at_ms,
-        })
+        }
     }
 
     /// Like [`Registry::acquire_lease`], waiting as a future that holds no thread (the
@@ -153,31 +157,22 @@ impl Registry {
         req: &LeaseRequest,
     ) -> Result<LeaseGrant, RegistryError> {
         let spec = self.lease_spec(req)?;
-        if let Some(d) = self.dist() {
-            return self.dist_acquire_lease(d, key, &spec, req.wait).await;
-        }
-        let granted = self.grant_waiting_async(key, &spec, req.wait).await?;
-        let expires_at_ms = granted.expires_at_ms.unwrap_or_else(|| self.now_ms());
-        Ok(LeaseGrant {
-            lease_id: granted.lease_id.unwrap_or_default(),
-            token: granted.token,
-            expires_at: clock::rfc3339(expires_at_ms),
-            expires_at_ms,
-        })
+        self.backend()
+            .acquire_lease_async(self, key, &spec, req.wait)
+            .await
     }
 
     /// Extends a lease by its ttl. Fails with `LeaseGone` once it was revoked or expired.
     pub fn renew_lease(&self, lease_id: &str) -> Result<LeaseGrant, RegistryError> {
+        self.backend().renew_lease(self, lease_id)
+    }
+
+    /// [`Registry::renew_lease`] on SQLite.
+    pub(super) fn sqlite_renew_lease(&self, lease_id: &str) -> Result<LeaseGrant, RegistryError> {
         let gone = |why: &str| RegistryError::LeaseGone {
             lease_id: lease_id.to_string(),
             why: why.to_string(),
         };
-        if let Some(d) = self.dist() {
-            // A lease of another service (or of this one before a restart) keeps its own
-            // ttl: None asks the database to reuse it.
-            let ttl = self.holdings().lease(lease_id).map(|s| s.ttl);
-            return self.dist_renew(d, lease_id, ttl);
-        }
         let (key, lock_id, token, ttl) = {
             let holdings = self.holdings();
             let slot = holdings
@@ -228,9 +223,14 @@ impl Registry {
     /// Releases a lease: the record and a `released` event are committed, then the flock
     /// is let go.
     pub fn release_lease(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
-        if let Some(d) = self.dist() {
-            return self.dist_release(d, lease_id);
-        }
+        self.backend().release_lease(self, lease_id)
+    }
+
+    /// [`Registry::release_lease`] on SQLite.
+    pub(super) fn sqlite_release_lease(
+        &self,
+        lease_id: &str,
+    ) -> Result<Option<i64>, RegistryError> {
         let released = self.write(release_job(lease_id.to_string()))?;
         Ok(self.after_release(released))
     }
@@ -240,12 +240,14 @@ impl Registry {
     /// and the flock still goes after it; only this process's waiters then learn of it by
     /// their next retry instead of at once.
     pub async fn release_lease_async(&self, lease_id: &str) -> Result<Option<i64>, RegistryError> {
-        if self.dist().is_some() {
-            let (me, id) = (self.clone(), lease_id.to_string());
-            return tokio::task::spawn_blocking(move || me.release_lease(&id))
-                .await
-                .map_err(|_| RegistryError::Store(StoreError::JobPanicked))?;
-        }
+        self.backend().release_lease_async(self, lease_id).await
+    }
+
+    /// [`Registry::release_lease_async`] on SQLite.
+    pub(super) async fn sqlite_release_lease_async(
+        &self,
+        lease_id: &str,
+    ) -> Result<Option<i64>, RegistryError> {
         let released = self.write_async(release_job(lease_id.to_string())).await?;
         Ok(self.after_release(released))
     }
@@ -282,9 +284,11 @@ impl Registry {
     /// Ends this process's leases that expired (when `auto_expire`) or whose client
     /// process died. Returns the locks it ended.
     pub fn reap(&self) -> Result<Vec<String>, RegistryError> {
-        if let Some(d) = self.dist() {
-            return self.dist_reap(d);
-        }
+        self.backend().reap(self)
+    }
+
+    /// [`Registry::reap`] on SQLite: deadlines on this process's monotonic clock.
+    pub(super) fn sqlite_reap(&self) -> Result<Vec<String>, RegistryError> {
         let auto = self.inner.config.auto_expire;
         let now = self.monotonic();
         // Deadlines are judged on the monotonic clock (`lease_end` compares two numbers on
@@ -355,9 +359,11 @@ impl Registry {
 
     /// Releases every lease this process holds (graceful shutdown), recording why.
     pub fn release_all_leases(&self, why: &str) -> Result<usize, RegistryError> {
-        if let Some(d) = self.dist() {
-            return self.dist_release_all(d, why);
-        }
+        self.backend().release_all_leases(self, why)
+    }
+
+    /// [`Registry::release_all_leases`] on SQLite: one transaction.
+    pub(super) fn sqlite_release_all_leases(&self, why: &str) -> Result<usize, RegistryError> {
         let why = why.to_string();
         self.write(move |reg, conn| {
             let now = reg.now_ms();

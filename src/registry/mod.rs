@@ -2,6 +2,8 @@
 //! records and history (`store`) and the rules (`policy`) together; each submodule owns
 //! one part of it:
 //!
+//! - `backend`: the store interface the registry sits on, with its SQLite and
+//!   PostgreSQL implementations (every record operation that differs between them);
 //! - [`report`]: status and listing (reads only);
 //! - [`grant`]: library holders in this process and their guards;
 //! - [`lease`]: service leases, whose kernel lock the service holds;
@@ -24,6 +26,7 @@
 //!   touched by a safe clear, and nothing here ever deletes a lock file.
 //! - A status read changes nothing: no file is created, no row is written.
 
+mod backend;
 mod busy;
 pub mod clear;
 mod dist;
@@ -103,9 +106,10 @@ struct Inner {
     config: Config,
     locks_dir: PathBuf,
     clock: Arc<dyn Clock>,
-    /// None when opened read-only (`Registry::open_read_only`).
+    /// None when opened read-only (`Registry::open_read_only`) or on PostgreSQL.
     writer: Option<Writer>,
-    readers: ReadPool,
+    /// None on PostgreSQL (no `registry.db` is opened there).
+    readers: Option<ReadPool>,
     /// Is the database still the one opened? (None when read-only.)
     watch: Option<Arc<Watch>>,
     /// Covers every token issued (None when read-only).
@@ -118,8 +122,19 @@ struct Inner {
     /// and the words it failed with (for `/healthz`).
     last_write_busy: Mutex<Option<(std::time::Instant, String)>>,
     me: (i32, Option<u64>),
-    /// The shared database, when leases live in PostgreSQL (`Config::database`).
-    dist: Option<Arc<dist::Dist>>,
+    /// The store the records live in: SQLite here, or the shared PostgreSQL database
+    /// (`Config::database`).
+    backend: Box<dyn backend::Backend>,
+}
+
+/// The SQLite parts of a registry (each None where not opened: read-only, or on
+/// PostgreSQL).
+#[derive(Default)]
+struct Sqlite {
+    writer: Option<Writer>,
+    readers: Option<ReadPool>,
+    watch: Option<Arc<Watch>>,
+    ceiling: Option<Ceiling>,
 }
 
 /// The registry. Cheap to clone; all clones share one writer, pool and lease table.
@@ -144,28 +159,36 @@ impl Registry {
         // Before the store creates the storage directory (privately): the configured
         // modes decide, and `shared_group` lets the group through.
         let locks_dir = lockdir::ensure_storage(&config).map_err(StoreError::Io)?;
+        if let Some(url) = config.database.clone() {
+            // The shared database holds every record: no registry.db is opened.
+            let shared = backend::Shared(Arc::new(dist::Dist::open(&url)?));
+            let parts = Sqlite::default();
+            return Ok(Registry::assemble(
+                config,
+                locks_dir,
+                clock,
+                parts,
+                Box::new(shared),
+            ));
+        }
         let conn = db::open_and_migrate(&config)?;
         let ceiling = Ceiling::open(&conn, config.ceiling_path())?;
         let watch = Arc::new(Watch::new(&config.db_path())?);
         let writer = Writer::start(conn, Some(Arc::clone(&watch)), Some(history::tidy))?;
         let readers = db::read_pool(&config, 8, Access::ReadWrite)?;
-        let dist = match &config.database {
-            Some(url) => Some(Arc::new(dist::Dist::open(url)?)),
-            None => None,
+        let parts = Sqlite {
+            writer: Some(writer),
+            readers: Some(readers),
+            watch: Some(watch),
+            ceiling: Some(ceiling),
         };
-        let mut reg = Registry::assemble(
+        Ok(Registry::assemble(
             config,
             locks_dir,
             clock,
-            Some(writer),
-            readers,
-            Some(watch),
-            Some(ceiling),
-        );
-        if let Some(inner) = Arc::get_mut(&mut reg.inner) {
-            inner.dist = dist;
-        }
-        Ok(reg)
+            parts,
+            Box::new(backend::Sqlite),
+        ))
     }
 
     /// Opens the registry for reading only, for a user who may read the storage but not
@@ -182,14 +205,16 @@ impl Registry {
         }
         let locks_dir = config.locks_dir();
         let readers = db::read_pool(&config, 2, Access::ReadOnly)?;
+        let parts = Sqlite {
+            readers: Some(readers),
+            ..Sqlite::default()
+        };
         Ok(Registry::assemble(
             config,
             locks_dir,
             Arc::new(SystemClock),
-            None,
-            readers,
-            None,
-            None,
+            parts,
+            Box::new(backend::Sqlite),
         ))
     }
 
@@ -197,11 +222,15 @@ impl Registry {
         config: Config,
         locks_dir: PathBuf,
         clock: Arc<dyn Clock>,
-        writer: Option<Writer>,
-        readers: ReadPool,
-        watch: Option<Arc<Watch>>,
-        ceiling: Option<Ceiling>,
+        sqlite: Sqlite,
+        backend: Box<dyn backend::Backend>,
     ) -> Registry {
+        let Sqlite {
+            writer,
+            readers,
+            watch,
+            ceiling,
+        } = sqlite;
         let holdings = holdings_for(&config.storage_dir);
         let lock_dir = lockdir::LockDir::new(locks_dir.clone());
         let waiters = Arc::new(WaitQueues::new(
@@ -223,7 +252,7 @@ impl Registry {
                 lock_dir,
                 last_write_busy: Mutex::new(None),
                 me: process::current(),
-                dist: None,
+                backend,
             }),
         }
     }
@@ -306,7 +335,12 @@ impl Registry {
         f: impl FnOnce(&Connection) -> Result<R, RegistryError>,
     ) -> Result<R, RegistryError> {
         self.check_store()?;
-        let conn = self.inner.readers.get()?;
+        let Some(readers) = &self.inner.readers else {
+            return Err(RegistryError::Unsupported(
+                "registry.db is not open: this registry runs on PostgreSQL".into(),
+            ));
+        };
+        let conn = readers.get()?;
         // A read transaction is short by construction; one that is not (a huge history
         // page, a slow disk) is stopped, so readers never hold the WAL back for long.
         let deadline = std::time::Instant::now() + READ_TIME_LIMIT;
@@ -341,20 +375,11 @@ impl Registry {
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<history::EventRow>, RegistryError> {
         let mut q = q.clone();
         q.limit = q.limit.clamp(1, 10_000);
-        if let Some(d) = self.dist() {
-            return self.dist_history(d, &q);
-        }
-        self.read(|c| Ok(history::history(c, &q)?))
+        self.backend().history(self, &q)
     }
 
     pub fn fence_check(&self, key: &LockKey, token: i64) -> Result<FenceCheck, RegistryError> {
-        let row = match self.dist() {
-            Some(d) => d
-                .store
-                .lock_by_key(key.namespace(), key.owner(), key.field())
-                .map_err(dist::pg_error)?,
-            None => self.read(|c| Ok(records::find_lock(c, key)?))?,
-        };
+        let row = self.backend().lock_row(self, key)?;
         let Some(row) = row else {
             return Ok(FenceCheck {
                 current: false,
@@ -379,13 +404,20 @@ impl Registry {
         sql: &str,
         limits: crate::store::console::Limits,
     ) -> Result<crate::store::console::SqlResult, crate::store::console::SqlError> {
-        match self.dist() {
-            Some(d) => d.store.console(sql, limits),
-            None => crate::store::console::run(&self.db_path(), sql, limits),
-        }
+        self.backend().admin_sql(self, sql, limits)
     }
 
-    /// A fresh read connection from the pool (admin SQL uses its own read-only one).
+    /// Which database the records live in: `sqlite` or `postgresql`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend().name()
+    }
+
+    fn backend(&self) -> &dyn backend::Backend {
+        &*self.inner.backend
+    }
+
+    /// The SQLite database's path in the storage directory (admin SQL opens its own
+    /// read-only connection there).
     pub fn db_path(&self) -> PathBuf {
         self.inner.config.db_path()
     }

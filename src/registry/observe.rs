@@ -193,7 +193,7 @@ impl Registry {
             });
         };
         let own = self.own_lease(lock_id, h);
-        if own.is_none() && self.dist().is_some() && !self.locker_is_me(h) {
+        if own.is_none() && self.backend().holders_elsewhere() && !self.locker_is_me(h) {
             return Ok(self.observe_remote(h, now));
         }
         let holder_file = own.as_ref().map(|o| o.file).or(h.file_id);

@@ -14,6 +14,7 @@
 //! - A registration id (128 random bits) names exactly one grant: unregistering with it
 //!   closes that grant only.
 
+use super::backend::Registering;
 use super::grant::{GrantSpec, Locker};
 use super::{check_label, close_record, LockRef, Registry, RegistryError};
 use crate::ids::LockKey;
@@ -60,9 +61,16 @@ impl Registry {
         holder: &str,
         operation: &str,
     ) -> Result<Registration, RegistryError> {
-        self.local_only("a blocking FileLock registration")?;
-        let checked = self.registrant(key, pid, holder, operation)?;
-        self.register_checked(key, checked, holder, operation)
+        let who = self.registrant(key, pid, holder, operation)?;
+        self.backend().register(
+            self,
+            Registering {
+                key,
+                who,
+                holder,
+                operation,
+            },
+        )
     }
 
     /// [`Registry::register`] for the service: on a shared (PostgreSQL) registry it waits
@@ -84,26 +92,17 @@ impl Registry {
             holder.to_string(),
             operation.to_string(),
         );
-        let blocking = move || -> Result<_, RegistryError> {
-            let checked = me.registrant(&k, pid, &h, &o)?;
-            if me.dist().is_some() {
-                return Ok(Err(checked));
-            }
-            me.register_checked(&k, checked, &h, &o).map(Ok)
-        };
-        let done = tokio::task::spawn_blocking(blocking)
+        // /proc/locks is read off the async thread.
+        let who = tokio::task::spawn_blocking(move || me.registrant(&k, pid, &h, &o))
             .await
             .map_err(|_| RegistryError::Store(StoreError::JobPanicked))??;
-        match (done, self.dist()) {
-            (Ok(registration), _) => Ok(registration),
-            (Err(checked), Some(d)) => {
-                self.dist_register(d, key, checked, holder, operation, deadline)
-                    .await
-            }
-            (Err(_), None) => Err(RegistryError::BadRequest(
-                "the registry's database changed while registering".into(),
-            )),
-        }
+        let r = Registering {
+            key,
+            who,
+            holder,
+            operation,
+        };
+        self.backend().register_async(self, r, deadline).await
     }
 
     /// Checks that process `pid` holds `key`'s lock file now (`/proc/locks`, the very
@@ -175,8 +174,8 @@ impl Registry {
         })
     }
 
-    /// Records a checked registrant's grant (SQLite: its flock is the grant).
-    fn register_checked(
+    /// Records a checked registrant's grant on SQLite (its flock is the grant).
+    pub(super) fn sqlite_register(
         &self,
         key: &LockKey,
         checked: Registrant,
@@ -230,9 +229,14 @@ impl Registry {
 
     /// Ends a registration: the process let go of its flock (or is about to).
     pub fn unregister(&self, registration_id: &str) -> Result<Option<i64>, RegistryError> {
-        if let Some(d) = self.dist() {
-            return self.dist_unregister(d, registration_id);
-        }
+        self.backend().unregister(self, registration_id)
+    }
+
+    /// [`Registry::unregister`] on SQLite.
+    pub(super) fn sqlite_unregister(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<i64>, RegistryError> {
         let id = registration_id.to_string();
         self.write(move |reg, conn| {
             let Some(row) = records::find_by_lease_id(conn, &id)? else {

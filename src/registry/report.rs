@@ -5,6 +5,7 @@
 //! Invariant: nothing here writes. A status read creates no file and no row; the state
 //! comes from `policy::stale::classify` (through `observe`), the words from `words`.
 
+use super::backend::Page;
 use super::observe::Observed;
 use super::words::note_for;
 use super::{Registry, RegistryError};
@@ -15,7 +16,7 @@ use crate::kernel::process;
 use crate::kernel::view::KernelView;
 use crate::policy::clear::Plan;
 use crate::policy::stale::{HolderKind, LockState, StaleReason};
-use crate::store::records::{self, LockRow};
+use crate::store::records::LockRow;
 use serde::Serialize;
 
 pub use super::words::{describe_holder, display_field, without_paths};
@@ -186,10 +187,7 @@ impl Registry {
         let now = self.now_ms();
         let ns_name = ns.name.clone();
         let owner_s = owner.to_string();
-        let rows = match self.dist() {
-            Some(d) => self.dist_owner_rows(d, &ns_name, &owner_s)?,
-            None => self.read(|c| Ok(records::owner_locks(c, &ns_name, &owner_s)?))?,
-        };
+        let rows = self.backend().owner_rows(self, &ns_name, &owner_s)?;
         let view = KernelView::take();
         let mut locks = Vec::with_capacity(ns.fields.len());
         for field in &ns.fields {
@@ -201,13 +199,7 @@ impl Registry {
                 // A holder may have been between its flock and its commit while we
                 // looked; one more read (and a fresh look) settles it.
                 let key = LockKey::new(&ns, owner, field)?;
-                row = match self.dist() {
-                    Some(d) => self
-                        .dist_owner_rows(d, &ns_name, &owner_s)?
-                        .into_iter()
-                        .find(|r| &r.field == field),
-                    None => self.read(|c| Ok(records::find_lock(c, &key)?))?,
-                };
+                row = self.backend().lock_row(self, &key)?;
                 seen = self.observe(row.as_ref(), &file, now, &KernelView::take())?;
             }
             let subject = Subject {
@@ -258,19 +250,15 @@ impl Registry {
         let mut out = Vec::new();
         let mut after = cursor;
         loop {
-            let prefix = owner_prefix.map(str::to_string);
-            let page = match self.dist() {
-                Some(d) => self.dist_list_page(d, prefix.as_deref(), after, only_recorded, 256)?,
-                None => self.read(|c| {
-                    Ok(records::list_locks(
-                        c,
-                        prefix.as_deref(),
-                        after,
-                        only_recorded,
-                        256,
-                    )?)
-                })?,
-            };
+            let page = self.backend().list_page(
+                self,
+                Page {
+                    owner_prefix,
+                    after,
+                    only_recorded,
+                    limit: 256,
+                },
+            )?;
             let exhausted = page.len() < 256;
             for row in &page {
                 after = row.lock_id;
@@ -300,10 +288,7 @@ impl Registry {
     /// The locks with a holder record, by what they are now.
     pub fn recorded_counts(&self) -> Result<RecordedCounts, RegistryError> {
         let now = self.now_ms();
-        let rows = match self.dist() {
-            Some(d) => self.dist_list_page(d, None, 0, true, 100_000)?,
-            None => self.read(|c| Ok(records::all_held(c)?))?,
-        };
+        let rows = self.backend().held_rows(self)?;
         let view = KernelView::take();
         let mut counts = RecordedCounts::default();
         for row in &rows {

@@ -21,15 +21,12 @@ impl Registry {
     /// Removes every record whose holder is gone (dead process, or flock no longer
     /// taken), with one `reconciled` event each. Idempotent; safe at any time.
     pub fn reconcile(&self, actor: &str) -> Result<ReconcileReport, RegistryError> {
-        if let Some(d) = self.dist() {
-            // On the shared database this host's dead holders are ended by the reap
-            // (only this host can judge their pids); the rest end by the database clock.
-            let ended = self.dist_reap(d)?;
-            return Ok(ReconcileReport {
-                checked: ended.len(),
-                reconciled: ended,
-            });
-        }
+        self.backend().reconcile(self, actor)
+    }
+
+    /// [`Registry::reconcile`] on SQLite: every holder row is judged against the kernel,
+    /// in one transaction.
+    pub(super) fn sqlite_reconcile(&self, actor: &str) -> Result<ReconcileReport, RegistryError> {
         let actor = actor.to_string();
         self.write(move |reg, conn| {
             let now = reg.now_ms();
@@ -101,15 +98,7 @@ impl Registry {
         }
         let mut total = 0;
         loop {
-            let n = match self.dist() {
-                Some(d) => d
-                    .store
-                    .prune_events(cutoff, max, 5000)
-                    .map_err(super::dist::pg_error)?,
-                None => {
-                    self.write(move |_, conn| Ok(history::prune_events(conn, cutoff, max, 5000)?))?
-                }
-            };
+            let n = self.backend().prune_events(self, cutoff, max, 5000)?;
             total += n;
             if n < 5000 {
                 return Ok(total);

@@ -5,7 +5,8 @@
 //! - [`writer`]: the one group-committing writer every write goes through;
 //! - [`records`]: rows of the tables and the statements that read and write them;
 //! - [`console`]: read-only admin SQL, capped in rows and time;
-//! - [`pg`]: the PostgreSQL store for several hosts (not wired into the registry yet).
+//! - [`pg`]: the PostgreSQL store for several hosts (the registry's shared backend,
+//!   `registry::backend`).
 //!
 //! Invariant: functions here run inside whatever transaction the caller opened and decide
 //! nothing about locks; policy lives in `policy`, orchestration in `registry`.

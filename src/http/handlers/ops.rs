@@ -49,6 +49,8 @@ pub struct Health {
     pub leases: usize,
     /// Acquirers waiting in this service.
     pub waiting: usize,
+    /// Where the records live: `sqlite` (the embedded default) or `postgresql`.
+    pub database: &'static str,
 }
 
 pub async fn health(cx: &Ctx<'_>) -> Result<Response, ApiError> {
@@ -79,6 +81,7 @@ pub async fn health(cx: &Ctx<'_>) -> Result<Response, ApiError> {
             uptime_s: cx.app.started.elapsed().as_secs(),
             leases: cx.app.registry.leases_held().len(),
             waiting: cx.app.registry.waiting_count(),
+            database: cx.app.registry.backend_name(),
         },
     ))
 }
