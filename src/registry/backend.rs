@@ -108,6 +108,26 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug {
         wait: Duration,
     ) -> Result<Granted, RegistryError>;
 
+    /// Renews an in-process library holder (`LockGuard::renew`); `Revoked` once a clear
+    /// ended or revoked it.
+    fn renew_guard(
+        &self,
+        reg: &Registry,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError>;
+
+    /// Commits an in-process library holder's `released` event; the guard lets go of
+    /// its flock after this, whatever it answers.
+    fn release_guard(
+        &self,
+        reg: &Registry,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError>;
+
     /// A lease taken by the library or the CLI, blocking the caller's thread.
     fn acquire_lease(
         &self,

@@ -28,7 +28,7 @@ use super::{Registry, RegistryError};
 use crate::clock;
 use crate::ids::LockKey;
 use crate::kernel::flock;
-use crate::policy::stale::{HolderKind, Liveness};
+use crate::policy::stale::Liveness;
 use crate::store::history::EventKind;
 use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
 use crate::store::records::LockRow;
@@ -46,7 +46,7 @@ pub(super) struct Dist {
     /// Dropped by `Drop for Dist`, on a plain thread.
     pub store: ManuallyDrop<PgStore>,
     /// Kept alive for its thread, which wakes this service's waiters (see `wakes`).
-    _listener: FreeListener,
+    pub(super) listener: FreeListener,
     /// Registrations this service granted: id -> (lock id, token).
     pub(super) registrations: Mutex<HashMap<String, (i64, i64)>>,
     /// Locks announced free since the last reap: a lease of this service on one of them
@@ -113,7 +113,7 @@ impl Dist {
             freed,
             wakes,
             store: ManuallyDrop::new(store),
-            _listener: listener,
+            listener,
             registrations: Mutex::new(HashMap::new()),
         })
     }
@@ -188,23 +188,7 @@ impl Registry {
             let _ = tokio::time::timeout_at((now + pause).min(deadline), ticket.woken()).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         };
-        let req = GrantRequest {
-            namespace: key.namespace().to_string(),
-            owner: key.owner().to_string(),
-            field: key.field().to_string(),
-            file,
-            holder: spec.holder.clone(),
-            operation: spec.operation.clone(),
-            pid: spec.pid,
-            pid_start: spec.pid_start,
-            host: spec.host.clone(),
-            thread: spec.thread.clone(),
-            locker_pid: self.inner.me.0,
-            locker_start: self.inner.me.1,
-            ttl_ms: Some(terms.ttl.as_millis() as u64),
-            kind: HolderKind::Lease,
-            lease_id: Some(terms.lease_id.clone()),
-        };
+        let req = self.shared_request(key, &file, spec);
         let waited = self.dist_wait_in_line(d, req, deadline).await?;
         let g = match waited {
             Ok(g) => g,
@@ -230,6 +214,38 @@ impl Registry {
             expires_at: clock::rfc3339(expires_at_ms),
             expires_at_ms,
         })
+    }
+
+    /// The shared grant `spec` asks for, on `key`'s lock file `file`: a lease (its terms
+    /// give the ttl and id) or a library holder; the locker is the registrant named in
+    /// `spec`, else this process.
+    pub(super) fn shared_request(
+        &self,
+        key: &LockKey,
+        file: &str,
+        spec: &GrantSpec,
+    ) -> GrantRequest {
+        let (locker_pid, locker_start) = match spec.locker {
+            Some(l) => (l.pid, Some(l.start)),
+            None => self.inner.me,
+        };
+        GrantRequest {
+            namespace: key.namespace().to_string(),
+            owner: key.owner().to_string(),
+            field: key.field().to_string(),
+            file: file.to_string(),
+            holder: spec.holder.clone(),
+            operation: spec.operation.clone(),
+            pid: spec.pid,
+            pid_start: spec.pid_start,
+            host: spec.host.clone(),
+            thread: spec.thread.clone(),
+            locker_pid,
+            locker_start,
+            ttl_ms: spec.lease.as_ref().map(|t| t.ttl.as_millis() as u64),
+            kind: spec.kind,
+            lease_id: spec.lease.as_ref().map(|t| t.lease_id.clone()),
+        }
     }
 
     /// Renews a lease on the shared database, then moves its deadline here.

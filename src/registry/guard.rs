@@ -73,8 +73,55 @@ impl LockGuard {
     /// `held_too_long`). Fails with `Revoked` once an admin force-cleared it: stop
     /// writing and drop the guard.
     pub fn renew(&self) -> Result<(), RegistryError> {
-        let (lock_id, token, key) = (self.lock_id, self.token, self.key.clone());
-        self.registry.write(move |reg, conn| {
+        self.registry
+            .backend()
+            .renew_guard(&self.registry, &self.key, self.lock_id, self.token)
+    }
+
+    /// Releases now: commits the `released` event, then lets go of the flock.
+    pub fn release(mut self) -> Result<(), RegistryError> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), RegistryError> {
+        let Some(flock) = self.flock.take() else {
+            return Ok(());
+        };
+        let res = self.registry.backend().release_guard(
+            &self.registry,
+            &self.key,
+            self.lock_id,
+            self.token,
+        );
+        // The flock goes last, whatever the database said: a record left behind is
+        // repaired by reconciliation, a flock left behind would block everyone.
+        drop(flock);
+        self.registry
+            .holdings()
+            .remove_guard(self.lock_id, self.token);
+        self.registry.let_go(&self.key);
+        res
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_inner() {
+            log::warn!("releasing lock {}: {e}", self.key);
+        }
+    }
+}
+
+impl Registry {
+    /// [`LockGuard::renew`] on SQLite.
+    pub(super) fn sqlite_renew_guard(
+        &self,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError> {
+        let key = key.clone();
+        self.write(move |reg, conn| {
             let now = reg.now_ms();
             let row = records::find_lock(conn, &key)?;
             let holder = row
@@ -104,17 +151,15 @@ impl LockGuard {
         })
     }
 
-    /// Releases now: commits the `released` event, then lets go of the flock.
-    pub fn release(mut self) -> Result<(), RegistryError> {
-        self.release_inner()
-    }
-
-    fn release_inner(&mut self) -> Result<(), RegistryError> {
-        let Some(flock) = self.flock.take() else {
-            return Ok(());
-        };
-        let (key, token, lock_id) = (self.key.clone(), self.token, self.lock_id);
-        let res = self.registry.write(move |reg, conn| {
+    /// The record half of a guard's release on SQLite: its `released` event.
+    pub(super) fn sqlite_release_guard(
+        &self,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError> {
+        let key = key.clone();
+        self.write(move |reg, conn| {
             close_record(
                 conn,
                 LockRef::of(&key, lock_id),
@@ -125,20 +170,6 @@ impl LockGuard {
                 None,
             )?;
             Ok(())
-        });
-        // The flock goes last, whatever the database said: a record left behind is
-        // repaired by reconciliation, a flock left behind would block everyone.
-        drop(flock);
-        self.registry.holdings().remove_guard(lock_id, token);
-        self.registry.let_go(&self.key);
-        res
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.release_inner() {
-            log::warn!("releasing lock {}: {e}", self.key);
-        }
+        })
     }
 }

@@ -31,6 +31,7 @@ mod busy;
 pub mod clear;
 mod dist;
 mod dist_clear;
+mod dist_guard;
 mod dist_register;
 mod dist_wait;
 pub mod error;

@@ -88,23 +88,44 @@ impl Backend for Shared {
 
     fn acquire_guard(
         &self,
-        _: &Registry,
-        _: &LockKey,
-        _: &GrantSpec,
-        _: Duration,
+        reg: &Registry,
+        key: &LockKey,
+        spec: &GrantSpec,
+        wait: Duration,
     ) -> Result<Granted, RegistryError> {
-        Err(unsupported("an in-process lock guard"))
+        reg.dist_grant_blocking(&self.0, key, spec, wait, &|| false)
+    }
+
+    fn renew_guard(
+        &self,
+        reg: &Registry,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError> {
+        reg.dist_renew_guard(&self.0, key, lock_id, token)
+    }
+
+    fn release_guard(
+        &self,
+        reg: &Registry,
+        _: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError> {
+        reg.dist_release_guard(&self.0, lock_id, token)
     }
 
     fn acquire_lease(
         &self,
-        _: &Registry,
-        _: &LockKey,
-        _: &GrantSpec,
-        _: Duration,
-        _: &dyn Fn() -> bool,
+        reg: &Registry,
+        key: &LockKey,
+        spec: &GrantSpec,
+        wait: Duration,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<LeaseGrant, RegistryError> {
-        Err(unsupported("a lease from the library or the CLI"))
+        let granted = reg.dist_grant_blocking(&self.0, key, spec, wait, cancelled)?;
+        Ok(reg.lease_grant(&granted))
     }
 
     fn acquire_lease_async<'a>(

@@ -81,6 +81,26 @@ impl Backend for Sqlite {
         reg.grant_waiting(key, spec, wait, &|| false)
     }
 
+    fn renew_guard(
+        &self,
+        reg: &Registry,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError> {
+        reg.sqlite_renew_guard(key, lock_id, token)
+    }
+
+    fn release_guard(
+        &self,
+        reg: &Registry,
+        key: &LockKey,
+        lock_id: i64,
+        token: i64,
+    ) -> Result<(), RegistryError> {
+        reg.sqlite_release_guard(key, lock_id, token)
+    }
+
     fn acquire_lease(
         &self,
         reg: &Registry,

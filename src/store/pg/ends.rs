@@ -64,6 +64,18 @@ pub struct Renewed {
     pub event_id: Option<i64>,
 }
 
+/// What renewing a library holder found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderRenewal {
+    Renewed,
+    /// A force clear revoked it: it must stop writing and let go.
+    Revoked {
+        by: String,
+    },
+    /// It ended (cleared, reconciled).
+    Gone,
+}
+
 /// SQL of the payload announcing that lock `{lock}` is free: `<lock_id>`, or
 /// `<lock_id>:<seq>` naming the first live waiter in line (other than seq `{except}`), so
 /// only that waiter wakes at once (see `listen`). Needs `n.now_ms`.
@@ -229,6 +241,50 @@ impl PgStore {
         Err(PgError::LeaseGone {
             lease_id: lease_id.to_string(),
             why,
+        })
+    }
+
+    /// Tells the database that the library holder of `lock_id` with `token` is alive
+    /// and working (its `renewed_at`, so it is not `held_too_long`), with the sampled
+    /// `renewed` event; or why not.
+    pub fn renew_holder(&self, lock_id: i64, token: i64) -> Result<HolderRenewal, PgError> {
+        let mut conn = self.conn()?;
+        let row = conn.cached().query_typed_opt(
+            &format!(
+                "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
+                 o AS (SELECT renewed_at, revoked_by FROM holders
+                       WHERE lock_id = $1 AND token = $2),
+                 u AS (
+                     UPDATE holders h SET renewed_at = n.now_ms
+                     FROM n
+                     WHERE h.lock_id = $1 AND h.token = $2 AND h.revoked_at IS NULL
+                     RETURNING h.lock_id, h.token, h.pid, h.host, h.holder, h.operation,
+                               h.acquired_at, n.now_ms),
+                 ev AS (
+                     INSERT INTO event_log (at, lock_id, namespace, owner, field, event, token,
+                                            pid, host, holder, operation, held_ms)
+                     SELECT u.now_ms, u.lock_id, l.namespace, l.owner, l.field, 'renewed',
+                            u.token, u.pid, u.host, u.holder, u.operation,
+                            GREATEST(u.now_ms - u.acquired_at, 0)
+                     FROM u JOIN locks l USING (lock_id) CROSS JOIN o
+                     WHERE o.renewed_at / 60000 <> u.now_ms / 60000
+                     RETURNING event_id)
+                 SELECT (SELECT count(*) FROM u), o.revoked_by, (SELECT count(*) FROM ev)
+                 FROM o"
+            ),
+            &[(&lock_id, Type::INT8), (&token, Type::INT8)],
+        )?;
+        let Some(row) = row else {
+            return Ok(HolderRenewal::Gone);
+        };
+        let renewed: i64 = row.try_get(0)?;
+        let revoked_by: Option<String> = row.try_get(1)?;
+        Ok(if renewed == 1 {
+            HolderRenewal::Renewed
+        } else {
+            HolderRenewal::Revoked {
+                by: revoked_by.unwrap_or_else(|| "an admin".into()),
+            }
         })
     }
 

@@ -31,7 +31,7 @@ pub mod retention;
 pub mod store;
 pub mod waiters;
 
-pub use ends::{Cleared, Ended, Expired, Released, Renewed};
+pub use ends::{Cleared, Ended, Expired, HolderRenewal, Released, Renewed};
 pub use error::{Busy, BusyHolder, PgError};
 pub use listen::{FreeListener, CHANNEL};
 pub use migrate::{migrate, MigrateError};
