@@ -1,6 +1,7 @@
-//! Waiting in a lock's line one step at a time, for callers that wait without holding a
-//! thread (the service's async lease acquire): the same `lock_waiters` rows and rules as
-//! [`PgStore::acquire_waiting`], with the sleeping between tries left to the caller.
+//! Waiting in a lock's line one step at a time: the one implementation of the
+//! `lock_waiters` rules. Callers that wait without holding a thread (the service's async
+//! lease acquire) sleep between the steps as futures; [`PgStore::acquire_waiting`] is the
+//! blocking loop over the same steps.
 //!
 //! Invariants:
 //! - a refused first try queues the caller at once (its arrival is its place), unless it
@@ -38,6 +39,16 @@ impl Line {
     /// The lock waited for.
     pub fn lock_id(&self) -> i64 {
         self.last.lock_id
+    }
+
+    /// The caller's place in line (`lock_waiters.seq`), once queued.
+    pub fn seq(&self) -> Option<i64> {
+        self.place.as_ref().map(|p| p.seq)
+    }
+
+    /// When the caller's row needs its next heartbeat, once queued.
+    pub fn next_heartbeat(&self) -> Option<Instant> {
+        self.place.as_ref().map(|p| p.next_heartbeat)
     }
 
     /// The refusal to answer with when the caller gives up now.

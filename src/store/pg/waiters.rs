@@ -20,7 +20,7 @@
 
 use super::ends::free_payload;
 use super::error::{Busy, PgError};
-use super::leases::Attempt;
+use super::line::FirstTry;
 use super::listen::FreeListener;
 use super::listen::CHANNEL;
 use super::request::{GrantRequest, Granted};
@@ -85,10 +85,9 @@ impl PgStore {
     ) -> Result<Waited, PgError> {
         let start = Instant::now();
         let deadline = start + wait;
-        // Checked once: a lease keeps one id over all tries.
-        let req = req.checked()?;
-        let busy = match self.attempt(&req, None)? {
-            Attempt::Granted(granted) => {
+        // The same steps as an async waiter (`line`), with the sleeping done here.
+        let mut line = match self.first_try(req, false)? {
+            FirstTry::Granted(granted) => {
                 return Ok(Waited {
                     granted,
                     attempts: 1,
@@ -99,16 +98,14 @@ impl PgStore {
                     waited: start.elapsed(),
                 })
             }
-            Attempt::Refused(busy) => busy,
-            Attempt::LostPlace => return Err(PgError::Postgres("a plain try lost a place".into())),
+            FirstTry::Refused(line) => line,
         };
         if Instant::now() >= deadline {
-            return Err(timeout(busy, start));
+            return Err(line.give_up());
         }
-        // Watch before queueing: a free after this point wakes the next wait.
-        let mut watch = listener.watch(busy.lock_id);
-        let mut place = self.enqueue(busy.lock_id, &req)?;
-        watch.queued(place.seq);
+        // Watch before queueing (the next try queues): a free after this point wakes the
+        // next wait.
+        let mut watch = listener.watch(line.lock_id());
         let mut stats = Waited {
             granted: Granted::default(),
             attempts: 1,
@@ -118,44 +115,32 @@ impl PgStore {
             requeued: 0,
             waited: Duration::ZERO,
         };
-        let mut last = busy;
         let mut backoff = MIN_BACKOFF;
         let result = loop {
             let mark = watch.mark();
+            let before = line.seq();
             stats.attempts += 1;
-            match self.attempt(&req, Some(place.seq)) {
-                Ok(Attempt::Granted(granted)) => {
+            match self.try_in_line(&mut line) {
+                Ok(Some(granted)) => {
                     stats.granted = granted;
                     stats.waited = start.elapsed();
                     return Ok(stats);
                 }
-                Ok(Attempt::Refused(busy)) => last = busy,
-                Ok(Attempt::LostPlace) => match self.enqueue(last.lock_id, &req) {
-                    Ok(p) => {
-                        place = p;
-                        watch.queued(place.seq);
-                        stats.requeued += 1;
-                        continue;
-                    }
-                    Err(e) => break Err(e),
-                },
-                // A lock row held past lock_timeout is another tick of waiting.
-                Err(PgError::LockTimeout(why)) => log::warn!("waiting for a lock: {why}"),
+                Ok(None) => {}
                 Err(e) => break Err(e),
+            }
+            if let Some(seq) = line.seq().filter(|&s| Some(s) != before) {
+                // Queued, or queued again at the back because the row had lapsed.
+                watch.queued(seq);
+                stats.requeued += u32::from(before.is_some());
             }
             let now = Instant::now();
             if now >= deadline {
-                break Err(timeout(last.clone(), start));
+                break Err(line.give_up());
             }
-            if now >= place.next_heartbeat {
-                match self.heartbeat(place.seq) {
-                    Ok(true) => place.next_heartbeat = now + HEARTBEAT_EVERY,
-                    // Lapsed: the next try says LostPlace and queues again.
-                    Ok(false) => {}
-                    Err(e) => break Err(e),
-                }
-            }
-            let until = deadline.min(now + backoff).min(place.next_heartbeat);
+            let until = deadline
+                .min(now + backoff)
+                .min(line.next_heartbeat().unwrap_or(deadline));
             if watch.wait(mark, until) {
                 stats.notified += 1;
                 stats.woken_by = Wake::Notified;
@@ -166,8 +151,8 @@ impl PgStore {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         };
-        if let Err(e) = self.leave(place.lock_id, place.seq) {
-            log::warn!("could not leave the line of lock {}: {e}", place.lock_id);
+        if let Err(e) = self.leave_line(&mut line) {
+            log::warn!("could not leave the line of lock {}: {e}", line.lock_id());
         }
         result
     }
