@@ -10,20 +10,13 @@
 use lockledger::registry::LeaseRequest;
 use lockledger::store::history::HistoryQuery;
 use lockledger::{AcquireOptions, Config, LockKey, Registry, RegistryError};
-use lockledger_harness::{Client, PgCluster, Proc, Request, Server, ServerOpts, StderrTo};
+use lockledger_harness::{Client, PgCluster, Proc, Request, Server};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
-
-fn database(name: &str) -> String {
-    let cluster = PgCluster::shared().unwrap_or_else(|e| panic!("{e}"));
-    cluster
-        .create_database(name)
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// A registry on `url` with a storage directory of its own (one "host").
 fn registry(dir: &Path, name: &str, url: &str) -> Registry {
@@ -38,7 +31,7 @@ fn opts(holder: &str, wait_ms: u64) -> AcquireOptions {
 
 #[test]
 fn library_guards_of_two_hosts_exclude_each_other_through_the_database() {
-    let url = database("lib_guards");
+    let url = PgCluster::test_database("lib_guards");
     let dir = tempfile::tempdir().unwrap();
     let hosts = [
         registry(dir.path(), "host-a", &url),
@@ -127,7 +120,7 @@ fn library_guards_of_two_hosts_exclude_each_other_through_the_database() {
 
 #[test]
 fn a_force_clear_on_one_host_revokes_the_other_hosts_guard() {
-    let url = database("lib_revoke");
+    let url = PgCluster::test_database("lib_revoke");
     let dir = tempfile::tempdir().unwrap();
     let a = registry(dir.path(), "host-a", &url);
     let b = registry(dir.path(), "host-b", &url);
@@ -167,7 +160,7 @@ fn a_force_clear_on_one_host_revokes_the_other_hosts_guard() {
 
 #[test]
 fn a_library_lease_is_granted_across_hosts_and_released() {
-    let url = database("lib_lease");
+    let url = PgCluster::test_database("lib_lease");
     let dir = tempfile::tempdir().unwrap();
     let a = registry(dir.path(), "host-a", &url);
     let b = registry(dir.path(), "host-b", &url);
@@ -191,7 +184,7 @@ fn a_library_lease_is_granted_across_hosts_and_released() {
 
 #[test]
 fn cli_hold_on_postgresql_excludes_a_service_on_another_host() {
-    let url = database("cli_hold");
+    let url = PgCluster::test_database("cli_hold");
     let dir = tempfile::tempdir().unwrap();
     let (sa, sb) = (dir.path().join("host-a"), dir.path().join("host-b"));
     std::fs::create_dir_all(&sa).unwrap();
@@ -217,11 +210,7 @@ fn cli_hold_on_postgresql_excludes_a_service_on_another_host() {
         .unwrap_or_else(|| panic!("hold printed nothing: {}", hold.stderr_text()));
     let held: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(held["event"], "held", "{line}");
-    let opts = ServerOpts::default()
-        .args(&["--database", &url])
-        .stderr(StderrTo::File(sb.join("service.log")))
-        .start_timeout(Duration::from_secs(60));
-    let srv = Server::try_start(Path::new(BIN), &sb, &opts, None).unwrap();
+    let srv = Server::on_database(Path::new(BIN), &sb, &url);
     let mut c = Client::new(srv.port);
     let acquire = |c: &mut Client, wait_ms: u64| {
         let r = c

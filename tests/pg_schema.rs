@@ -22,15 +22,9 @@ const VIEWS: [&str; 4] = [
 /// event_inbox has no PostgreSQL counterpart).
 const TABLES: [&str; 4] = ["locks", "holders", "event_log", "registry_settings"];
 
-fn cluster() -> &'static PgCluster {
-    PgCluster::shared().unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"))
-}
-
 /// A fresh database `name` on the shared cluster and a client of it.
 fn fresh_db(name: &str) -> (String, postgres::Client) {
-    let url = cluster()
-        .create_database(name)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let url = PgCluster::test_database(name);
     let client = connect_url(&url).unwrap_or_else(|e| panic!("{e}"));
     (url, client)
 }

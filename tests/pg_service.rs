@@ -6,7 +6,7 @@
 //! A real throwaway PostgreSQL cluster (the harness's `PgCluster`, installed by
 //! `scripts/setup.sh --tests`); every wait has a deadline; servers are killed on drop.
 
-use lockledger_harness::{Client, PgCluster, Request, Server, ServerOpts, StderrTo};
+use lockledger_harness::{Client, PgCluster, Request, Server};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,22 +16,12 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_lockledger");
 
 fn database(name: &str) -> String {
-    let cluster = PgCluster::shared().unwrap_or_else(|e| panic!("{e}"));
-    cluster
-        .create_database(name)
-        .unwrap_or_else(|e| panic!("{e}"))
+    PgCluster::test_database(name)
 }
 
 /// A service on `url` with its own storage directory under `dir`.
 fn service(dir: &Path, name: &str, url: &str) -> Server {
-    let storage = dir.join(name);
-    std::fs::create_dir_all(&storage).unwrap();
-    let opts = ServerOpts::default()
-        .args(&["--database", url])
-        .stderr(StderrTo::File(storage.join("service.log")))
-        .start_timeout(Duration::from_secs(60));
-    Server::try_start(Path::new(BIN), &storage, &opts, None)
-        .unwrap_or_else(|e| panic!("service {name} did not start: {e}"))
+    Server::on_database(Path::new(BIN), &dir.join(name), url)
 }
 
 fn send(c: &mut Client, req: Request) -> (u16, Value) {

@@ -15,14 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-fn cluster() -> &'static PgCluster {
-    PgCluster::shared().unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"))
-}
-
 fn fresh_db(name: &str) -> String {
-    cluster()
-        .create_database(name)
-        .unwrap_or_else(|e| panic!("{e}"))
+    PgCluster::test_database(name)
 }
 
 fn open(url: &str) -> PgStore {

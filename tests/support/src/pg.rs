@@ -173,6 +173,15 @@ impl PgCluster {
         connect_url(&self.url_for(db))
     }
 
+    /// A fresh database `name` on the [shared](PgCluster::shared) cluster, for a test:
+    /// its URL, or a panic naming what failed.
+    pub fn test_database(name: &str) -> String {
+        let cluster = PgCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+        cluster
+            .create_database(name)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Creates database `name` (lowercase letters, digits and `_`, starting with a
     /// letter or `_`, at most 63 bytes; unique on the cluster) and returns its URL.
     pub fn create_database(&self, name: &str) -> Result<String, String> {

@@ -176,6 +176,20 @@ impl Server {
         self.proc.as_ref().expect("the service was stopped")
     }
 
+    /// `serve --database url` on `storage` (created if missing), as one host of a shared
+    /// registry: its stderr goes to `storage/service.log`; a panic names why it did not
+    /// start within 60 s.
+    pub fn on_database(bin: &Path, storage: &Path, url: &str) -> Server {
+        std::fs::create_dir_all(storage)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", storage.display()));
+        let opts = ServerOpts::default()
+            .args(&["--database", url])
+            .stderr(StderrTo::File(storage.join("service.log")))
+            .start_timeout(Duration::from_secs(60));
+        Server::try_start(bin, storage, &opts, None)
+            .unwrap_or_else(|e| panic!("service on {} did not start: {e}", storage.display()))
+    }
+
     pub fn pid(&self) -> i32 {
         self.proc().pid()
     }
