@@ -8,7 +8,7 @@
 
 use lockledger::policy::stale::HolderKind;
 use lockledger::store::history::{EventKind, EventRow, HistoryQuery};
-use lockledger::store::pg::{FreeListener, GrantRequest, PgError, PgStore, Wake};
+use lockledger::store::pg::{FreeListener, GrantRequest, HolderRenewal, PgError, PgStore, Wake};
 use lockledger_harness::pg::{connect_url, PgCluster};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -184,6 +184,55 @@ fn renewals_write_one_sampled_event_per_minute() {
     assert_eq!(renewed.len(), 1);
     assert_eq!(renewed[0].event_id, first.event_id.unwrap());
     assert!(matches!(s.renew(&id, 0), Err(PgError::BadRequest(_))));
+}
+
+#[test]
+fn a_library_holder_renews_by_token_until_revoked_or_gone() {
+    let url = fresh_db("store_renew_holder");
+    let s = open(&url);
+    let g = s.try_grant(&lease("doc9", "summary", 1).library()).unwrap();
+    let mut c = connect_url(&url).unwrap();
+    // As if the last renewal was two minutes ago: this one is sampled, the next is not.
+    c.execute("UPDATE holders SET renewed_at = renewed_at - 120000", &[])
+        .unwrap();
+    assert_eq!(
+        s.renew_holder(g.lock_id, g.token).unwrap(),
+        HolderRenewal::Renewed
+    );
+    assert_eq!(
+        s.renew_holder(g.lock_id, g.token).unwrap(),
+        HolderRenewal::Renewed
+    );
+    let renewed = events(&s, "doc9")
+        .into_iter()
+        .filter(|e| e.event == "renewed" && e.token == Some(g.token))
+        .count();
+    assert_eq!(renewed, 1, "one sampled renewed event per minute");
+    let row = c
+        .query_one("SELECT renewed_at > acquired_at FROM holders", &[])
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "renewed_at moved");
+    assert_eq!(
+        s.renew_holder(g.lock_id, g.token + 1).unwrap(),
+        HolderRenewal::Gone,
+        "another token is not this holder"
+    );
+    c.execute(
+        "UPDATE holders SET revoked_at = 1, revoked_by = 'admin:test'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        s.renew_holder(g.lock_id, g.token).unwrap(),
+        HolderRenewal::Revoked {
+            by: "admin:test".into()
+        }
+    );
+    c.execute("DELETE FROM holders", &[]).unwrap();
+    assert_eq!(
+        s.renew_holder(g.lock_id, g.token).unwrap(),
+        HolderRenewal::Gone
+    );
 }
 
 #[test]

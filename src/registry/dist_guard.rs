@@ -11,7 +11,7 @@
 //! goes (`LockGuard` drops the flock after `release_guard`).
 
 use super::dist::{pg_error, Dist};
-use super::grant::{GrantSpec, Granted};
+use super::grant::{take_turns, GrantSpec, Granted};
 use super::{Registry, RegistryError};
 use crate::ids::LockKey;
 use crate::kernel::flock;
@@ -35,20 +35,9 @@ impl Registry {
         let started = Instant::now();
         let deadline = started + wait;
         let ticket = self.join_queue(key, spec)?;
-        let mut pause = Duration::from_micros(500);
-        let mut held = None;
-        while ticket.wait_turn(deadline, cancelled) {
-            if let Some(f) = flock::try_acquire(&path, self.file_mode())? {
-                held = Some(f);
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline || cancelled() {
-                break;
-            }
-            ticket.wait_woken(now + pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(25));
-        }
+        let held = take_turns(&ticket, deadline, cancelled, || {
+            Ok(flock::try_acquire(&path, self.file_mode())?)
+        })?;
         let refused = |reg: &Registry, message: Option<String>| {
             let waited = started.elapsed();
             reg.note_busy(key, spec, waited, cancelled());

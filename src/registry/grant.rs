@@ -348,17 +348,11 @@ impl Registry {
         let started = Instant::now();
         let deadline = started + wait;
         let ticket = self.join_queue(key, spec)?;
-        let mut pause = Duration::from_micros(500);
-        while ticket.wait_turn(deadline, cancelled) {
-            if let Some(granted) = self.try_grant(key, &file, spec)? {
-                return Ok(granted);
-            }
-            let now = Instant::now();
-            if now >= deadline || cancelled() {
-                break;
-            }
-            ticket.wait_woken(now + pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(25));
+        let got = take_turns(&ticket, deadline, cancelled, || {
+            self.try_grant(key, &file, spec)
+        })?;
+        if let Some(granted) = got {
+            return Ok(granted);
         }
         drop(ticket);
         let waited = started.elapsed();
@@ -452,4 +446,29 @@ impl Registry {
     pub fn waiting_count(&self) -> usize {
         self.inner.waiters.len()
     }
+}
+
+/// Waits in this process's arrival order (blocking the thread) and calls `attempt` at
+/// each turn: when it is this waiter's turn, and while someone holds the lock, when the
+/// lock is let go in this process or after a backoff (0.5 ms doubling to 25 ms) for
+/// holders elsewhere. None once `deadline` passed or the caller `cancelled`.
+pub(super) fn take_turns<T>(
+    ticket: &Ticket,
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+    mut attempt: impl FnMut() -> Result<Option<T>, RegistryError>,
+) -> Result<Option<T>, RegistryError> {
+    let mut pause = Duration::from_micros(500);
+    while ticket.wait_turn(deadline, cancelled) {
+        if let Some(got) = attempt()? {
+            return Ok(Some(got));
+        }
+        let now = Instant::now();
+        if now >= deadline || cancelled() {
+            break;
+        }
+        ticket.wait_woken(now + pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+    Ok(None)
 }

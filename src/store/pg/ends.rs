@@ -64,6 +64,19 @@ pub struct Renewed {
     pub event_id: Option<i64>,
 }
 
+/// The sampled `renewed` event of a renewal (a CTE after `u`, the updated holder row
+/// with `prev`, its `renewed_at` before, and `now_ms`): one per holder per clock minute,
+/// as the SQLite store writes.
+const RENEWED_EVENT: &str = "ev AS (
+                     INSERT INTO event_log (at, lock_id, namespace, owner, field, event, token,
+                                            pid, host, holder, operation, held_ms)
+                     SELECT u.now_ms, u.lock_id, l.namespace, l.owner, l.field, 'renewed',
+                            u.token, u.pid, u.host, u.holder, u.operation,
+                            GREATEST(u.now_ms - u.acquired_at, 0)
+                     FROM u JOIN locks l USING (lock_id)
+                     WHERE u.prev / 60000 <> u.now_ms / 60000
+                     RETURNING event_id)";
+
 /// What renewing a library holder found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HolderRenewal {
@@ -202,15 +215,7 @@ impl PgStore {
                        AND h.expires_at > n.now_ms AND h.revoked_at IS NULL
                      RETURNING h.lock_id, h.token, h.pid, h.host, h.holder, h.operation,
                                h.acquired_at, h.expires_at, o.renewed_at AS prev, n.now_ms),
-                 ev AS (
-                     INSERT INTO event_log (at, lock_id, namespace, owner, field, event, token,
-                                            pid, host, holder, operation, held_ms)
-                     SELECT u.now_ms, u.lock_id, l.namespace, l.owner, l.field, 'renewed',
-                            u.token, u.pid, u.host, u.holder, u.operation,
-                            GREATEST(u.now_ms - u.acquired_at, 0)
-                     FROM u JOIN locks l USING (lock_id)
-                     WHERE u.prev / 60000 <> u.now_ms / 60000
-                     RETURNING event_id)
+                 {RENEWED_EVENT}
                  SELECT u.lock_id, u.token, u.now_ms, u.expires_at,
                         (SELECT max(event_id) FROM ev)
                  FROM u"
@@ -252,25 +257,16 @@ impl PgStore {
         let row = conn.cached().query_typed_opt(
             &format!(
                 "WITH n AS MATERIALIZED (SELECT {NOW_MS} AS now_ms),
-                 o AS (SELECT renewed_at, revoked_by FROM holders
-                       WHERE lock_id = $1 AND token = $2),
                  u AS (
                      UPDATE holders h SET renewed_at = n.now_ms
-                     FROM n
-                     WHERE h.lock_id = $1 AND h.token = $2 AND h.revoked_at IS NULL
+                     FROM n, holders o
+                     WHERE h.lock_id = $1 AND h.token = $2 AND o.lock_id = h.lock_id
+                       AND h.revoked_at IS NULL
                      RETURNING h.lock_id, h.token, h.pid, h.host, h.holder, h.operation,
-                               h.acquired_at, n.now_ms),
-                 ev AS (
-                     INSERT INTO event_log (at, lock_id, namespace, owner, field, event, token,
-                                            pid, host, holder, operation, held_ms)
-                     SELECT u.now_ms, u.lock_id, l.namespace, l.owner, l.field, 'renewed',
-                            u.token, u.pid, u.host, u.holder, u.operation,
-                            GREATEST(u.now_ms - u.acquired_at, 0)
-                     FROM u JOIN locks l USING (lock_id) CROSS JOIN o
-                     WHERE o.renewed_at / 60000 <> u.now_ms / 60000
-                     RETURNING event_id)
-                 SELECT (SELECT count(*) FROM u), o.revoked_by, (SELECT count(*) FROM ev)
-                 FROM o"
+                               h.acquired_at, o.renewed_at AS prev, n.now_ms),
+                 {RENEWED_EVENT}
+                 SELECT (SELECT count(*) FROM u), h.revoked_by
+                 FROM holders h WHERE h.lock_id = $1 AND h.token = $2"
             ),
             &[(&lock_id, Type::INT8), (&token, Type::INT8)],
         )?;
