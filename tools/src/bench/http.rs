@@ -163,6 +163,9 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
     let data = data.target(">= 2.0").floor(Some(floor.clone()));
     ctx.report_with("http_single_client", body, verdict, data);
     ctx.floor_line("http_single_client", "pair", &floor);
+    if !rd.is_empty() {
+        ctx.detail(floor.ceiling_line("http_single_client", "redis_py", median(&rd), 2.0));
+    }
     ctx.detail(format!("floors here: {}", floors.describe()));
     ctx.detail(format!(
         "medians of {} rounds; range lockledger {}  redis_py {}",

@@ -253,6 +253,9 @@ pub fn bench_inproc(ctx: &mut Ctx) -> R<()> {
     let data = data.target(">= 2.0").floor(Some(floor.clone()));
     ctx.report_with("in_process_pairs", body, verdict, data);
     ctx.floor_line("in_process_pairs", "pair", &floor);
+    if !py.is_empty() {
+        ctx.detail(floor.ceiling_line("in_process_pairs", "python_filelock", median(&py), 2.0));
+    }
     ctx.detail(format!(
         "medians of {} rounds; range lockledger {}  python_filelock {}",
         ctx.set.rounds,

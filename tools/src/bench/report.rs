@@ -88,6 +88,23 @@ impl Floor {
         self.measured_us / self.us
     }
 
+    /// What the ratio to a comparison running at `other_rate` operations per second would
+    /// be if this path cost exactly its floor: the most this path can show on this
+    /// machine without doing less work per operation.
+    pub fn ceiling_line(&self, name: &str, other: &str, other_rate: f64, target: f64) -> String {
+        let at_floor = 1e6 / self.us;
+        let best = at_floor / other_rate;
+        let reach = if best >= target {
+            "reachable here"
+        } else {
+            "out of reach here even at the floor"
+        };
+        format!(
+            "ceiling: {name}: at its floor a pair would run {at_floor:.0}/s, {best:.2}x {other}: \
+             target {target:.1} is {reach}"
+        )
+    }
+
     /// `NAME: X µs per OP vs floor Y µs (WHAT): Z× the floor`
     pub fn line(&self, name: &str, op: &str) -> String {
         format!(
