@@ -187,14 +187,15 @@ impl Registry {
         flock: Option<HeldFlock>,
     ) -> Result<Option<Granted>, RegistryError> {
         let now = self.now_ms();
-        if let Some(prev) = records::find_lock(conn, key)? {
+        let prev = records::find_lock(conn, key)?;
+        if let Some(prev) = &prev {
             if let Some(h) = &prev.holder {
                 let same_file = h.file_id.is_none_or(|id| id == file_id);
                 if !same_file && self.holder_alive(prev.lock_id, h) {
                     // Its lock file was deleted or replaced, and it still holds the old
                     // one: granting the new file would make two holders.
                     if records::mark_file_replaced(conn, prev.lock_id, h.token, now)? {
-                        let mut event = NewEvent::about(&prev, EventKind::FileReplaced, now);
+                        let mut event = NewEvent::about(prev, EventKind::FileReplaced, now);
                         event.held_ms = None;
                         event.actor = Some("lockledger");
                         event.reason = Some(
@@ -214,7 +215,7 @@ impl Registry {
                 };
                 close_record(
                     conn,
-                    LockRef::row(&prev),
+                    LockRef::row(prev),
                     h.token,
                     EventKind::Reconciled,
                     now,
@@ -223,7 +224,12 @@ impl Registry {
                 )?;
             }
         }
-        let (lock_id, token) = records::grant_token(conn, key, file, now)?;
+        // A known lock's token is bumped by its rowid (cheaper than the upsert by name,
+        // which only a lock's first grant needs).
+        let (lock_id, token) = match &prev {
+            Some(prev) => (prev.lock_id, records::next_token(conn, prev.lock_id)?),
+            None => records::grant_token(conn, key, file, now)?,
+        };
         self.cover_token(conn, token)?;
         let expires_at = spec.lease.as_ref().map(|l| now + l.ttl.as_millis() as i64);
         let event = NewEvent {

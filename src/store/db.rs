@@ -34,6 +34,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_holders_lease_index.sql",
         include_str!("../../migrations/0004_holders_lease_index.sql"),
     ),
+    (
+        "0005_inbox_check.sql",
+        include_str!("../../migrations/0005_inbox_check.sql"),
+    ),
 ];
 
 pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;

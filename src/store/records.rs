@@ -221,37 +221,54 @@ pub struct TakenHolder {
     pub revoked: bool,
 }
 
-/// Deletes the holder row if it still carries `token`, returning what it said.
+/// Deletes the holder row if it still carries `token`, returning what it said. A read
+/// and a delete by rowid rather than `DELETE … RETURNING`: SQLite gathers a RETURNING
+/// clause's rows in a temporary table, which cost more than the delete itself, and the
+/// caller's write transaction keeps the two together.
 pub fn take_holder(
     conn: &Connection,
     lock_id: i64,
     token: i64,
 ) -> rusqlite::Result<Option<TakenHolder>> {
-    let mut stmt = conn.prepare_cached(
-        "DELETE FROM holders WHERE lock_id = ?1 AND token = ?2
-         RETURNING holder, operation, pid, host, acquired_at, revoked_at IS NOT NULL",
-    )?;
-    stmt.query_row(params![lock_id, token], |r| {
-        Ok(TakenHolder {
-            holder: r.get(0)?,
-            operation: r.get(1)?,
-            pid: r.get(2)?,
-            host: r.get(3)?,
-            acquired_at: r.get(4)?,
-            revoked: r.get(5)?,
+    let taken = conn
+        .prepare_cached(
+            "SELECT holder, operation, pid, host, acquired_at, revoked_at IS NOT NULL
+             FROM holders WHERE lock_id = ?1 AND token = ?2",
+        )?
+        .query_row(params![lock_id, token], |r| {
+            Ok(TakenHolder {
+                holder: r.get(0)?,
+                operation: r.get(1)?,
+                pid: r.get(2)?,
+                host: r.get(3)?,
+                acquired_at: r.get(4)?,
+                revoked: r.get(5)?,
+            })
         })
-    })
-    .optional()
+        .optional()?;
+    if taken.is_some() {
+        conn.prepare_cached("DELETE FROM holders WHERE lock_id = ?1")?
+            .execute([lock_id])?;
+    }
+    Ok(taken)
 }
 
-/// Issues the next fencing token of a lock; strictly greater than every earlier one.
+/// Issues the next fencing token of a lock; strictly greater than every earlier one (and
+/// than the token floor). An update and a read by rowid rather than `UPDATE … RETURNING`
+/// (see [`take_holder`]), in the caller's write transaction.
 pub fn next_token(conn: &Connection, lock_id: i64) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE locks SET last_token =
-             max(last_token, (SELECT value FROM registry_settings WHERE key = 'token_floor')) + 1
-         WHERE lock_id = ?1 RETURNING last_token",
-    )?;
-    stmt.query_row([lock_id], |r| r.get(0))
+    let updated = conn
+        .prepare_cached(
+            "UPDATE locks SET last_token =
+                 max(last_token, (SELECT value FROM registry_settings WHERE key = 'token_floor')) + 1
+             WHERE lock_id = ?1",
+        )?
+        .execute([lock_id])?;
+    if updated != 1 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    conn.prepare_cached("SELECT last_token FROM locks WHERE lock_id = ?1")?
+        .query_row([lock_id], |r| r.get(0))
 }
 
 pub struct NewHolder<'a> {
