@@ -154,8 +154,18 @@ fn expect_busy(reg: &Registry, key: &LockKey, wait_ms: u64) -> (String, Option<L
 
 /// The lock is free: status says so, no holder row, and a zero-wait acquire succeeds.
 /// Returns the token of that probe grant (released again).
+///
+/// Other tests of this binary spawn processes from their own threads: a child holds a
+/// copy of every descriptor of this process from its fork until its exec (`O_CLOEXEC`
+/// closes them only then), so a flock let go here can stay held by such a child for that
+/// moment. The lock must be free within a short deadline, not at the very same instant.
 fn assert_free(reg: &Registry, key: &LockKey) -> i64 {
-    let r = report(reg, key);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut r = report(reg, key);
+    while r.state != LockState::Free && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        r = report(reg, key);
+    }
     assert_eq!(r.state, LockState::Free, "{key}: {r:?}");
     assert_eq!(r.token, None, "{key}: {r:?}");
     assert!(
