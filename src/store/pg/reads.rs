@@ -6,7 +6,9 @@
 //! (one snapshot); history has the SQLite store's semantics (`store::history::history`):
 //! only the filters given, newest first by event id, at most `limit` rows, paged with
 //! `before_event_id`; statements name only the filters given, so the planner can use the
-//! owner, time and kind indexes of `event_log`.
+//! owner, time and kind indexes of `event_log`. The fixed statements (holders, locks, one
+//! lock) are prepared once per pooled connection; history's, built from the filters
+//! given, are not.
 
 use super::error::PgError;
 use super::request::pid32;
@@ -75,14 +77,14 @@ impl PgStore {
     pub fn current(&self, owner: Option<&str>) -> Result<Vec<LockRow>, PgError> {
         let mut conn = self.conn()?;
         let rows = match owner {
-            Some(owner) => conn.query_typed(
+            Some(owner) => conn.cached().query_typed(
                 &format!(
                     "SELECT {LOCK_COLUMNS} FROM holders h JOIN locks l USING (lock_id)
                      WHERE l.owner = $1 ORDER BY l.lock_id"
                 ),
                 &[(&owner, Type::TEXT)],
             )?,
-            None => conn.query_typed(
+            None => conn.cached().query_typed(
                 &format!(
                     "SELECT {LOCK_COLUMNS} FROM holders h JOIN locks l USING (lock_id)
                      ORDER BY l.lock_id"
@@ -96,7 +98,7 @@ impl PgStore {
     /// The holders recorded on `host`, by lock id: the service of that host judges their
     /// pids (nobody else can) and ends the dead ones with [`PgStore::clear`].
     pub fn holders_on_host(&self, host: &str) -> Result<Vec<LockRow>, PgError> {
-        let rows = self.conn()?.query_typed(
+        let rows = self.conn()?.cached().query_typed(
             &format!(
                 "SELECT {LOCK_COLUMNS} FROM holders h JOIN locks l USING (lock_id)
                  WHERE h.host = $1 ORDER BY l.lock_id"
@@ -108,7 +110,7 @@ impl PgStore {
 
     /// The lock `lock_id` with its holder, if the lock exists.
     pub fn lock(&self, lock_id: i64) -> Result<Option<LockRow>, PgError> {
-        let row = self.conn()?.query_typed_opt(
+        let row = self.conn()?.cached().query_typed_opt(
             &format!(
                 "SELECT {LOCK_COLUMNS} FROM locks l LEFT JOIN holders h USING (lock_id)
                  WHERE l.lock_id = $1"
@@ -128,7 +130,7 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<LockRow>, PgError> {
         let join = if only_recorded { "JOIN" } else { "LEFT JOIN" };
-        let rows = self.conn()?.query_typed(
+        let rows = self.conn()?.cached().query_typed(
             &format!(
                 "SELECT {LOCK_COLUMNS} FROM locks l {join} holders h USING (lock_id)
                  WHERE l.lock_id > $1 AND ($2::text IS NULL OR starts_with(l.owner, $2))
@@ -150,7 +152,7 @@ impl PgStore {
         owner: &str,
         field: &str,
     ) -> Result<Option<LockRow>, PgError> {
-        let row = self.conn()?.query_typed_opt(
+        let row = self.conn()?.cached().query_typed_opt(
             &format!(
                 "SELECT {LOCK_COLUMNS} FROM locks l LEFT JOIN holders h USING (lock_id)
                  WHERE l.namespace = $1 AND l.owner = $2 AND l.field = $3"
