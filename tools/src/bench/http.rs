@@ -8,7 +8,7 @@
 use crate::ctx::Ctx;
 use crate::floor::HttpFloors;
 use crate::load::{http_load, LeaseClient, PAIR_BODY};
-use crate::machine::{command_line, json_f64, other_work, python_module, run_python};
+use crate::machine::{json_f64, other_work, run_python};
 use crate::report::{median, pct, rate, spread, us, Data, Floor, Verdict};
 use crate::services::Redis;
 use crate::R;
@@ -45,12 +45,9 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
     println!("  ({})", other_work(&ctx.pids()));
     let port = ctx.main_service()?;
     let spid = ctx.main_pid();
-    let redis_py = python_module("redis");
-    let have_server = command_line("redis-server", &["--version"]).is_some();
-    let redis = if redis_py.is_some() && have_server {
-        Some(Redis::start(&ctx.dir("redis")?)?)
-    } else {
-        None
+    let (redis, missing) = match Redis::start_if_installed(|| ctx.dir("redis"))? {
+        Ok(r) => (Some(r), String::new()),
+        Err(missing) => (None, missing),
     };
     let dur = ctx.dur();
     let (mut ll, mut rd, mut cpu_per_pair) = (Vec::new(), Vec::new(), Vec::new());
@@ -143,18 +140,10 @@ pub fn bench_http(ctx: &mut Ctx) -> R<()> {
                 .ratio(ratio),
         )
     } else {
-        let mut missing = Vec::new();
-        if !have_server {
-            missing.push("redis-server (apt-get install -y redis-server)");
-        }
-        if redis_py.is_none() {
-            missing.push("redis-py (python3 -m pip install redis)");
-        }
         (
             format!(
-                "lockledger {}  redis_py not measured: missing {}; scripts/bench.sh installs both",
+                "lockledger {}  redis_py not measured: missing {missing}; scripts/bench.sh installs both",
                 rate(m_ll),
-                missing.join(" and ")
             ),
             Verdict::Skip,
             Data::new(m_ll, "pairs/s"),

@@ -20,9 +20,7 @@ use crate::ctx::Ctx;
 use crate::floor::round_trip_us;
 use crate::http::REDIS_PY;
 use crate::load::{http_load, Load};
-use crate::machine::{
-    command_line, cpu_seconds, json_f64, other_work, python_module, run_python, wait_idle,
-};
+use crate::machine::{cpu_seconds, json_f64, other_work, run_python, wait_idle};
 use crate::report::{median, rate, spread, us_fine, Data, Floor, Verdict};
 use crate::services::{Redis, Service};
 use crate::R;
@@ -94,12 +92,9 @@ pub fn bench_pg(ctx: &mut Ctx) -> R<()> {
         t.elapsed().as_secs_f64()
     ));
 
-    let redis_py = python_module("redis");
-    let have_server = command_line("redis-server", &["--version"]).is_some();
-    let redis = if redis_py.is_some() && have_server {
-        Some(Redis::start(&ctx.dir("redis-pg")?)?)
-    } else {
-        None
+    let (redis, missing) = match Redis::start_if_installed(|| ctx.dir("redis-pg"))? {
+        Ok(r) => (Some(r), String::new()),
+        Err(missing) => (None, missing),
     };
 
     let dur = ctx.dur();
@@ -184,17 +179,7 @@ pub fn bench_pg(ctx: &mut Ctx) -> R<()> {
     };
 
     let redis_text = if !rd.is_finite() {
-        let mut missing = Vec::new();
-        if !have_server {
-            missing.push("redis-server");
-        }
-        if redis_py.is_none() {
-            missing.push("redis-py");
-        }
-        format!(
-            "redis_py not measured (missing {}; scripts/bench.sh installs it)",
-            missing.join(" and ")
-        )
+        format!("redis_py not measured (missing {missing}; scripts/bench.sh installs it)")
     } else {
         format!("redis_py {}", rate(rd))
     };

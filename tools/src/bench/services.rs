@@ -97,6 +97,22 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// A redis-server for the redis-py comparison, started in `dir` when both redis-server
+    /// and redis-py are installed; otherwise what is missing, with its install command.
+    pub fn start_if_installed(dir: impl FnOnce() -> R<PathBuf>) -> R<Result<Redis, String>> {
+        let mut missing = Vec::new();
+        if crate::machine::command_line("redis-server", &["--version"]).is_none() {
+            missing.push("redis-server (apt-get install -y redis-server)");
+        }
+        if crate::machine::python_module("redis").is_none() {
+            missing.push("redis-py (python3 -m pip install redis)");
+        }
+        if !missing.is_empty() {
+            return Ok(Err(missing.join(" and ")));
+        }
+        Ok(Ok(Redis::start(&dir()?)?))
+    }
+
     pub fn start(dir: &Path) -> R<Redis> {
         let port = free_port()?;
         let p = port.to_string();
