@@ -156,6 +156,26 @@ fn send(
     req.try_send(port)
 }
 
+/// The lease id and token of a granted acquire. Otherwise None, after a pause when the
+/// service did not answer (100 ms) or failed (50 ms): a refusal is tried again at once.
+fn granted_lease(r: Result<Response, String>) -> Option<(String, i64)> {
+    let r = match r {
+        Ok(r) => r,
+        Err(_) => {
+            std::thread::sleep(Duration::from_millis(100));
+            return None;
+        }
+    };
+    if r.status != 200 {
+        if r.status >= 500 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return None;
+    }
+    let v = r.json_or_null();
+    Some((v["lease_id"].as_str()?.to_string(), v["token"].as_i64()?))
+}
+
 /// A lease holder over HTTP, forever (until killed, or until it vanishes on purpose).
 pub fn worker_http(dir: &Path, port: u16, seed: u64) -> Result<(), String> {
     let mut journal = Journal::open(dir, "http").map_err(|e| e.to_string())?;
@@ -170,21 +190,8 @@ pub fn worker_http(dir: &Path, port: u16, seed: u64) -> Result<(), String> {
             std::process::id()
         );
         let path = format!("/api/v1/locks/{owner}/messages/acquire");
-        let r = match api(port, "POST", &path, Some(&body), false) {
-            Ok(r) => r,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if r.status != 200 {
-            if r.status >= 500 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            continue;
-        }
-        let v = r.json_or_null();
-        let (Some(lease), Some(token)) = (v["lease_id"].as_str(), v["token"].as_i64()) else {
+        let Some((lease, token)) = granted_lease(api(port, "POST", &path, Some(&body), false))
+        else {
             continue;
         };
         let _ = std::fs::write(&state, format!("{owner} messages {token}"));
@@ -266,21 +273,7 @@ pub fn worker_pg(dir: &Path, port: u16, svc: &str, seed: u64) -> Result<(), Stri
         });
         // The lease ends at most a ttl after this (its grant was committed before).
         let granted = Cell::new(monotonic_ns());
-        let r = match r {
-            Ok(r) => r,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if r.status != 200 {
-            if r.status >= 500 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            continue;
-        }
-        let v = r.json_or_null();
-        let (Some(lease), Some(token)) = (v["lease_id"].as_str(), v["token"].as_i64()) else {
+        let Some((lease, token)) = granted_lease(r) else {
             continue;
         };
         journal.line(format!("T {owner} messages {token} {svc}"));
