@@ -7,7 +7,8 @@
 //! - [`report`]: status and listing (reads only);
 //! - [`grant`]: library holders in this process and their guards;
 //! - [`lease`]: service leases, whose kernel lock the service holds;
-//! - [`clear`]: safe and forced clearing;
+//! - [`clear`]: safe and forced clearing; `clear_look`: a clear with a fresh look after;
+//! - `closing`: closing a grant's record (holder row and closing event) on SQLite;
 //! - [`upkeep`]: reconciliation and history retention;
 //! - [`waitq`]: arrival-order queues of waiting acquirers.
 //!
@@ -29,6 +30,8 @@
 mod backend;
 mod busy;
 pub mod clear;
+mod clear_look;
+mod closing;
 mod dist;
 mod dist_clear;
 mod dist_guard;
@@ -48,9 +51,8 @@ pub mod waitq;
 mod words;
 mod writes;
 
-pub use clear::{
-    ClearOutcome, ClearReport, ClearedLock, ForceCleared, LockOutcome, SkipKind, SkippedLock,
-};
+pub use clear::{ClearOutcome, ClearedLock, ForceCleared, SkipKind, SkippedLock};
+pub use clear_look::{ClearReport, LockOutcome};
 pub use error::RegistryError;
 pub use grant::AcquireOptions;
 pub use guard::LockGuard;
@@ -71,9 +73,9 @@ use crate::kernel::process;
 use crate::policy::stale::Policy;
 use crate::store::ceiling::Ceiling;
 use crate::store::db::{self, Access};
-use crate::store::history::{self, EventKind, HistoryQuery, NewEvent};
-use crate::store::records::{self, LockRow};
+use crate::store::history::{self, HistoryQuery};
 use crate::store::{ReadPool, StoreError, Watch, Writer};
+use closing::{close_record, renewal_is_sampled, LockRef};
 use holdings::{holdings_for, Holdings};
 use rusqlite::Connection;
 use serde::Serialize;
@@ -422,80 +424,4 @@ impl Registry {
     pub fn db_path(&self) -> PathBuf {
         self.inner.config.db_path()
     }
-}
-
-/// Which lock an event is about.
-#[derive(Debug, Clone, Copy)]
-struct LockRef<'a> {
-    lock_id: i64,
-    namespace: &'a str,
-    owner: &'a str,
-    field: &'a str,
-}
-
-impl<'a> LockRef<'a> {
-    fn of(key: &'a LockKey, lock_id: i64) -> LockRef<'a> {
-        LockRef {
-            lock_id,
-            namespace: key.namespace(),
-            owner: key.owner(),
-            field: key.field(),
-        }
-    }
-    fn row(row: &'a LockRow) -> LockRef<'a> {
-        LockRef {
-            lock_id: row.lock_id,
-            namespace: &row.namespace,
-            owner: &row.owner,
-            field: &row.field,
-        }
-    }
-}
-
-/// Deletes the holder row with `token` and writes its closing event — unless a force
-/// clear already closed this grant, in which case only the row goes. Returns how long
-/// it was held, or None if there was no such row.
-fn close_record(
-    conn: &Connection,
-    lock: LockRef<'_>,
-    token: i64,
-    event: EventKind,
-    now: i64,
-    actor: Option<&str>,
-    reason: Option<&str>,
-) -> Result<Option<i64>, RegistryError> {
-    let Some(taken) = records::take_holder(conn, lock.lock_id, token)? else {
-        return Ok(None);
-    };
-    let held_ms = (now - taken.acquired_at).max(0);
-    if !taken.revoked {
-        history::insert_event(
-            conn,
-            &NewEvent {
-                at: now,
-                lock_id: lock.lock_id,
-                namespace: lock.namespace,
-                owner: lock.owner,
-                field: lock.field,
-                event: Some(event),
-                token: Some(token),
-                pid: taken.pid,
-                host: Some(&taken.host),
-                holder: Some(&taken.holder),
-                operation: Some(&taken.operation),
-                actor,
-                reason,
-                held_ms: Some(held_ms),
-                count: 1,
-            },
-        )?;
-    }
-    Ok(Some(held_ms))
-}
-
-/// One `renewed` event per holder per minute keeps history readable.
-fn renewal_is_sampled(row: &LockRow, now: i64) -> bool {
-    row.holder
-        .as_ref()
-        .is_some_and(|h| h.renewed_at / 60_000 != now / 60_000)
 }

@@ -32,13 +32,15 @@
 //!   its job in the next batch; when the committer role would pass to a queued async job
 //!   (nobody sleeps on it), the writer's drain thread takes the role instead and commits
 //!   until a sleeping caller heads the queue or the queue is empty (see `drain`).
+//!
+//! Files: this one owns the queue and the committer role; `commit` runs a batch and
+//! answers it; `drain` is the async side; `background` the tidy job and checkpoints.
 
-use super::{busy_holder, StoreError, Watch};
+use super::{StoreError, Watch};
 use rusqlite::Connection;
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -348,154 +350,14 @@ where
     })
 }
 
-/// Runs one of the writer's transaction statements from the connection's statement cache
-/// (parsing `BEGIN`/`COMMIT` anew on every commit is measurable at these rates).
-fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 /// A poisoned lock is still consistent here: jobs run under `catch_unwind`, and the
 /// queue and tickets are only changed by single assignments.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Committer {
-    /// Commits `entry` alone if SQLite's write lock can be had at once; gives it back
-    /// unrun if not.
-    fn commit_alone_now(&mut self, entry: Entry) -> Result<(), Entry> {
-        if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
-            Committer::refuse(vec![entry], || StoreError::Lost(why.clone()));
-            return Ok(());
-        }
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let begun = run(&self.conn, "BEGIN IMMEDIATE");
-        let _ = self.conn.busy_timeout(self.busy_timeout);
-        match begun {
-            Ok(()) => {
-                self.commit_batch_begun(vec![entry]);
-                Ok(())
-            }
-            Err(_) => Err(entry),
-        }
-    }
-
-    /// Why no transaction can start, answered to every job of the batch.
-    fn refuse(batch: Vec<Entry>, err: impl Fn() -> StoreError) {
-        for entry in batch {
-            let (_, reply) = (entry.job)(None);
-            reply(Err(err()));
-            entry.ticket.set(Turn::Done);
-        }
-    }
-
-    /// Commits `batch` in one IMMEDIATE transaction and answers every job.
-    fn commit_batch(&mut self, batch: Vec<Entry>) {
-        if batch.is_empty() {
-            return;
-        }
-        if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
-            return Committer::refuse(batch, || StoreError::Lost(why.clone()));
-        }
-        let conn = &self.conn;
-        if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
-            let err = StoreError::from_sqlite(e);
-            let err = match (err, conn.path()) {
-                (StoreError::Busy, Some(path)) => busy_holder(Path::new(path)),
-                (other, _) => other,
-            };
-            log::warn!("writer: cannot begin a transaction: {err}");
-            let text = err.to_string();
-            return Committer::refuse(batch, || match &err {
-                StoreError::Busy => StoreError::Busy,
-                StoreError::Locked(who) => StoreError::Locked(who.clone()),
-                _ => StoreError::CommitFailed(text.clone()),
-            });
-        }
-        self.commit_batch_begun(batch);
-    }
-
-    /// Runs `batch` in the transaction just begun, commits it, and answers every job.
-    fn commit_batch_begun(&mut self, batch: Vec<Entry>) {
-        let conn = &self.conn;
-        crate::fault::point("inside_write");
-        let alone = batch.len() == 1;
-        let mut answered: Vec<(Reply, Arc<Ticket>)> = Vec::with_capacity(batch.len());
-        let mut finished: Vec<Arc<Ticket>> = Vec::new();
-        // Alone, a failed job rolls the whole transaction back: nothing is left to commit.
-        let mut open = true;
-        for entry in batch {
-            // Alone in its transaction, a job needs no savepoint: a failure rolls back all.
-            if !alone && run(conn, "SAVEPOINT job").is_err() {
-                let (_, reply) = (entry.job)(None);
-                reply(Err(StoreError::Busy));
-                finished.push(entry.ticket);
-                continue;
-            }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.job)(Some(conn)))) {
-                Ok((true, reply)) => {
-                    if !alone {
-                        let _ = run(conn, "RELEASE job");
-                    }
-                    answered.push((reply, entry.ticket));
-                }
-                failed => {
-                    if let Ok((_, reply)) = failed {
-                        // Its own error is its answer; nothing of it is committed.
-                        reply(Ok(()));
-                    } else {
-                        // The job's reply sender went with it; its caller sees JobPanicked.
-                        log::error!("writer: a job panicked; its changes were rolled back");
-                    }
-                    if alone {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        open = false;
-                    } else {
-                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                    }
-                    finished.push(entry.ticket);
-                }
-            }
-        }
-        let commit = if open { run(conn, "COMMIT") } else { Ok(()) };
-        match commit {
-            Ok(()) => {
-                for (reply, ticket) in answered {
-                    reply(Ok(()));
-                    ticket.set(Turn::Done);
-                }
-                if open {
-                    self.after_commit();
-                }
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                let err = StoreError::from_sqlite(e);
-                log::warn!("writer: commit failed: {err}");
-                for (reply, ticket) in answered {
-                    reply(Err(match &err {
-                        StoreError::Busy => StoreError::Busy,
-                        other => StoreError::CommitFailed(other.to_string()),
-                    }));
-                    ticket.set(Turn::Done);
-                }
-            }
-        }
-        for ticket in finished {
-            ticket.set(Turn::Done);
-        }
-    }
-
-    /// Nudges the background thread now and then.
-    fn after_commit(&mut self) {
-        self.commits += 1;
-        if self.commits % TIDY_EVERY == 0 {
-            let _ = self.nudge.try_send(());
-        }
-    }
-}
-
 mod background;
+mod commit;
 mod drain;
 use background::run_background;
 

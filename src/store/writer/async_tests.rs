@@ -6,6 +6,7 @@
 use super::*;
 use crate::config::Config;
 use crate::store::db::{open_and_migrate, open_read_only};
+use std::path::Path;
 use std::time::Instant;
 
 fn writer_in(dir: &Path) -> (Config, Writer) {
