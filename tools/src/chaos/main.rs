@@ -100,6 +100,16 @@ struct Args {
     selftest: Option<String>,
 }
 
+impl Args {
+    /// The run's seed: the one given, or (0, the default) the monotonic clock now.
+    fn seed_or_now(&self) -> u64 {
+        match self.seed {
+            0 => monotonic_ns(),
+            seed => seed,
+        }
+    }
+}
+
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
@@ -192,11 +202,7 @@ fn orchestrate(args: &Args) -> Result<bool, String> {
     // Built from this tree first (a no-op when up to date), unless LOCKLEDGER_BIN names one.
     let service_exe = lockledger_tools::service_binary(true)?;
     let seconds = args.seconds.unwrap_or(if args.quick { 40 } else { 600 });
-    let seed = if args.seed == 0 {
-        monotonic_ns()
-    } else {
-        args.seed
-    };
+    let seed = args.seed_or_now();
     let group = ProcessGroup::new().map_err(|e| format!("cannot start a process group: {e}"))?;
     group.kill_on_signals();
     // From here on, dropping `o` (however this function ends) kills every child.

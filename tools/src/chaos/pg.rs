@@ -242,6 +242,15 @@ impl PgRun {
         Ok(())
     }
 
+    /// The pids of the holders bound to service `svc`.
+    fn holder_pids(&self, svc: usize) -> Vec<i32> {
+        self.holders
+            .iter()
+            .filter(|h| h.svc == svc)
+            .map(|h| h.child.pid())
+            .collect()
+    }
+
     /// The lease a holder said it holds (its state file): (owner, token).
     fn lease_of(&self, pid: i32) -> Option<(String, i64)> {
         let text =
@@ -439,12 +448,7 @@ impl PgRun {
             }
             60..=69 if both_healthy => {
                 let i = rng.below(2) as usize;
-                let pids: Vec<i32> = self
-                    .holders
-                    .iter()
-                    .filter(|h| h.svc == i)
-                    .map(|h| h.child.pid())
-                    .collect();
+                let pids = self.holder_pids(i);
                 self.kill_service(i);
                 if rng.chance(50) {
                     self.fault("sigkill_service_restart_at_once");
@@ -461,12 +465,7 @@ impl PgRun {
             }
             70..=79 if both_healthy => {
                 let i = rng.below(2) as usize;
-                let pids: Vec<i32> = self
-                    .holders
-                    .iter()
-                    .filter(|h| h.svc == i)
-                    .map(|h| h.child.pid())
-                    .collect();
+                let pids = self.holder_pids(i);
                 if let Some(s) = &self.svcs[i].server {
                     s.signal(libc::SIGSTOP);
                 }
@@ -609,11 +608,7 @@ pub fn orchestrate(args: &Args) -> Result<bool, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let service_exe = lockledger_tools::service_binary(true)?;
     let seconds = args.seconds.unwrap_or(if args.quick { 30 } else { 600 });
-    let seed = if args.seed == 0 {
-        monotonic_ns()
-    } else {
-        args.seed
-    };
+    let seed = args.seed_or_now();
     let with_seed = |e: String| format!("{e} (seed {seed})");
     let group = ProcessGroup::new().map_err(|e| format!("cannot start a process group: {e}"))?;
     group.kill_on_signals();
