@@ -10,7 +10,7 @@
 use lockledger::registry::LeaseRequest;
 use lockledger::store::history::HistoryQuery;
 use lockledger::{AcquireOptions, Config, LockKey, Registry, RegistryError};
-use lockledger_harness::{Client, PgCluster, Proc, Request, Server};
+use lockledger_harness::{ChildGuard, Client, PgCluster, Proc, Request, Server};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -180,6 +180,48 @@ fn a_library_lease_is_granted_across_hosts_and_released() {
     let next = b.acquire_lease(&key, &req(2_000), &|| false).unwrap();
     assert!(next.token > lease.token);
     b.release_lease(&next.lease_id).unwrap();
+}
+
+#[test]
+fn a_lease_whose_client_died_is_reaped_and_named_by_its_lock() {
+    let url = PgCluster::test_database("lib_reap_dead");
+    let dir = tempfile::tempdir().unwrap();
+    let a = registry(dir.path(), "host-a", &url);
+    let key = a.key(None, "conv11", "messages").unwrap();
+    let mut client = ChildGuard::spawn(std::process::Command::new("sleep").arg("60")).unwrap();
+    let req = LeaseRequest {
+        holder: "demo".into(),
+        operation: "stream_reply".into(),
+        pid: Some(client.pid()),
+        host: None,
+        ttl: Some(Duration::from_secs(30)),
+        wait: Duration::ZERO,
+    };
+    let lease = a.acquire_lease(&key, &req, &|| false).unwrap();
+    assert!(a.reap().unwrap().is_empty(), "a live client's lease stays");
+    client.kill_and_wait();
+    // The reap names what it ended by its lock, as on SQLite (not by lease id).
+    assert_eq!(a.reap().unwrap(), ["conv11/messages"]);
+    assert!(matches!(
+        a.renew_lease(&lease.lease_id),
+        Err(RegistryError::LeaseGone { .. })
+    ));
+    let b = registry(dir.path(), "host-b", &url);
+    let next = b
+        .acquire_lease(&key, &req_without_pid(), &|| false)
+        .unwrap();
+    assert!(next.token > lease.token);
+}
+
+fn req_without_pid() -> LeaseRequest {
+    LeaseRequest {
+        holder: "next".into(),
+        operation: "stream_reply".into(),
+        pid: None,
+        host: None,
+        ttl: Some(Duration::from_secs(30)),
+        wait: Duration::from_secs(2),
+    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ use crate::ids::LockKey;
 use crate::kernel::flock;
 use crate::policy::stale::Liveness;
 use crate::store::history::EventKind;
+use crate::store::pg::error::lock_name;
 use crate::store::pg::{FreeListener, GrantRequest, PgError, PgStore};
 use crate::store::records::LockRow;
 use crate::store::StoreError;
@@ -331,7 +332,7 @@ impl Registry {
                 if let Some(slot) = slot {
                     self.close_slot(slot);
                 }
-                ended.push(format!("{}/{}", e.owner, e.field));
+                ended.push(lock_name(&e.owner, &e.field));
             }
         }
         // This host's holders whose locking process died (a registrant, or a previous
@@ -355,7 +356,7 @@ impl Registry {
                 .map_err(pg_error)?;
             if cleared.is_some() {
                 lock(&d.registrations).retain(|_, v| *v != (row.lock_id, h.token));
-                ended.push(format!("{}/{}", row.owner, row.field));
+                ended.push(lock_name(&row.owner, &row.field));
             }
         }
         let freed: std::collections::HashSet<i64> = std::mem::take(&mut *lock(&d.freed));
@@ -381,12 +382,12 @@ impl Registry {
         for (lease_id, lock_id, token, client_dead, past) in mine {
             if client_dead {
                 let reason = "holder_dead: the client process exited";
-                if d.store
+                let cleared = d
+                    .store
                     .clear(lock_id, token, "reaper", reason, EventKind::Expired)
-                    .map_err(pg_error)?
-                    .is_some()
-                {
-                    ended.push(lease_id.clone());
+                    .map_err(pg_error)?;
+                if let Some(e) = cleared {
+                    ended.push(lock_name(&e.owner, &e.field));
                 }
             } else if !past {
                 continue;
