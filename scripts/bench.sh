@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the benchmark compares against (redis-server, Python filelock and redis),
+# Installs what the benchmark compares against (redis-server, Python filelock and redis,
+# and Debian's postgresql for the `pg` group's throwaway cluster),
 # builds release and runs lockledger-bench, passing every argument through:
 #   ./scripts/bench.sh             # full run (about 6 minutes, a few GB in the temp dir)
 #   ./scripts/bench.sh --quick     # short run
@@ -20,6 +21,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root apt-get update
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
 fi
+
+# The `pg` group starts a throwaway PostgreSQL cluster of its own: only the server
+# programs are needed (pg_install is a no-op when initdb is found).
+. scripts/pg.sh
+pg_install
 
 echo "bench: installing Python packages filelock and redis"
 pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
