@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_inbox_check.sql",
         include_str!("../../migrations/0005_inbox_check.sql"),
     ),
+    (
+        "0006_log_check.sql",
+        include_str!("../../migrations/0006_log_check.sql"),
+    ),
 ];
 
 pub type ReadPool = r2d2::Pool<SqliteConnectionManager>;
@@ -50,7 +54,33 @@ pub fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect())
+    Migrations::new(
+        MIGRATIONS
+            .iter()
+            .map(|&(name, sql)| match name {
+                "0006_log_check.sql" => M::up_with_hook(sql, after_schema_edit),
+                _ => M::up(sql),
+            })
+            .collect(),
+    )
+}
+
+/// The end of 0006's edit of `event_log`'s text: checks it took and raises
+/// `schema_version`, so every connection, in this process or another, reloads the schema.
+fn after_schema_edit(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
+    let sql: String = tx.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'event_log'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !sql.contains("CONSTRAINT event_kind CHECK (CASE event") || sql.contains("event IN (") {
+        return Err(rusqlite_migration::HookError::Hook(format!(
+            "migration 0006: event_log's CHECK was not the one it rewrites: {sql}"
+        )));
+    }
+    let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    tx.execute_batch(&format!("PRAGMA schema_version = {}", version + 1))?;
+    Ok(())
 }
 
 /// Page size of a database lockledger creates (an existing one keeps its own).
@@ -274,5 +304,75 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn migration_6_rewrites_the_log_check_in_place_for_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::defaults(dir.path());
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let mut old = Connection::open(config.db_path()).unwrap();
+        configure(&old, Duration::from_secs(5)).unwrap();
+        migrations().to_version(&mut old, 5).unwrap();
+        old.execute_batch(
+            "INSERT INTO locks (lock_id, namespace, owner, field, file, created_at)
+             VALUES (1, 'n', 'o', 'f', 'f.lock', 1)",
+        )
+        .unwrap();
+        let kinds = [
+            "acquired",
+            "released",
+            "renewed",
+            "expired",
+            "cleared",
+            "force_cleared",
+            "reconciled",
+            "wait_timeout",
+            "observed_external",
+            "file_replaced",
+        ];
+        let insert = "INSERT INTO event_log (event_id, at, lock_id, namespace, owner, field, event)
+                      VALUES (?1, 1, 1, 'n', 'o', 'f', ?2)";
+        for (i, kind) in kinds.iter().enumerate() {
+            old.execute(insert, rusqlite::params![i as i64 + 1, kind])
+                .unwrap();
+        }
+        // `old` stays open across the upgrade, as another process's connection would.
+        let conn = open_and_migrate(&config).unwrap();
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'event_log'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            sql.contains("CHECK (CASE event") && !sql.contains(" IN ("),
+            "{sql}"
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let kept: Vec<String> = conn
+            .prepare("SELECT event FROM event_log ORDER BY event_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, kinds, "every row is kept");
+        for c in [&conn, &old] {
+            let bogus = c.execute(insert, rusqlite::params![100, "bogus"]);
+            let text = bogus.unwrap_err().to_string();
+            assert!(
+                text.contains("event_kind"),
+                "the new check refuses it: {text}"
+            );
+            c.execute(insert, rusqlite::params![101, "acquired"])
+                .unwrap();
+            c.execute("DELETE FROM event_log WHERE event_id = 101", [])
+                .unwrap();
+        }
     }
 }

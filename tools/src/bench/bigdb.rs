@@ -109,7 +109,7 @@ fn fill_big_db(storage: &Path, owners: u64, events: u64, rng: &mut Rng) -> R<()>
         // As the service's writer does every few dozen commits: the rows move from the
         // unindexed inbox into the indexed log, so the database is the one a running
         // service would have left (history reads never scan a 200,000-row inbox).
-        while history::move_inbox(&tx, history::MOVE_BATCH).map_err(e)? == history::MOVE_BATCH {}
+        while history::move_inbox(&tx, history::MOVE_BATCH).map_err(e)? > 0 {}
         tx.commit().map_err(e)?;
         i += BATCH / 2;
     }
