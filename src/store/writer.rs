@@ -13,11 +13,14 @@
 //!   answered and hands the role to the caller at the head of the queue. Nobody polls:
 //!   a waiting caller sleeps until it is answered or handed the role.
 //! - A lone caller commits on its own thread (no hand-off to another thread).
-//! - The writer never waits for readers: its connection never checkpoints. A background
-//!   thread with its own connection runs passive checkpoints every second (or every
-//!   [`CHECKPOINT_EVERY`] commits), and when the WAL has passed [`WAL_LIMIT_BYTES`] a
-//!   truncating one that waits at most [`TRUNCATE_WAIT`] for readers (during which it
-//!   holds writers back).
+//! - The writer never waits for readers. A background thread with its own connection
+//!   runs passive checkpoints every second (or every [`CHECKPOINT_EVERY`] commits), and
+//!   when the WAL has passed [`WAL_LIMIT_BYTES`] a truncating one that waits at most
+//!   [`TRUNCATE_WAIT`] for readers (during which it holds writers back). Every
+//!   [`RESTART_EVERY`] commits, a committer that is not on an async thread runs a
+//!   passive checkpoint (which waits for nobody) on the writer's connection between
+//!   transactions, so the WAL restarts from its start under steady load.
+//! - A waiting caller spins briefly before it sleeps, one waiter at a time (`ticket`).
 //! - Inside [`no_wait`] (the service's async threads) a write never waits: it commits at
 //!   once on the calling thread when nobody commits or queues and SQLite's write lock is
 //!   free (busy timeout 0 for its `BEGIN`), else it runs nothing and answers
@@ -34,7 +37,8 @@
 //!   until a sleeping caller heads the queue or the queue is empty (see `drain`).
 //!
 //! Files: this one owns the queue and the committer role; `commit` runs a batch and
-//! answers it; `drain` is the async side; `background` the tidy job and checkpoints.
+//! answers it; `drain` is the async side; `background` the tidy job and checkpoints;
+//! `ticket` a waiting caller's place.
 
 use super::{StoreError, Watch};
 use rusqlite::Connection;
@@ -77,6 +81,10 @@ pub const TIDY_EVERY: u64 = 64;
 /// Commits between checkpoints (at least; about 1000 WAL pages of typical grants).
 pub const CHECKPOINT_EVERY: u64 = 192;
 
+/// Commits between checkpoints the committer runs itself, between transactions, so the
+/// WAL restarts under steady load (see `commit`'s `restart_wal`).
+pub const RESTART_EVERY: u64 = 2048;
+
 /// Deferred work run as a writer job by the background thread; returns whether there is
 /// more to do right away.
 pub type Tidy = fn(&Connection) -> rusqlite::Result<bool>;
@@ -91,45 +99,6 @@ type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A job runs against the open transaction (or is told `None`: the batch could not
 /// start) and hands back whether it succeeded plus how to answer after the commit.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
-
-/// Where a waiting caller stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Turn {
-    Waiting,
-    /// Answered: its reply is in its channel.
-    Done,
-    /// Handed the committer role.
-    Commit,
-}
-
-/// One caller's place: it sleeps on it until answered or handed the role.
-struct Ticket {
-    turn: Mutex<Turn>,
-    wake: Condvar,
-}
-
-impl Ticket {
-    fn new() -> Arc<Ticket> {
-        Arc::new(Ticket {
-            turn: Mutex::new(Turn::Waiting),
-            wake: Condvar::new(),
-        })
-    }
-    fn set(&self, turn: Turn) {
-        *lock(&self.turn) = turn;
-        self.wake.notify_one();
-    }
-    fn get(&self) -> Turn {
-        *lock(&self.turn)
-    }
-    fn wait(&self) -> Turn {
-        let mut turn = lock(&self.turn);
-        while *turn == Turn::Waiting {
-            turn = self.wake.wait(turn).unwrap_or_else(|p| p.into_inner());
-        }
-        *turn
-    }
-}
 
 struct Entry {
     job: Job,
@@ -162,6 +131,8 @@ impl std::fmt::Debug for Writer {
 
 struct WriterInner {
     queue: Mutex<Queue>,
+    /// Which of this writer's waiters may spin (see `ticket`).
+    spin: SpinSlot,
     /// Locked only by the holder of the committer role, so never contended.
     committer: Mutex<Committer>,
     /// Wakes the drain thread (with `queue`) when the role passes to it.
@@ -198,6 +169,7 @@ impl Writer {
             .map_err(StoreError::from_sqlite)?;
         let inner = Arc::new(WriterInner {
             queue: Mutex::new(Queue::default()),
+            spin: SpinSlot::default(),
             committer: Mutex::new(Committer {
                 busy_timeout: Duration::from_millis(busy_ms.max(0) as u64),
                 conn,
@@ -244,7 +216,7 @@ impl Writer {
             });
             !std::mem::replace(&mut q.committing, true)
         };
-        if commit_now || ticket.wait() == Turn::Commit {
+        if commit_now || ticket.wait(&self.inner.spin) == Turn::Commit {
             self.commit_for(&ticket);
         }
         // The ticket is Done: the answer is in the channel, or its sender was dropped by
@@ -359,7 +331,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod background;
 mod commit;
 mod drain;
+mod ticket;
 use background::run_background;
+use ticket::{SpinSlot, Ticket, Turn};
 
 #[cfg(test)]
 mod tests;

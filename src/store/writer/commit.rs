@@ -6,7 +6,7 @@
 //! Invariant: a caller never hears "ok" for a write that is not committed, and one
 //! failing job rolls back only its own savepoint.
 
-use super::{Committer, Entry, Reply, Ticket, Turn, TIDY_EVERY};
+use super::{Committer, Entry, Reply, Ticket, Turn, RESTART_EVERY, TIDY_EVERY};
 use crate::store::{busy_holder, StoreError};
 use rusqlite::Connection;
 use std::panic::AssertUnwindSafe;
@@ -146,11 +146,40 @@ impl Committer {
         }
     }
 
-    /// Nudges the background thread now and then.
+    /// Nudges the background thread now and then, and restarts the WAL every
+    /// [`RESTART_EVERY`] commits when on a thread that may block.
     fn after_commit(&mut self) {
         self.commits += 1;
         if self.commits % TIDY_EVERY == 0 {
             let _ = self.nudge.try_send(());
+        }
+        if self.commits % RESTART_EVERY == 0 && !super::in_no_wait() {
+            self.restart_wal();
+        }
+    }
+
+    /// A passive checkpoint on the writer's own connection, between its transactions:
+    /// with no commit in between, it backfills every frame, so the next transaction
+    /// writes the WAL from its start again.
+    ///
+    /// Why: the background thread's checkpoints run beside the commits, which append
+    /// frames meanwhile, so under steady load the WAL is never wholly backfilled when a
+    /// transaction starts, and SQLite only restarts it then. Commits then keep appending
+    /// to a growing file (new page-cache pages, new blocks: 51 MB after 28,000 commits);
+    /// restarting it every 2048 commits made a pair 7% faster (median of 7 runs each,
+    /// side by side). Its cost, about a millisecond (the few frames since the last
+    /// background checkpoint, and its two syncs), falls on this caller.
+    ///
+    /// Never on an async thread ([`super::no_wait`]): the service's requests commit there,
+    /// and a sync must not stall a runtime thread. A passive checkpoint waits for nobody:
+    /// while the background thread checkpoints, or a reader holds old frames, it does
+    /// what it can (possibly nothing) at once.
+    fn restart_wal(&self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            log::debug!("writer: checkpoint between transactions: {e}");
         }
     }
 }

@@ -257,3 +257,43 @@ fn a_no_wait_write_does_not_queue_behind_a_committer() {
     let out: Result<(), StoreError> = no_wait(|| writer.write(|_c| Ok(())));
     out.unwrap();
 }
+
+/// Under steady commits from a thread that may block, the WAL restarts from its start
+/// every `RESTART_EVERY` commits instead of growing with every frame.
+#[test]
+fn steady_commits_restart_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::defaults(dir.path());
+    let writer = Writer::start(open_and_migrate(&config).unwrap(), None, None).unwrap();
+    let value = "v".repeat(600);
+    let commit = |i: u64| {
+        let value = value.clone();
+        writer
+            .write(move |c| -> Result<(), StoreError> {
+                c.execute(
+                    "INSERT OR REPLACE INTO registry_settings (key, value) VALUES (?1, ?2)",
+                    (format!("k{}", i % 64), value),
+                )?;
+                Ok(())
+            })
+            .unwrap();
+    };
+    let wal_size = || {
+        std::fs::metadata(dir.path().join("registry.db-wal"))
+            .unwrap()
+            .len()
+    };
+    for i in 0..RESTART_EVERY - 1 {
+        commit(i);
+    }
+    // The WAL file keeps the size it once reached: one span of commits' worth.
+    let one_span = wal_size();
+    for i in 0..RESTART_EVERY * 3 {
+        commit(i);
+    }
+    let after = wal_size();
+    assert!(
+        after < one_span * 2,
+        "WAL {after} bytes after four spans of {RESTART_EVERY} commits, {one_span} after one"
+    );
+}
