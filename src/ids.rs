@@ -139,12 +139,22 @@ impl LockKey {
 
 impl fmt::Display for LockKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}/(main)", self.owner)
-        } else {
-            write!(f, "{}/{}", self.owner, self.field)
-        }
+        write!(f, "{}/{}", self.owner, display_field(&self.field))
     }
+}
+
+/// A field as people read it: the main lock (empty field) is `(main)`.
+pub fn display_field(field: &str) -> &str {
+    if field.is_empty() {
+        "(main)"
+    } else {
+        field
+    }
+}
+
+/// `owner/field` as every message names a lock (`owner/(main)` for the main lock).
+pub fn lock_name(owner: &str, field: &str) -> String {
+    format!("{owner}/{}", display_field(field))
 }
 
 pub fn namespace_of<'c>(config: &'c Config, name: Option<&str>) -> Result<&'c Namespace, IdError> {

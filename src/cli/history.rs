@@ -4,7 +4,7 @@ use super::{print_json, GlobalOpts, EXIT_OK};
 use crate::clock;
 use crate::export;
 use crate::ids::{LockKey, MAIN_FIELD_ALIAS};
-use crate::registry::{display_field, RegistryError};
+use crate::registry::RegistryError;
 use crate::store::history::{EventKind, EventRow, HistoryQuery};
 use clap::Args;
 
@@ -54,7 +54,7 @@ fn table(rows: &[EventRow]) -> String {
             vec![
                 r.event_id.to_string(),
                 clock::rfc3339(r.at),
-                format!("{}/{}", r.owner, display_field(&r.field)),
+                crate::ids::lock_name(&r.owner, &r.field),
                 r.event.clone(),
                 r.token.map(|t| t.to_string()).unwrap_or_default(),
                 r.pid.map(|t| t.to_string()).unwrap_or_default(),

@@ -26,13 +26,7 @@ pub fn without_paths(cmdline: &str) -> String {
         .join(" ")
 }
 
-pub fn display_field(field: &str) -> &str {
-    if field.is_empty() {
-        "(main)"
-    } else {
-        field
-    }
-}
+pub use crate::ids::display_field;
 
 /// "pid 812 (send_message) since 12:01:07"
 /// "pid 812", or the lease holder's label when the client gave no pid.
@@ -100,7 +94,7 @@ pub(super) fn note_for(r: &LockReport) -> String {
 }
 
 fn state_note(r: &LockReport) -> String {
-    let lock = format!("lock {}/{}", r.owner, display_field(&r.field));
+    let lock = format!("lock {}", crate::ids::lock_name(&r.owner, &r.field));
     match (r.state, r.stale_reason) {
         (LockState::Free, _) => format!("{lock} is free"),
         (LockState::Unsafe, _) => format!(

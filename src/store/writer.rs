@@ -145,6 +145,8 @@ struct Committer {
     busy_timeout: Duration,
     watch: Option<Arc<Watch>>,
     commits: u64,
+    /// A checkpoint between transactions is due (see `commit`'s `restart_wal`).
+    restart_due: bool,
     // Dropped with the writer, which tells the checkpointer to finish.
     nudge: mpsc::SyncSender<()>,
 }
@@ -157,12 +159,23 @@ impl Writer {
         watch: Option<Arc<Watch>>,
         tidy: Option<Tidy>,
     ) -> Result<Writer, StoreError> {
+        Writer::start_with(conn, watch, tidy, true)
+    }
+
+    /// [`Writer::start`], optionally without the background thread (for tests that must
+    /// see the writer's own checkpoints alone).
+    fn start_with(
+        conn: Connection,
+        watch: Option<Arc<Watch>>,
+        tidy: Option<Tidy>,
+        background: bool,
+    ) -> Result<Writer, StoreError> {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(StoreError::from_sqlite)?;
         let db_path = conn
             .path()
             .map(PathBuf::from)
-            .filter(|p| !p.as_os_str().is_empty());
+            .filter(|p| background && !p.as_os_str().is_empty());
         let (nudge, nudges) = mpsc::sync_channel::<()>(1);
         let busy_ms: i64 = conn
             .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
@@ -175,6 +188,7 @@ impl Writer {
                 conn,
                 watch: watch.clone(),
                 commits: 0,
+                restart_due: false,
                 nudge,
             }),
             drain_wake: Condvar::new(),

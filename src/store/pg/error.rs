@@ -74,14 +74,7 @@ impl fmt::Display for Busy {
     }
 }
 
-/// `owner/field` as messages name a lock.
-pub fn lock_name(owner: &str, field: &str) -> String {
-    if field.is_empty() {
-        format!("{owner}/(main)")
-    } else {
-        format!("{owner}/{field}")
-    }
-}
+pub use crate::ids::lock_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {

@@ -153,14 +153,17 @@ impl Committer {
         if self.commits % TIDY_EVERY == 0 {
             let _ = self.nudge.try_send(());
         }
-        if self.commits % RESTART_EVERY == 0 && !super::in_no_wait() {
-            self.restart_wal();
+        if self.commits % RESTART_EVERY == 0 {
+            self.restart_due = true;
+        }
+        if self.restart_due && !super::in_no_wait() {
+            self.restart_due = !self.restart_wal();
         }
     }
 
     /// A passive checkpoint on the writer's own connection, between its transactions:
     /// with no commit in between, it backfills every frame, so the next transaction
-    /// writes the WAL from its start again.
+    /// writes the WAL from its start again. True when it did backfill every frame.
     ///
     /// Why: the background thread's checkpoints run beside the commits, which append
     /// frames meanwhile, so under steady load the WAL is never wholly backfilled when a
@@ -172,14 +175,22 @@ impl Committer {
     ///
     /// Never on an async thread ([`super::no_wait`]): the service's requests commit there,
     /// and a sync must not stall a runtime thread. A passive checkpoint waits for nobody:
-    /// while the background thread checkpoints, or a reader holds old frames, it does
-    /// what it can (possibly nothing) at once.
-    fn restart_wal(&self) {
-        if let Err(e) = self
+    /// while the background thread checkpoints (SQLite answers busy at once), or a
+    /// reader holds old frames, it does what it can, and the next commit tries again.
+    fn restart_wal(&self) -> bool {
+        let all = |r: &rusqlite::Row<'_>| -> rusqlite::Result<bool> {
+            let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            Ok(busy == 0 && log == done)
+        };
+        match self
             .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], all)
         {
-            log::debug!("writer: checkpoint between transactions: {e}");
+            Ok(all) => all,
+            Err(e) => {
+                log::debug!("writer: checkpoint between transactions: {e}");
+                false
+            }
         }
     }
 }

@@ -116,7 +116,7 @@ impl Ticket {
                 std::hint::spin_loop();
             }
             if start.elapsed() >= SPIN_FOR {
-                return Turn::Waiting;
+                return self.get();
             }
         }
     }
@@ -139,13 +139,20 @@ mod tests {
 
     #[test]
     fn a_spinning_waiter_is_answered_without_parking() {
-        let (t, slot) = (Ticket::new(), Arc::new(SpinSlot::default()));
-        let answer = waiter(&t, &slot);
-        std::thread::sleep(Duration::from_micros(200));
-        t.set(Turn::Done);
-        assert_eq!(answer.recv_timeout(Duration::from_secs(10)), Ok(Turn::Done));
-        assert!(!lock(&t.state).parked, "answered while spinning");
-        assert!(!slot.0.load(Ordering::Acquire), "the slot is free again");
+        // A waiter preempted past its spin parks even when the answer came in time, so
+        // under load some rounds may park; each is answered, and some never parked.
+        let slot = Arc::new(SpinSlot::default());
+        let mut unparked = 0;
+        for _ in 0..20 {
+            let t = Ticket::new();
+            let answer = waiter(&t, &slot);
+            std::thread::sleep(Duration::from_micros(200));
+            t.set(Turn::Done);
+            assert_eq!(answer.recv_timeout(Duration::from_secs(10)), Ok(Turn::Done));
+            unparked += usize::from(!lock(&t.state).parked);
+            assert!(!slot.0.load(Ordering::Acquire), "the slot is free again");
+        }
+        assert!(unparked > 0, "every round parked");
     }
 
     #[test]
