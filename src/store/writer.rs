@@ -20,7 +20,8 @@
 //!   [`RESTART_EVERY`] commits, a committer that is not on an async thread runs a
 //!   passive checkpoint (which waits for nobody) on the writer's connection between
 //!   transactions, so the WAL restarts from its start under steady load.
-//! - A waiting caller spins briefly before it sleeps, one waiter at a time (`ticket`).
+//! - A waiting caller that heads the queue spins briefly before it sleeps, one waiter at
+//!   a time (`ticket`).
 //! - Inside [`no_wait`] (the service's async threads) a write never waits: it commits at
 //!   once on the calling thread when nobody commits or queues and SQLite's write lock is
 //!   free (busy timeout 0 for its `BEGIN`), else it runs nothing and answers
@@ -221,16 +222,20 @@ impl Writer {
         if NO_WAIT.get() {
             return self.write_now(job, ticket, rx);
         }
-        let commit_now = {
+        let (commit_now, first) = {
             let mut q = lock(&self.inner.queue);
+            let first = q.entries.is_empty();
             q.entries.push_back(Entry {
                 job,
                 ticket: Arc::clone(&ticket),
                 waits: true,
             });
-            !std::mem::replace(&mut q.committing, true)
+            (!std::mem::replace(&mut q.committing, true), first)
         };
-        if commit_now || ticket.wait(&self.inner.spin) == Turn::Commit {
+        // Only a caller that heads the queue may spin: one behind others has a long
+        // wait ahead, and on a busy machine its spin would take a core from that work.
+        let spin = first.then_some(&self.inner.spin);
+        if commit_now || ticket.wait(spin) == Turn::Commit {
             self.commit_for(&ticket);
         }
         // The ticket is Done: the answer is in the channel, or its sender was dropped by
