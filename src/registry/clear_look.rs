@@ -7,8 +7,9 @@
 
 use super::clear::{ClearedLock, SkipKind, SkippedLock};
 use super::report::LockReport;
-use super::words::{display_field, remaining_note};
+use super::words::remaining_note;
 use super::{Registry, RegistryError};
+use crate::ids::display_field;
 use crate::policy::stale::LockState;
 use serde::Serialize;
 use std::collections::BTreeMap;

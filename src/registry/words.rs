@@ -26,8 +26,6 @@ pub fn without_paths(cmdline: &str) -> String {
         .join(" ")
 }
 
-pub use crate::ids::display_field;
-
 /// "pid 812 (send_message) since 12:01:07"
 /// "pid 812", or the lease holder's label when the client gave no pid.
 pub(super) fn holder_name(h: &HolderRow) -> String {

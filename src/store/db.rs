@@ -319,18 +319,7 @@ mod tests {
              VALUES (1, 'n', 'o', 'f', 'f.lock', 1)",
         )
         .unwrap();
-        let kinds = [
-            "acquired",
-            "released",
-            "renewed",
-            "expired",
-            "cleared",
-            "force_cleared",
-            "reconciled",
-            "wait_timeout",
-            "observed_external",
-            "file_replaced",
-        ];
+        let kinds = crate::store::history::EventKind::ALL.map(|k| k.as_str());
         let insert = "INSERT INTO event_log (event_id, at, lock_id, namespace, owner, field, event)
                       VALUES (?1, 1, 1, 'n', 'o', 'f', ?2)";
         for (i, kind) in kinds.iter().enumerate() {

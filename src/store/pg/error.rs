@@ -74,8 +74,6 @@ impl fmt::Display for Busy {
     }
 }
 
-pub use crate::ids::lock_name;
-
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The lock is held (or promised to earlier waiters); nothing was written.
@@ -148,6 +146,7 @@ impl From<postgres::Error> for PgError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::lock_name;
 
     fn holder(pid: Option<i32>, expires_at: Option<i64>) -> BusyHolder {
         BusyHolder {

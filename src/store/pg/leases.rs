@@ -24,9 +24,10 @@
 //!   committed and notified, so whoever is next looks at once).
 
 use super::ends::{ended_row, ending_sql, Ended};
-use super::error::{lock_name, Busy, BusyHolder, PgError};
+use super::error::{Busy, BusyHolder, PgError};
 use super::request::{pid32, pid64, GrantRequest, Granted, Param};
 use super::store::{Cached, PgStore, NOW_MS};
+use crate::ids::lock_name;
 use crate::policy::stale::HolderKind;
 use postgres::types::Type;
 use postgres::{GenericClient, Row, Transaction};

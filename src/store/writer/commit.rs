@@ -178,15 +178,15 @@ impl Committer {
     /// while the background thread checkpoints (SQLite answers busy at once), or a
     /// reader holds old frames, it does what it can, and the next commit tries again.
     fn restart_wal(&self) -> bool {
-        let all = |r: &rusqlite::Row<'_>| -> rusqlite::Result<bool> {
+        let backfilled_all = |r: &rusqlite::Row<'_>| -> rusqlite::Result<bool> {
             let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
             Ok(busy == 0 && log == done)
         };
         match self
             .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], all)
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], backfilled_all)
         {
-            Ok(all) => all,
+            Ok(done) => done,
             Err(e) => {
                 log::debug!("writer: checkpoint between transactions: {e}");
                 false

@@ -12,7 +12,8 @@
 //! alternated runs, faster in the fourth: noisy, but no reason to burn the core.)
 //!
 //! Invariants:
-//! - A turn only moves from `Waiting` to `Done` or `Commit`, once, under the mutex.
+//! - A turn only moves from `Waiting` to `Done` or `Commit`, once, stored under the mutex
+//!   that guards `parked`.
 //! - `set` notifies only when the waiter has parked (registered under the same mutex), so
 //!   a wake is never lost and an answer to a spinning waiter costs no system call.
 
@@ -48,42 +49,33 @@ impl Turn {
 #[derive(Default)]
 pub(super) struct SpinSlot(AtomicBool);
 
-struct State {
-    turn: Turn,
-    /// The waiter sleeps on `wake` (or is about to): `set` must notify.
-    parked: bool,
-}
-
 pub(super) struct Ticket {
-    state: Mutex<State>,
-    /// The turn, readable without the mutex by a spinning waiter.
-    seen: AtomicU8,
+    /// The turn, read without the mutex (by a spinning waiter too), written under it.
+    turn: AtomicU8,
+    /// The waiter sleeps on `wake` (or is about to): `set` must notify.
+    parked: Mutex<bool>,
     wake: Condvar,
 }
 
 impl Ticket {
     pub(super) fn new() -> Arc<Ticket> {
         Arc::new(Ticket {
-            state: Mutex::new(State {
-                turn: Turn::Waiting,
-                parked: false,
-            }),
-            seen: AtomicU8::new(Turn::Waiting as u8),
+            turn: AtomicU8::new(Turn::Waiting as u8),
+            parked: Mutex::new(false),
             wake: Condvar::new(),
         })
     }
 
     pub(super) fn set(&self, turn: Turn) {
-        let mut s = lock(&self.state);
-        s.turn = turn;
-        self.seen.store(turn as u8, Ordering::Release);
-        if s.parked {
+        let parked = lock(&self.parked);
+        self.turn.store(turn as u8, Ordering::Release);
+        if *parked {
             self.wake.notify_one();
         }
     }
 
     pub(super) fn get(&self) -> Turn {
-        Turn::from_u8(self.seen.load(Ordering::Acquire))
+        Turn::from_u8(self.turn.load(Ordering::Acquire))
     }
 
     /// Waits until answered or handed the role: spins for up to [`SPIN_FOR`] if given a
@@ -99,12 +91,15 @@ impl Ticket {
                 return turn;
             }
         }
-        let mut s = lock(&self.state);
-        s.parked = true;
-        while s.turn == Turn::Waiting {
-            s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+        let mut parked = lock(&self.parked);
+        *parked = true;
+        loop {
+            let turn = self.get();
+            if turn != Turn::Waiting {
+                return turn;
+            }
+            parked = self.wake.wait(parked).unwrap_or_else(|p| p.into_inner());
         }
-        s.turn
     }
 
     fn spin(&self) -> Turn {
@@ -151,7 +146,7 @@ mod tests {
             std::thread::sleep(Duration::from_micros(200));
             t.set(Turn::Done);
             assert_eq!(answer.recv_timeout(Duration::from_secs(10)), Ok(Turn::Done));
-            unparked += usize::from(!lock(&t.state).parked);
+            unparked += usize::from(!*lock(&t.parked));
             assert!(!slot.0.load(Ordering::Acquire), "the slot is free again");
         }
         assert!(unparked > 0, "every round parked");
@@ -163,10 +158,10 @@ mod tests {
         slot.0.store(true, Ordering::Release); // another waiter spins
         let answer = waiter(&t, &slot);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !lock(&t.state).parked && Instant::now() < deadline {
+        while !*lock(&t.parked) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(lock(&t.state).parked, "it parked at once");
+        assert!(*lock(&t.parked), "it parked at once");
         t.set(Turn::Commit);
         assert_eq!(
             answer.recv_timeout(Duration::from_secs(10)),
@@ -179,7 +174,7 @@ mod tests {
         let (t, slot) = (Ticket::new(), Arc::new(SpinSlot::default()));
         let answer = waiter(&t, &slot);
         std::thread::sleep(SPIN_FOR * 20);
-        assert!(lock(&t.state).parked);
+        assert!(*lock(&t.parked));
         assert!(!slot.0.load(Ordering::Acquire), "it gave the slot up");
         t.set(Turn::Done);
         assert_eq!(answer.recv_timeout(Duration::from_secs(10)), Ok(Turn::Done));
