@@ -5,9 +5,15 @@
 
 /// `bytes` random bytes from the OS, as lowercase hex (`2 * bytes` characters).
 pub fn hex(bytes: usize) -> Result<String, getrandom::Error> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    let mut out = String::with_capacity(2 * bytes);
+    for b in buf {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

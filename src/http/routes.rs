@@ -403,17 +403,32 @@ pub enum NoRoute {
     WrongMethod(Method),
 }
 
+/// Each route's template split into segments once (literals and `{name}` captures), in
+/// the order of [`ROUTES`].
+static TEMPLATES: std::sync::LazyLock<Vec<Vec<&'static str>>> = std::sync::LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .map(|spec| spec.path.split('/').filter(|s| !s.is_empty()).collect())
+        .collect()
+});
+
 /// The route for a method and decoded path segments, with the captured values.
 pub fn find(
     method: &Method,
     segs: &[String],
 ) -> Result<(&'static RouteSpec, Vec<String>), NoRoute> {
     let mut other_method = None;
-    for spec in ROUTES {
-        let Some(captured) = match_path(spec.path, segs) else {
+    for (spec, parts) in ROUTES.iter().zip(TEMPLATES.iter()) {
+        if !fits(parts, segs) {
             continue;
-        };
+        }
         if spec.method == *method {
+            let captured = parts
+                .iter()
+                .zip(segs)
+                .filter(|(part, _)| part.starts_with('{'))
+                .map(|(_, seg)| seg.clone())
+                .collect();
             return Ok((spec, captured));
         }
         other_method.get_or_insert(spec.method.clone());
@@ -421,20 +436,14 @@ pub fn find(
     Err(other_method.map_or(NoRoute::NotFound, NoRoute::WrongMethod))
 }
 
-fn match_path(template: &str, segs: &[String]) -> Option<Vec<String>> {
-    let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
-    if parts.len() != segs.len() {
-        return None;
-    }
-    let mut captured = Vec::new();
-    for (part, seg) in parts.iter().zip(segs) {
-        if part.starts_with('{') {
-            captured.push(seg.clone());
-        } else if part != seg {
-            return None;
-        }
-    }
-    Some(captured)
+/// Do the segments fit the template? Every request tries the routes in turn, so this
+/// allocates nothing.
+fn fits(parts: &[&str], segs: &[String]) -> bool {
+    parts.len() == segs.len()
+        && parts
+            .iter()
+            .zip(segs)
+            .all(|(part, seg)| part.starts_with('{') || part == seg)
 }
 
 #[cfg(test)]
@@ -465,6 +474,19 @@ mod tests {
         // A literal segment is never captured: /api/v1/locks/x/clear is Clear, not Status.
         let (spec, _) = find(&Method::POST, &segs("/api/v1/locks/x/clear")).unwrap();
         assert_eq!(spec.id, RouteId::Clear);
+        // One segment more or fewer than every template fits nothing.
+        for path in [
+            "/api/v1/locks/c1/messages/acquire/more",
+            "/api/v1/locks/c1/messages/x/acquire",
+            "/api/v1/leases",
+            "/api",
+        ] {
+            assert_eq!(
+                find(&Method::POST, &segs(path)).map(|(s, _)| s.id),
+                Err(NoRoute::NotFound),
+                "{path}"
+            );
+        }
     }
 
     #[test]
