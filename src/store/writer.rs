@@ -31,11 +31,13 @@
 //!   second: callers never run it, they only queue behind it like behind any other job.
 //! - With a [`Watch`], no batch starts once the database file is gone.
 //! - Async callers ([`Writer::write_async`], the service's requests) never block their
-//!   thread: a lone one commits at once on its own thread as in no-wait mode; otherwise
-//!   its job joins the queue and its future waits for the reply. Whoever commits takes
-//!   its job in the next batch; when the committer role would pass to a queued async job
-//!   (nobody sleeps on it), the writer's drain thread takes the role instead and commits
-//!   until a sleeping caller heads the queue or the queue is empty (see `drain`).
+//!   thread: one that finds the writer idle yields once (so the requests ready on its
+//!   thread queue behind it), then commits the queued async jobs on its own thread as in
+//!   no-wait mode; otherwise its job joins the queue and its future waits for the reply.
+//!   Whoever commits takes its job in the next batch; when the committer role would pass
+//!   to a queued async job (nobody sleeps on it), the writer's drain thread takes the
+//!   role instead and commits until a sleeping caller heads the queue or the queue is
+//!   empty (see `drain`).
 //!
 //! Files: this one owns the queue and the committer role; `commit` runs a batch and
 //! answers it; `drain` is the async side; `background` the tidy job and checkpoints;

@@ -242,3 +242,78 @@ fn sync_and_async_writers_mixed_are_all_answered() {
     assert_eq!(count(&config, "s%"), 400);
     assert_eq!(count(&config, "y%"), 400);
 }
+
+#[test]
+fn async_writes_ready_together_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, writer) = writer_in(dir.path());
+    // One async thread: the first write takes the committer role and yields; the others,
+    // ready on the same thread, queue behind it and are committed with it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = commits(&writer);
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let w = writer.clone();
+                tokio::spawn(async move {
+                    w.write_async(move |c| -> Result<(), StoreError> {
+                        c.execute(
+                            "INSERT INTO registry_settings VALUES (?1, 1)",
+                            [format!("together{i}")],
+                        )?;
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("an async write was never answered")
+                .unwrap()
+                .unwrap();
+        }
+    });
+    assert_eq!(count(&config, "together%"), 8);
+    assert_eq!(commits(&writer) - before, 1, "8 ready writes, one commit");
+}
+
+#[test]
+fn a_write_dropped_before_its_commit_is_committed_and_frees_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, writer) = writer_in(dir.path());
+    // The writer is idle: this write takes the committer role, and its request goes away
+    // before the future is ever polled, so it never commits on its own thread.
+    let fut = writer.write_async(|c| -> Result<(), StoreError> {
+        c.execute("INSERT INTO registry_settings VALUES ('dropped', 1)", [])?;
+        Ok(())
+    });
+    assert!(lock(&writer.inner.queue).committing);
+    drop(fut);
+    // The drain thread takes the role over and commits the job.
+    let start = Instant::now();
+    while count(&config, "dropped") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the dropped write was never committed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // And the role is free again: a later write is answered.
+    let (tx, rx) = mpsc::channel();
+    let w = writer.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(w.write(|c| -> Result<(), StoreError> {
+            c.execute("INSERT INTO registry_settings VALUES ('after', 1)", [])?;
+            Ok(())
+        }));
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the writer was left without a committer")
+        .unwrap();
+    assert_eq!(count(&config, "after"), 1);
+}

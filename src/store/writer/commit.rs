@@ -40,6 +40,25 @@ impl Committer {
         }
     }
 
+    /// Commits `batch` if SQLite's write lock can be had at once; gives it back unrun if
+    /// not.
+    pub(super) fn commit_batch_now(&mut self, batch: Vec<Entry>) -> Result<(), Vec<Entry>> {
+        if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
+            Committer::refuse(batch, || StoreError::Lost(why.clone()));
+            return Ok(());
+        }
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let begun = run(&self.conn, "BEGIN IMMEDIATE");
+        let _ = self.conn.busy_timeout(self.busy_timeout);
+        match begun {
+            Ok(()) => {
+                self.commit_batch_begun(batch);
+                Ok(())
+            }
+            Err(_) => Err(batch),
+        }
+    }
+
     /// Why no transaction can start, answered to every job of the batch.
     fn refuse(batch: Vec<Entry>, err: impl Fn() -> StoreError) {
         for entry in batch {

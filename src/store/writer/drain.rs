@@ -8,12 +8,19 @@
 //! and its future waits; one commit answers every job it took.
 //!
 //! Invariants:
-//! - An async caller never blocks its thread on another's commit. It runs a commit itself
-//!   only when it finds the writer idle and SQLite's write lock free (no waiting, as in
-//!   no-wait mode); when the lock is taken by another process, its job goes to the head of
-//!   the queue and the drain thread, which may wait, commits it.
+//! - An async caller never blocks its thread on another's commit. One that finds the
+//!   writer idle takes the committer role ([`Flush`]), yields once to its runtime so that
+//!   the other requests ready on its thread queue their jobs behind it, then commits the
+//!   async jobs at the head of the queue in one transaction on its own thread, only if
+//!   SQLite's write lock is free (no waiting, as in no-wait mode, and no checkpoint
+//!   between transactions); when the lock is taken by another process, the jobs go back
+//!   to the head of the queue and the drain thread, which may wait, commits them.
+//!   Measured with 16 HTTP clients: 6,472–6,683 pairs/s against 5,242–5,872 when it
+//!   committed its own job at once (four alternated runs); batches grow, commits shrink.
+//! - A role taken but never used (the request went away before its future ran) passes to
+//!   the drain thread, which commits the queued jobs: a queued job is always committed.
 //! - The committer role passes to the drain thread only through `hand_on` (queue head is
-//!   an async job) or the case above; the drain thread commits batches until the queue is
+//!   an async job) or the cases above; the drain thread commits batches until the queue is
 //!   empty or a sleeping caller heads it (that caller then commits for itself), and hands
 //!   the role on like any committer.
 //! - A reply nobody awaits any more (the request went away) is dropped on the blocking
@@ -48,38 +55,34 @@ impl Writer {
                 }
             }
         };
-        self.submit_async(Entry {
+        let flush = self.submit_async(Entry {
             job: job(f, answer),
             ticket: Ticket::new(),
             waits: false,
         });
-        async move { rx.await.unwrap_or(Err(E::from(StoreError::JobPanicked))) }
+        async move {
+            if let Some(flush) = flush {
+                // Let the other requests that are ready on this thread queue their jobs
+                // first: they join this commit instead of waiting for the next one.
+                tokio::task::yield_now().await;
+                flush.run();
+            }
+            rx.await.unwrap_or(Err(E::from(StoreError::JobPanicked)))
+        }
     }
 
-    /// Commits `entry` now if the writer is idle and SQLite's lock free, else queues it.
-    fn submit_async(&self, entry: Entry) {
-        let alone = {
-            let mut q = lock(&self.inner.queue);
-            if q.committing || !q.entries.is_empty() {
-                q.entries.push_back(entry);
-                return;
-            }
-            q.committing = true;
-            entry
-        };
-        let mut committer = lock(&self.inner.committer);
-        let unrun = committer.commit_alone_now(alone);
-        drop(committer);
-        match unrun {
-            Ok(()) => self.hand_on(),
-            Err(entry) => {
-                // Another process holds SQLite's write lock: the drain thread waits for it.
-                let mut q = lock(&self.inner.queue);
-                q.entries.push_front(entry);
-                q.drain = true;
-                self.inner.drain_wake.notify_one();
-            }
+    /// Queues `entry`; when nobody holds the committer role, takes it for the caller,
+    /// who commits the queue's async jobs with [`Flush::run`].
+    fn submit_async(&self, entry: Entry) -> Option<Flush> {
+        let mut q = lock(&self.inner.queue);
+        q.entries.push_back(entry);
+        if std::mem::replace(&mut q.committing, true) {
+            return None;
         }
+        Some(Flush {
+            writer: self.clone(),
+            ran: false,
+        })
     }
 
     /// Holding the role: commits batches until the queue is empty or a sleeping caller
@@ -99,6 +102,61 @@ impl Writer {
         }
         drop(committer);
         self.hand_on();
+    }
+}
+
+/// The committer role, taken by an async caller that found the writer idle: it commits
+/// the async jobs at the head of the queue on the caller's thread, without waiting for
+/// SQLite's write lock. Dropped without running (the request went away), it hands the
+/// role to the drain thread, which commits the queued jobs.
+pub(super) struct Flush {
+    writer: Writer,
+    ran: bool,
+}
+
+impl Flush {
+    /// Commits the leading async jobs (the caller's own is first) if SQLite's write lock
+    /// is free, else leaves them to the drain thread; then hands the role on.
+    pub(super) fn run(mut self) {
+        self.ran = true;
+        let inner = &self.writer.inner;
+        let batch: Vec<Entry> = {
+            let mut q = lock(&inner.queue);
+            let n = q
+                .entries
+                .iter()
+                .take(super::MAX_BATCH)
+                .take_while(|e| !e.waits)
+                .count();
+            q.entries.drain(..n).collect()
+        };
+        let mut committer = lock(&inner.committer);
+        // An async thread: no checkpoint between transactions here (its syncs would
+        // stall every request on this thread); the next committer that may block runs it.
+        let unrun = super::no_wait(|| committer.commit_batch_now(batch));
+        drop(committer);
+        match unrun {
+            Ok(()) => self.writer.hand_on(),
+            Err(batch) => {
+                // Another process holds SQLite's write lock: the drain thread waits for it.
+                let mut q = lock(&inner.queue);
+                for entry in batch.into_iter().rev() {
+                    q.entries.push_front(entry);
+                }
+                q.drain = true;
+                inner.drain_wake.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if !self.ran {
+            let mut q = lock(&self.writer.inner.queue);
+            q.drain = true;
+            self.writer.inner.drain_wake.notify_one();
+        }
     }
 }
 
