@@ -399,6 +399,7 @@ fn main() {
         work,
     };
     for group in &groups {
+        machine::settle_writeback();
         let result = match *group {
             "inproc" => inproc::bench_inproc(&mut ctx),
             "http" => http::bench_http(&mut ctx),
