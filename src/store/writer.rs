@@ -269,7 +269,7 @@ impl Writer {
             ticket,
             waits: true,
         };
-        let ran = committer.commit_alone_now(entry).is_ok();
+        let ran = committer.commit_batch_now(vec![entry]).is_ok();
         drop(committer);
         self.hand_on();
         if !ran {

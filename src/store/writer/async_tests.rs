@@ -25,6 +25,14 @@ fn count(config: &Config, like: &str) -> i64 {
     .unwrap()
 }
 
+/// The job that writes the setting `key`.
+fn setting(key: String) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static {
+    move |c| {
+        c.execute("INSERT INTO registry_settings VALUES (?1, 1)", [key])?;
+        Ok(())
+    }
+}
+
 fn commits(w: &Writer) -> u64 {
     lock(&w.inner.committer).commits
 }
@@ -216,15 +224,7 @@ fn sync_and_async_writers_mixed_are_all_answered() {
                 let w = writer.clone();
                 tokio::spawn(async move {
                     for i in 0..50 {
-                        w.write_async(move |c| -> Result<(), StoreError> {
-                            c.execute(
-                                "INSERT INTO registry_settings VALUES (?1, 1)",
-                                [format!("y{t}-{i}")],
-                            )?;
-                            Ok(())
-                        })
-                        .await
-                        .unwrap();
+                        w.write_async(setting(format!("y{t}-{i}"))).await.unwrap();
                     }
                 })
             })
@@ -258,16 +258,7 @@ fn async_writes_ready_together_share_one_commit() {
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let w = writer.clone();
-                tokio::spawn(async move {
-                    w.write_async(move |c| -> Result<(), StoreError> {
-                        c.execute(
-                            "INSERT INTO registry_settings VALUES (?1, 1)",
-                            [format!("together{i}")],
-                        )?;
-                        Ok(())
-                    })
-                    .await
-                })
+                tokio::spawn(async move { w.write_async(setting(format!("together{i}"))).await })
             })
             .collect();
         for t in tasks {

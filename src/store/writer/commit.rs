@@ -1,6 +1,6 @@
 //! Committing: the holder of the committer role runs a batch of jobs in one IMMEDIATE
 //! transaction (each in its own savepoint when there are several), commits once, and
-//! only then answers each caller; a lone job in no-wait mode commits only if SQLite's
+//! only then answers each caller; in no-wait mode a batch commits only if SQLite's
 //! write lock can be had at once.
 //!
 //! Invariant: a caller never hears "ok" for a write that is not committed, and one
@@ -21,25 +21,6 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 impl Committer {
-    /// Commits `entry` alone if SQLite's write lock can be had at once; gives it back
-    /// unrun if not.
-    pub(super) fn commit_alone_now(&mut self, entry: Entry) -> Result<(), Entry> {
-        if let Some(why) = self.watch.as_ref().and_then(|w| w.gone()) {
-            Committer::refuse(vec![entry], || StoreError::Lost(why.clone()));
-            return Ok(());
-        }
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let begun = run(&self.conn, "BEGIN IMMEDIATE");
-        let _ = self.conn.busy_timeout(self.busy_timeout);
-        match begun {
-            Ok(()) => {
-                self.commit_batch_begun(vec![entry]);
-                Ok(())
-            }
-            Err(_) => Err(entry),
-        }
-    }
-
     /// Commits `batch` if SQLite's write lock can be had at once; gives it back unrun if
     /// not.
     pub(super) fn commit_batch_now(&mut self, batch: Vec<Entry>) -> Result<(), Vec<Entry>> {
