@@ -15,8 +15,9 @@
 //!   SQLite's write lock is free (no waiting, as in no-wait mode, and no checkpoint
 //!   between transactions); when the lock is taken by another process, the jobs go back
 //!   to the head of the queue and the drain thread, which may wait, commits them.
-//!   Measured with 16 HTTP clients: 6,472–6,683 pairs/s against 5,242–5,872 when it
-//!   committed its own job at once (four alternated runs); batches grow, commits shrink.
+//!   With 16 HTTP clients, against the binary that committed its own job at once
+//!   (alternated runs): 6,392–6,959 against 4,404–5,580 pairs/s, 6.85 jobs per commit
+//!   against 4.13 (BENCHMARKS.md, "Session 5").
 //! - A role taken but never used (the request went away before its future ran) passes to
 //!   the drain thread, which commits the queued jobs: a queued job is always committed.
 //! - The committer role passes to the drain thread only through `hand_on` (queue head is
@@ -130,6 +131,11 @@ impl Flush {
                 .count();
             q.entries.drain(..n).collect()
         };
+        if batch.is_empty() {
+            // Nothing of ours heads the queue (cannot happen while we hold the role, but
+            // an empty transaction must not count as a commit).
+            return self.writer.hand_on();
+        }
         let mut committer = lock(&inner.committer);
         // An async thread: no checkpoint between transactions here (its syncs would
         // stall every request on this thread); the next committer that may block runs it.
