@@ -3,8 +3,9 @@
 
 use super::{print_json, GlobalOpts, EXIT_OK};
 use crate::export;
+use crate::ids::display_field;
 use crate::policy::stale::LockState;
-use crate::registry::{display_field, LockReport, RegistryError};
+use crate::registry::{LockReport, RegistryError};
 use clap::Args;
 use std::io::IsTerminal;
 

@@ -60,8 +60,7 @@ pub use holdings::LeaseInfo;
 pub use lease::{LeaseGrant, LeaseRequest};
 pub use register::Registration;
 pub use report::{
-    describe_holder, display_field, without_paths, ConflictingHolder, LockReport, OwnerStatus,
-    RecordedCounts,
+    describe_holder, without_paths, ConflictingHolder, LockReport, OwnerStatus, RecordedCounts,
 };
 pub use upkeep::ReconcileReport;
 pub use words::{html_safe, remaining_note};

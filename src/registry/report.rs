@@ -20,7 +20,6 @@ use crate::store::records::LockRow;
 use serde::Serialize;
 
 pub use super::words::{describe_holder, without_paths};
-pub use crate::ids::display_field;
 
 /// One lock as every surface shows it (CLI `status --json`, the JSON API, the UI).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]

@@ -3,8 +3,8 @@
 //! Invariant: both are idempotent and safe at any time; reconciliation writes one
 //! `reconciled` event for every record it fixes.
 
-use super::report::display_field;
 use super::{close_record, LockRef, Registry, RegistryError};
+use crate::ids::lock_name;
 use crate::kernel::view::KernelView;
 use crate::policy::clear::{self, Orphan};
 use crate::store::history::{self, EventKind, NewEvent};
@@ -77,9 +77,7 @@ impl Registry {
                         Some(&actor),
                         Some(&why),
                     )?;
-                    report
-                        .reconciled
-                        .push(format!("{}/{}", row.owner, display_field(&row.field)));
+                    report.reconciled.push(lock_name(&row.owner, &row.field));
                 }
             }
             Ok(report)

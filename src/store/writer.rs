@@ -154,6 +154,14 @@ struct Committer {
     nudge: mpsc::SyncSender<()>,
 }
 
+impl WriterInner {
+    /// Passes the committer role to the drain thread (`q` is this writer's queue, locked).
+    fn to_drain(&self, q: &mut Queue) {
+        q.drain = true;
+        self.drain_wake.notify_one();
+    }
+}
+
 impl Writer {
     /// A writer on `conn`; with a `watch`, no batch starts once the database file is gone;
     /// with `tidy`, that job runs every [`TIDY_EVERY`] commits and every second.
@@ -284,10 +292,7 @@ impl Writer {
         let mut q = lock(&self.inner.queue);
         match q.entries.front() {
             Some(next) if next.waits => next.ticket.set(Turn::Commit),
-            Some(_) => {
-                q.drain = true;
-                self.inner.drain_wake.notify_one();
-            }
+            Some(_) => self.inner.to_drain(&mut q),
             None => q.committing = false,
         }
     }

@@ -149,8 +149,7 @@ impl Flush {
                 for entry in batch.into_iter().rev() {
                     q.entries.push_front(entry);
                 }
-                q.drain = true;
-                inner.drain_wake.notify_one();
+                inner.to_drain(&mut q);
             }
         }
     }
@@ -159,9 +158,8 @@ impl Flush {
 impl Drop for Flush {
     fn drop(&mut self) {
         if !self.ran {
-            let mut q = lock(&self.writer.inner.queue);
-            q.drain = true;
-            self.writer.inner.drain_wake.notify_one();
+            let inner = &self.writer.inner;
+            inner.to_drain(&mut lock(&inner.queue));
         }
     }
 }
